@@ -1,0 +1,184 @@
+"""The distilled-set artifact: write, read, validate, export.
+
+A distilled set is a folder:
+    images/<index>-<class id>/<i>.png   ImageFolder of PNGs; sorted folder order = label index
+    labels.safetensors                  hard (N,) int64, soft_logits (N, K) float32 once relabelled;
+                                        metadata: teacher names
+    manifest.json                       config, seeds, package versions, per-class status, file hashes
+Rows of the label tensors follow the images class by class, file name order within a class.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .errors import UserError
+from .io import atomic_path, read_json, sha256_file, write_json
+
+FORMAT = "otdistill.distilled/1"
+
+
+def class_folder(index: int, class_id: str, num_classes: int) -> str:
+    width = max(3, len(str(num_classes - 1)))
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", class_id).strip("_") or "class"
+    return f"{index:0{width}d}-{slug}"
+
+
+def to_pil(image: torch.Tensor) -> Image.Image:
+    arr = image.permute(1, 2, 0).numpy()
+    return Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr)
+
+
+def write_class_images(root: Path, folder: str, images: torch.Tensor) -> None:
+    """Write one class's uint8 (n, C, H, W) images; the folder appears whole or not at all."""
+    with atomic_path(root / "images" / folder) as tmp:
+        tmp.mkdir()
+        for i, img in enumerate(images):
+            to_pil(img).save(tmp / f"{i:05d}.png")
+
+
+def read_class_images(folder: Path) -> torch.Tensor:
+    files = sorted(folder.glob("*.png"))
+    arrs = []
+    for f in files:
+        with Image.open(f) as im:
+            a = np.asarray(im, dtype=np.uint8)
+        arrs.append(a[:, :, None] if a.ndim == 2 else a)
+    return torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).contiguous()
+
+
+def class_done(root: Path, folder: str, ipc: int) -> bool:
+    d = root / "images" / folder
+    return d.is_dir() and len(list(d.glob("*.png"))) == ipc
+
+
+def versions() -> dict:
+    import diffusers
+    import ot
+    import torchvision
+
+    from . import __version__
+
+    return {"otdistill": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "diffusers": diffusers.__version__, "pot": ot.__version__,
+            "numpy": np.__version__}
+
+
+def write_manifest(root: Path, *, ipc: int, class_names: list[str], class_ids: list[str], channels: int,
+                   image_size: int, source: dict, config: dict, seeds: dict, teachers: list[str] | None = None,
+                   extra: dict | None = None) -> dict:
+    """Hash every file and write manifest.json last: its presence marks the set complete."""
+    k = len(class_names)
+    classes = []
+    for i, (name, cid) in enumerate(zip(class_names, class_ids)):
+        folder = class_folder(i, cid, k)
+        count = len(list((root / "images" / folder).glob("*.png")))
+        classes.append({"index": i, "name": name, "id": cid, "folder": folder, "count": count,
+                        "status": "done" if count == ipc else "incomplete"})
+    files = {str(p.relative_to(root)): sha256_file(p) for p in sorted(root.rglob("*"))
+             if p.is_file() and p.name != "manifest.json" and not any(part.startswith(".") for part in p.relative_to(root).parts)}
+    manifest = {"format": FORMAT, "ipc": ipc, "num_classes": k, "channels": channels, "image_size": image_size,
+                "classes": classes, "source": source, "teachers": teachers or [], "config": config, "seeds": seeds,
+                "versions": versions(), "files": files, **(extra or {})}
+    write_json(root / "manifest.json", manifest)
+    return manifest
+
+
+def write_labels(root: Path, hard: torch.Tensor, soft_logits: torch.Tensor | None, teachers: list[str]) -> None:
+    tensors = {"hard": hard.long().contiguous()}
+    if soft_logits is not None:
+        tensors["soft_logits"] = soft_logits.float().contiguous()
+    with atomic_path(root / "labels.safetensors") as tmp:
+        save_file(tensors, tmp, metadata={"teachers": json.dumps(teachers)})
+
+
+@dataclass
+class DistilledSet:
+    root: Path
+    manifest: dict
+    images: torch.Tensor  # uint8 (N, C, H, W), class-ordered
+    hard: torch.Tensor  # (N,)
+    soft_logits: torch.Tensor | None  # (N, K) or None before relabelling
+
+    @property
+    def class_names(self) -> list[str]:
+        return [c["name"] for c in self.manifest["classes"]]
+
+    @property
+    def num_classes(self) -> int:
+        return self.manifest["num_classes"]
+
+    @property
+    def ipc(self) -> int:
+        return self.manifest["ipc"]
+
+
+def read_distilled(root: str | Path, verify_hashes: bool = True) -> DistilledSet:
+    """Read a distilled set and check it is whole: every class complete, files match their
+    hashes, labels aligned with images."""
+    root = Path(root)
+    if not (root / "manifest.json").is_file():
+        raise UserError(f"{root} is not a finished distilled set (no manifest.json); "
+                        "run `otdistill sample CONFIG` (or `run`) to make or finish it")
+    m = read_json(root / "manifest.json")
+    if m.get("format") != FORMAT:
+        raise UserError(f"{root}/manifest.json has format {m.get('format')!r}, expected {FORMAT!r}")
+    bad = [c["folder"] for c in m["classes"] if c["status"] != "done"]
+    if bad:
+        raise UserError(f"{root}: classes {', '.join(bad[:5])} are incomplete; rerun the stage that made the set to finish it")
+    if verify_hashes:
+        for rel, digest in m["files"].items():
+            p = root / rel
+            if not p.is_file():
+                raise UserError(f"{root}: file {rel} listed in the manifest is missing")
+            if sha256_file(p) != digest:
+                raise UserError(f"{root}: file {rel} changed since the manifest was written (hash mismatch)")
+    images = torch.cat([read_class_images(root / "images" / c["folder"]) for c in m["classes"]])
+    hard = torch.repeat_interleave(torch.arange(m["num_classes"]), torch.tensor([c["count"] for c in m["classes"]]))
+    soft = None
+    if (root / "labels.safetensors").is_file():
+        try:
+            tensors = load_file(root / "labels.safetensors")
+        except (SafetensorError, OSError) as exc:
+            raise UserError(f"{root}/labels.safetensors is unreadable ({exc}); rerun `otdistill relabel {root}`") from None
+        if not torch.equal(tensors["hard"], hard):
+            raise UserError(f"{root}/labels.safetensors does not match the images (hard labels differ)")
+        soft = tensors.get("soft_logits")
+        if soft is not None and soft.shape != (len(images), m["num_classes"]):
+            raise UserError(f"{root}/labels.safetensors: soft_logits has shape {tuple(soft.shape)}, "
+                            f"expected {(len(images), m['num_classes'])}")
+    return DistilledSet(root, m, images, hard, soft)
+
+
+def export_ddranking(ds: DistilledSet, out: str | Path) -> None:
+    """DD-Ranking's soft-label mode reads a class-ordered image tensor and a soft-label tensor
+    with the same first dimension; both are written with torch.save (plain tensors)."""
+    if ds.soft_logits is None:
+        raise UserError(f"{ds.root} has no soft labels yet; run `otdistill relabel {ds.root}` first")
+    with atomic_path(out) as tmp:
+        tmp.mkdir()
+        torch.save(ds.images.float() / 255.0, tmp / "images.pt")
+        torch.save(ds.soft_logits.clone(), tmp / "soft_labels.pt")
+        torch.save(ds.hard.clone(), tmp / "hard_labels.pt")
+        write_json(tmp / "info.json", {
+            "source": str(ds.root), "num_classes": ds.num_classes, "ipc": ds.ipc, "class_names": ds.class_names,
+            "images": "float32 (N, C, H, W) in [0, 1], class-ordered", "soft_labels": "float32 (N, K) teacher logits",
+            "teachers": ds.manifest.get("teachers", []),
+            "ddranking": "LabelRobustScoreSoft(...).compute_metrics(image_tensor=torch.load('images.pt'), "
+                         "soft_labels=torch.load('soft_labels.pt'))",
+        })
+
+
+def load_ddranking(folder: str | Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    folder = Path(folder)
+    return tuple(torch.load(folder / f, weights_only=True) for f in ("images.pt", "soft_labels.pt", "hard_labels.pt"))

@@ -1,0 +1,257 @@
+"""Typed configuration: dataclasses, YAML recipes and dotted command-line overrides.
+
+A recipe is a YAML file whose keys mirror the dataclasses below. Every key is checked:
+an unknown key is an error naming the closest valid key, and every value is converted
+to (or rejected as not being) the declared type.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import UserError
+
+
+@dataclass
+class DataConfig:
+    """Which labelled image set to distill."""
+
+    name: str = "fashion-mnist"  # fashion-mnist | digits | imagefolder
+    root: str | None = None  # folder of the files; None = the adapter's default location
+    class_list: str | None = None  # imagefolder: text file, one class folder per line
+    image_size: int | None = None  # resize every image to this square size; None = native
+    test_fraction: float = 0.2  # digits/imagefolder without a test folder: held-out share
+    split_seed: int = 0
+
+
+@dataclass
+class AutoencoderConfig:
+    """A small diffusers AutoencoderKL trained on the dataset (ignored when loaded)."""
+
+    block_out_channels: list[int] = field(default_factory=lambda: [16, 32, 32])
+    layers_per_block: int = 1
+    latent_channels: int = 4
+    norm_num_groups: int = 8
+    steps: int = 1500
+    batch_size: int = 64
+    lr: float = 2e-3
+    kl_weight: float = 1e-6
+
+
+@dataclass
+class DiTConfig:
+    """A diffusers DiTTransformer2DModel over the autoencoder's latents."""
+
+    num_layers: int = 6
+    num_attention_heads: int = 4
+    attention_head_dim: int = 32
+    patch_size: int = 2
+    steps: int = 5000
+    batch_size: int = 128
+    lr: float = 3e-4
+    ema_decay: float = 0.999
+
+
+@dataclass
+class GeneratorConfig:
+    """Where the generator lives; `otdistill train-generator` makes it when absent."""
+
+    path: str = "checkpoints/fashion-mnist/generator"
+    autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
+    dit: DiTConfig = field(default_factory=DiTConfig)
+    num_train_timesteps: int = 1000
+    seed: int = 0
+
+
+@dataclass
+class SampleConfig:
+    """Class-conditional sampling of IPC images per class."""
+
+    ipc: int = 10
+    steps: int = 50
+    scheduler: str = "ddim"  # ddim | ddpm
+    cfg_scale: float = 2.0
+    batch_size: int = 50  # latents of one class per forward pass
+    seed: int = 0
+
+
+@dataclass
+class TeacherConfig:
+    """One teacher classifier; `otdistill train-teacher` makes it when absent."""
+
+    path: str = "checkpoints/fashion-mnist/teachers/convnet3"
+    arch: str = "convnet3"
+    epochs: int = 5
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 5e-4
+    seed: int = 0
+
+
+@dataclass
+class StudentConfig:
+    """How a student is trained on a distilled set and scored on the real test set."""
+
+    arch: str = "convnet3"
+    protocols: list[str] = field(default_factory=lambda: ["soft", "hard"])  # soft | hard
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    epochs: int = 300
+    batch_size: int = 50
+    optimizer: str = "adamw"  # adamw | sgd
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    temperature: float = 4.0  # soft protocol: KL at this temperature
+    crop_scale_min: float = 0.5  # RandomResizedCrop lower area bound
+    flip: bool = True
+    eval_every: int = 0  # also score every N epochs (for the labelled best-epoch extra); 0 = final only
+    test_batch_size: int = 1000
+
+
+@dataclass
+class Config:
+    output: str = "runs/fashion-mnist"
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    data: DataConfig = field(default_factory=DataConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    teachers: list[TeacherConfig] = field(default_factory=lambda: [TeacherConfig()])
+    student: StudentConfig = field(default_factory=StudentConfig)
+
+
+# ---------------------------------------------------------------- conversion
+
+
+def _field_names(cls) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def _unknown_key(key: str, valid: list[str], where: str) -> UserError:
+    close = difflib.get_close_matches(key, valid, n=1)
+    hint = f"did you mean '{where}{close[0]}'?" if close else f"valid keys: {', '.join(valid)}"
+    return UserError(f"unknown config key '{where}{key}': {hint}")
+
+
+def _convert(value: Any, tp: Any, where: str) -> Any:
+    """Convert a YAML value to the declared type, or raise a UserError naming the key."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(value, inner[0], where)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise UserError(f"config key '{where}' must be a mapping, got {value!r}")
+        return _build(tp, value, where + ".")
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"config key '{where}' must be a list, got {value!r}")
+        return [_convert(v, item_tp, f"{where}.{i}") for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise UserError(f"config key '{where}' must be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise UserError(f"config key '{where}' must be an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise UserError(f"config key '{where}' must be a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise UserError(f"config key '{where}' must be a string, got {value!r}")
+    raise TypeError(f"unsupported config type {tp} at {where}")
+
+
+def _build(cls, values: dict, where: str = ""):
+    hints = typing.get_type_hints(cls)
+    names = _field_names(cls)
+    for key in values:
+        if key not in names:
+            raise _unknown_key(str(key), names, where)
+    kwargs = {k: _convert(v, hints[k], where + k) for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(values: dict) -> Config:
+    return _build(Config, values or {})
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any, defaults: dict) -> None:
+    """Set `a.b.0.c = value` inside a plain dict tree, checking keys against the defaults."""
+    parts = dotted.split(".")
+    node, ref, where = tree, defaults, ""
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise UserError(f"config key '{where}{part}': index out of range (list has {len(node)} items)")
+            key = int(part)
+            ref = ref[0] if isinstance(ref, list) and ref else ref
+        else:
+            if not isinstance(ref, dict) or part not in ref:
+                raise _unknown_key(part, list(ref) if isinstance(ref, dict) else [], where)
+            key = part
+            ref = ref[part]
+        if last:
+            node[key] = value
+        else:
+            node = node[key]
+            where += f"{part}."
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise UserError(f"override '{text}' must look like key.path=value, e.g. sample.ipc=50")
+    key, raw = text.split("=", 1)
+    return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a YAML recipe (or the defaults) and apply `key.path=value` overrides."""
+    tree: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"config file {path} does not exist; recipes live in configs/ (e.g. configs/fashion-mnist.yaml)")
+        try:
+            tree = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise UserError(f"config file {path} is not valid YAML: {exc}") from None
+        if not isinstance(tree, dict):
+            raise UserError(f"config file {path} must hold a mapping of keys")
+    # Validate the file first, then expand it to a full tree so overrides can reach any key.
+    tree = to_dict(from_dict(tree))
+    for text in overrides:
+        key, value = parse_override(text)
+        _set_dotted(tree, key, value, tree)
+    return from_dict(tree)
+
+
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def fingerprint(*sections) -> str:
+    """A short stable hash of config sections: a stage's output records the inputs that made it."""
+    blob = json.dumps([dataclasses.asdict(s) if dataclasses.is_dataclass(s) else s for s in sections], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]

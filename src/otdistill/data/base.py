@@ -1,0 +1,106 @@
+"""The in-memory and on-disk image sets every adapter returns."""
+
+from __future__ import annotations
+
+import abc
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+
+
+def resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize a uint8 (N, C, H, W) batch to size x size (antialiased bilinear)."""
+    if images.shape[-1] == size and images.shape[-2] == size:
+        return images
+    out = F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return out.round().clamp(0, 255).to(torch.uint8)
+
+
+class ImageSet(abc.ABC):
+    """Labelled images addressed by index; `get` returns a uint8 (B, C, H, W) batch."""
+
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @abc.abstractmethod
+    def get(self, indices) -> torch.Tensor:
+        """The images at `indices` as one uint8 batch."""
+
+    def indices_of(self, class_index: int) -> torch.Tensor:
+        return torch.nonzero(self.labels == class_index).flatten()
+
+
+class TensorImages(ImageSet):
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
+        assert images.dtype == torch.uint8 and images.ndim == 4 and len(images) == len(labels)
+        self.images = images
+        self.labels = labels.long()
+
+    def get(self, indices) -> torch.Tensor:
+        return self.images[torch.as_tensor(indices, dtype=torch.long)]
+
+
+class FolderImages(ImageSet):
+    """Image files decoded on demand, resized (shorter side) and centre-cropped to `size`."""
+
+    def __init__(self, paths: list[Path], labels: list[int], size: int, channels: int = 3):
+        self.paths = list(paths)
+        self.labels = torch.tensor(labels, dtype=torch.long)
+        self.size = size
+        self.channels = channels
+
+    def _load(self, path: Path) -> torch.Tensor:
+        with Image.open(path) as im:
+            im = im.convert("L" if self.channels == 1 else "RGB")
+            w, h = im.size
+            scale = self.size / min(w, h)
+            im = im.resize((max(self.size, round(w * scale)), max(self.size, round(h * scale))), Image.BICUBIC)
+            w, h = im.size
+            left, top = (w - self.size) // 2, (h - self.size) // 2
+            im = im.crop((left, top, left + self.size, top + self.size))
+            arr = np.asarray(im, dtype=np.uint8)
+        if arr.ndim == 2:
+            arr = arr[:, :, None]
+        return torch.from_numpy(arr.copy()).permute(2, 0, 1)
+
+    def get(self, indices) -> torch.Tensor:
+        return torch.stack([self._load(self.paths[int(i)]) for i in torch.as_tensor(indices).flatten()])
+
+
+def readable_images(paths: list[Path]) -> list[Path]:
+    """Keep the files PIL can open; warn once about the others."""
+    good, bad = [], []
+    for p in paths:
+        try:
+            with Image.open(p) as im:
+                im.verify()
+            good.append(p)
+        except (UnidentifiedImageError, OSError, SyntaxError):
+            bad.append(p)
+    if bad:
+        warnings.warn(f"skipped {len(bad)} unreadable image file(s), e.g. {bad[0]}", stacklevel=2)
+    return good
+
+
+@dataclass
+class LabelledData:
+    """A train and a test split plus what models need to know about the images."""
+
+    name: str
+    train: ImageSet
+    test: ImageSet
+    class_names: list[str]
+    class_ids: list[str]  # folder-safe identifiers (wnids for ImageNet-style folders)
+    channels: int
+    image_size: int
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)

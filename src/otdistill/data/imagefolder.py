@@ -1,0 +1,64 @@
+"""Any folder of images with one sub-folder per class (custom data, ImageNet subsets)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..config import DataConfig
+from ..errors import UserError
+from .base import FolderImages, LabelledData, readable_images
+from .digits import stratified_split
+
+EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
+
+
+def read_class_list(path: str) -> list[str]:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"class list {p} does not exist; data.class_list must name a text file with one class folder per line")
+    names = [line.split()[0] for line in p.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    if len(set(names)) != len(names):
+        raise UserError(f"class list {p} names a class twice")
+    return names
+
+
+def scan(root: Path, classes: list[str]) -> tuple[list[Path], list[int]]:
+    paths, labels = [], []
+    for index, cls in enumerate(classes):
+        folder = root / cls
+        if not folder.is_dir():
+            raise UserError(f"class folder {folder} is missing; check data.root and data.class_list")
+        files = readable_images(sorted(p for p in folder.iterdir() if p.suffix.lower() in EXTENSIONS))
+        if not files:
+            raise UserError(f"class folder {folder} holds no readable images ({', '.join(sorted(EXTENSIONS))})")
+        paths += files
+        labels += [index] * len(files)
+    return paths, labels
+
+
+def load_imagefolder(cfg: DataConfig) -> LabelledData:
+    if not cfg.root:
+        raise UserError("data.name=imagefolder needs data.root: a folder with one sub-folder per class (or train/ and val/ inside)")
+    root = Path(cfg.root)
+    if not root.is_dir():
+        raise UserError(f"data.root {root} is not a folder")
+    if not cfg.image_size:
+        raise UserError("data.name=imagefolder needs data.image_size (images are resized and centre-cropped to it)")
+    train_root = root / "train" if (root / "train").is_dir() else root
+    test_root = next((root / n for n in ("val", "test") if (root / n).is_dir()), None)
+    classes = read_class_list(cfg.class_list) if cfg.class_list else sorted(p.name for p in train_root.iterdir() if p.is_dir())
+    if not classes:
+        raise UserError(f"{train_root} has no class sub-folders")
+    paths, labels = scan(train_root, classes)
+    channels = 3
+    if test_root is not None:
+        test_paths, test_labels = scan(test_root, classes)
+        train = FolderImages(paths, labels, cfg.image_size, channels)
+        test = FolderImages(test_paths, test_labels, cfg.image_size, channels)
+    else:
+        tr, te = stratified_split(torch.tensor(labels), cfg.test_fraction, cfg.split_seed)
+        train = FolderImages([paths[i] for i in tr], [labels[i] for i in tr], cfg.image_size, channels)
+        test = FolderImages([paths[i] for i in te], [labels[i] for i in te], cfg.image_size, channels)
+    return LabelledData("imagefolder", train, test, list(classes), list(classes), channels, cfg.image_size)

@@ -1,0 +1,79 @@
+"""Student evaluation: train a fresh student on a distilled set, score it on the real test set.
+
+Headline = FINAL-epoch accuracy, mean +- std over seeds. When `eval_every` > 0 the test set
+is also scored during training and the best of those epochs is reported, labelled as an
+extra that peers use and we do not recommend (it picks the epoch on the test set).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+from .artifacts import DistilledSet
+from .config import StudentConfig
+from .data import ImageSet, TensorImages
+from .errors import UserError
+from .io import generator
+from .losses import PROTOCOL_LOSS, get_loss
+from .models.classifiers import build_classifier
+from .relabel import TeacherEnsemble
+from .train import Augment, TrainRecipe, accuracy, channel_stats, fit
+
+
+def train_student(ds: DistilledSet, test: ImageSet, cfg: StudentConfig, protocol: str, seed: int,
+                  ensemble: TeacherEnsemble | None, device, quiet: bool = False) -> dict:
+    """One student, one protocol, one seed -> {final, best_epoch, per-epoch scores, seconds}."""
+    if protocol not in PROTOCOL_LOSS:
+        raise UserError(f"unknown protocol '{protocol}'; student.protocols takes soft and/or hard")
+    if protocol == "soft" and ensemble is None:
+        raise UserError("the soft protocol needs teachers; list them under `teachers` in the config")
+    start = time.time()
+    images = TensorImages(ds.images, ds.hard)
+    mean, std = channel_stats(images)
+    torch.manual_seed(seed)
+    model = build_classifier(cfg.arch, ds.num_classes, ds.images.shape[1], ds.images.shape[-1], mean, std).to(device)
+    recipe = TrainRecipe(cfg.epochs, cfg.batch_size, cfg.optimizer, cfg.lr, cfg.weight_decay,
+                         Augment(cfg.crop_scale_min, cfg.flip))
+    hard = ds.hard.to(device)
+    if protocol == "hard":
+        def target_fn(x, idx):
+            return hard[idx.to(device)]
+        loss = get_loss("ce")
+    else:
+        def target_fn(x, idx):
+            return ensemble(x)  # the teachers label the very augmented view the student sees
+        kl = get_loss("kl")
+
+        def loss(s, t):
+            return kl(s, t, temperature=cfg.temperature)
+
+    scores: dict[int, float] = {}
+
+    def on_epoch(epoch: int) -> None:
+        if cfg.eval_every and epoch % cfg.eval_every == 0 and epoch != cfg.epochs:
+            scores[epoch] = accuracy(model, test, device, cfg.test_batch_size)
+            model.train()
+
+    fit(model, images, recipe, loss, target_fn, generator(seed, "student", protocol), device, on_epoch,
+        desc=f"{cfg.arch} {protocol} seed {seed}", quiet=quiet)
+    scores[cfg.epochs] = accuracy(model, test, device, cfg.test_batch_size)
+    return {"protocol": protocol, "seed": seed, "final": scores[cfg.epochs], "best_epoch": max(scores.values()),
+            "scores": {str(k): v for k, v in sorted(scores.items())}, "seconds": round(time.time() - start, 1)}
+
+
+def summarise(cells: list[dict]) -> dict:
+    """Group per-seed cells by protocol: final-epoch mean +- std (population std of the seeds)."""
+    out = {}
+    for protocol in dict.fromkeys(c["protocol"] for c in cells):
+        rows = [c for c in cells if c["protocol"] == protocol]
+        finals = [c["final"] for c in rows]
+        bests = [c["best_epoch"] for c in rows]
+        out[protocol] = {
+            "final_mean": statistics.fmean(finals), "final_std": statistics.pstdev(finals),
+            "seeds": [c["seed"] for c in rows], "final": finals,
+            "best_epoch_mean (test-selected, reference only)": statistics.fmean(bests),
+        }
+    return out

@@ -1,0 +1,159 @@
+"""Classifier registry: a config names an architecture as a string (timm-style).
+
+The field's small nets are written here (ConvNet-D of DC/DSA/DM, ResNetAP-10 of IDC,
+ResNet-18 with a small-input stem); any torchvision classification model is reachable
+as `tv:<name>` (e.g. `tv:resnet50`). Every classifier takes images in [0, 1] and
+normalises them itself, so a saved checkpoint is self-describing.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from ..errors import UserError
+
+
+def make_norm(kind: str, channels: int) -> nn.Module:
+    if kind == "instancenorm":  # DC's "instancenorm" is a GroupNorm with one channel per group
+        return nn.GroupNorm(channels, channels, affine=True)
+    if kind == "batchnorm":
+        return nn.BatchNorm2d(channels)
+    if kind == "layernorm":
+        return nn.GroupNorm(1, channels, affine=True)
+    if kind == "none":
+        return nn.Identity()
+    raise UserError(f"unknown norm '{kind}'; use instancenorm, batchnorm, layernorm or none")
+
+
+class ConvNet(nn.Module):
+    """ConvNet-D: D blocks of conv3x3 -> norm -> ReLU -> 2x2 pooling, then a linear layer."""
+
+    def __init__(self, num_classes: int, in_channels: int, image_size: int, depth: int = 3, width: int = 128,
+                 norm: str = "instancenorm", pooling: str = "avg"):
+        super().__init__()
+        pool = {"avg": nn.AvgPool2d, "max": nn.MaxPool2d}.get(pooling)
+        if pool is None:
+            raise UserError(f"unknown pooling '{pooling}'; use avg or max")
+        layers, channels, size = [], in_channels, image_size
+        for _ in range(depth):
+            layers += [nn.Conv2d(channels, width, 3, padding=1), make_norm(norm, width), nn.ReLU(inplace=True)]
+            if size >= 2:
+                layers.append(pool(2))
+                size //= 2
+            channels = width
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(width * size * size, num_classes)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x).flatten(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.embed(x))
+
+
+class _APBlock(nn.Module):
+    """ResNet basic block whose downsampling is average pooling (IDC's ResNetAP)."""
+
+    def __init__(self, cin: int, cout: int, downsample: bool, norm: str):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1, bias=False)
+        self.bn1 = make_norm(norm, cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.bn2 = make_norm(norm, cout)
+        self.pool = nn.AvgPool2d(2) if downsample else nn.Identity()
+        self.shortcut = nn.Identity()
+        if downsample or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), make_norm(norm, cout), self.pool)
+
+    def forward(self, x):
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.pool(out)
+        out = self.bn2(self.conv2(out))
+        return torch.relu(out + self.shortcut(x))
+
+
+class ResNetAP(nn.Module):
+    def __init__(self, num_classes: int, in_channels: int, image_size: int, blocks=(1, 1, 1, 1), width: int = 64,
+                 norm: str = "instancenorm"):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1, bias=False), make_norm(norm, width), nn.ReLU(inplace=True))
+        layers, cin = [], width
+        for stage, n in enumerate(blocks):
+            cout = width * 2 ** stage
+            for b in range(n):
+                layers.append(_APBlock(cin, cout, downsample=(stage > 0 and b == 0), norm=norm))
+                cin = cout
+        self.layers = nn.Sequential(*layers)
+        self.fc = nn.Linear(cin, num_classes)
+
+    def embed(self, x):
+        return self.layers(self.stem(x)).mean(dim=(2, 3))
+
+    def forward(self, x):
+        return self.fc(self.embed(x))
+
+
+def _torchvision(name: str, num_classes: int, in_channels: int, image_size: int, small_stem: bool = False, **kwargs):
+    import torchvision
+
+    try:
+        net = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kwargs)
+    except ValueError:
+        raise UserError(f"torchvision has no model '{name}'; see torchvision.models.list_models()") from None
+    if small_stem:
+        if not hasattr(net, "conv1"):
+            raise UserError(f"small_stem is only defined for ResNet-style models, not '{name}'")
+        net.conv1 = nn.Conv2d(3, net.conv1.out_channels, 3, 1, 1, bias=False)
+        net.maxpool = nn.Identity()
+    return net
+
+
+class Classifier(nn.Module):
+    """Normalises [0, 1] images, repeats grey channels for RGB-only nets, then runs the net."""
+
+    def __init__(self, net: nn.Module, mean: list[float], std: list[float], repeat_channels: int = 1):
+        super().__init__()
+        self.net = net
+        self.repeat_channels = repeat_channels
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x - self.mean) / self.std
+        if self.repeat_channels > 1:
+            x = x.repeat(1, self.repeat_channels, 1, 1)
+        return self.net(x)
+
+
+# name -> (constructor, fixed kwargs, needs RGB input)
+_REGISTRY: dict[str, tuple[Callable[..., nn.Module], dict, bool]] = {
+    "resnetap10": (ResNetAP, {"blocks": (1, 1, 1, 1)}, False),
+    "resnet18": (_torchvision, {"name": "resnet18", "small_stem": True}, True),
+}
+
+
+def available() -> list[str]:
+    return ["convnet<D> (e.g. convnet3, convnet6)", *_REGISTRY, "tv:<torchvision name>"]
+
+
+def build_classifier(arch: str, num_classes: int, in_channels: int, image_size: int,
+                     mean: list[float] | None = None, std: list[float] | None = None, **kwargs) -> Classifier:
+    """Build `arch` for images of the given shape; kwargs reach the constructor (width, norm, ...)."""
+    repeat = 1
+    match = re.fullmatch(r"convnet(\d+)", arch)
+    if match:
+        net = ConvNet(num_classes, in_channels, image_size, depth=int(match.group(1)), **kwargs)
+    elif arch in _REGISTRY or arch.startswith("tv:"):
+        ctor, fixed, rgb = _REGISTRY.get(arch, (_torchvision, {"name": arch[3:]}, True))
+        if rgb and in_channels == 1:
+            repeat = 3
+        net = ctor(num_classes=num_classes, in_channels=3 if rgb else in_channels, image_size=image_size, **fixed, **kwargs)
+    else:
+        raise UserError(f"unknown classifier '{arch}'; available: {', '.join(available())}")
+    mean = mean if mean is not None else [0.5] * in_channels
+    std = std if std is not None else [0.5] * in_channels
+    return Classifier(net, mean, std, repeat)

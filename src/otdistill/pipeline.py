@@ -1,0 +1,255 @@
+"""The stages of a run, each reading the previous stage's saved artifact.
+
+OUTPUT/
+    config.yaml        the effective config of the run
+    distilled/         the distilled set (artifacts.py); sample writes images, relabel labels
+    eval/              one JSON per (student, protocol, seed), reused on rerun
+    eval.json          the summary over seeds
+    summary.md         what `run` printed
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from . import artifacts
+from .config import Config, dump_config, fingerprint, from_dict, to_dict
+from .data import LabelledData, load_dataset
+from .errors import UserError
+from .evaluate import summarise, train_student
+from .io import generator, read_json, resolve_device, write_json, write_text
+from .models.generator import LatentDiffusion, load_generator
+from .relabel import load_ensemble, soft_logits
+from .sample import sample_class
+from .teachers import train_teacher
+
+log = logging.getLogger(__name__)
+
+STAGE_FILE = ".otdistill-stage.json"  # dot-file: not part of the artifact's hashed files
+
+
+def distilled_dir(cfg: Config) -> Path:
+    return Path(cfg.output) / "distilled"
+
+
+def ensure_generator(cfg: Config, force: bool = False, quiet: bool = False, data: LabelledData | None = None) -> LatentDiffusion:
+    """Load the generator at generator.path, training it first when absent (or forced)."""
+    from .train_generator import train_generator
+
+    device = resolve_device(cfg.device)
+    if Path(cfg.generator.path).exists() and not force:
+        return load_generator(cfg.generator.path, device)
+    log.info("training the generator into %s", cfg.generator.path)
+    return train_generator(cfg.generator, data or load_dataset(cfg.data), device, quiet=quiet)
+
+
+def ensure_teachers(cfg: Config, force: bool = False, quiet: bool = False, data: LabelledData | None = None) -> None:
+    """Train every configured teacher whose folder is absent (or all, when forced)."""
+    device = resolve_device(cfg.device)
+    for tcfg in cfg.teachers:
+        if Path(tcfg.path).exists() and not force:
+            continue
+        data = data or load_dataset(cfg.data)
+        log.info("training teacher %s into %s", tcfg.arch, tcfg.path)
+        train_teacher(tcfg, data, device, quiet=quiet)
+
+
+def _claim(folder: Path, stamp: dict) -> None:
+    """Record which inputs a stage folder belongs to; refuse to mix runs of different configs."""
+    folder.mkdir(parents=True, exist_ok=True)
+    f = folder / STAGE_FILE
+    if f.exists():
+        old = read_json(f)
+        if old != stamp:
+            raise UserError(f"{folder} was made with a different config ({old.get('what')}); "
+                            f"choose a new output folder (--set output=...) or delete {folder}")
+    else:
+        write_json(f, stamp)
+
+
+def _check_classes(model: LatentDiffusion, data: LabelledData) -> None:
+    if model.info["class_names"] != data.class_names:
+        raise UserError(f"the generator was trained on classes {model.info['class_names'][:3]}... but the dataset has "
+                        f"{data.class_names[:3]}...; retrain it (`otdistill train-generator --force`) or fix data.class_list")
+
+
+def sample_stage(cfg: Config, quiet: bool = False, data: LabelledData | None = None) -> Path:
+    """Generate sample.ipc images per class into OUTPUT/distilled; finished classes are kept."""
+    root = distilled_dir(cfg)
+    stamp = {"what": "sample", "fingerprint": fingerprint(cfg.data, cfg.generator.path, cfg.sample)}
+    _claim(root, stamp)
+    if (root / "manifest.json").exists():
+        return root
+    data = data or load_dataset(cfg.data)
+    model = ensure_generator(cfg, quiet=quiet, data=data)
+    _check_classes(model, data)
+    k = data.num_classes
+    start = time.time()
+    for c in tqdm(range(k), desc="sample classes", disable=quiet):
+        folder = artifacts.class_folder(c, data.class_ids[c], k)
+        if artifacts.class_done(root, folder, cfg.sample.ipc):
+            continue
+        artifacts.write_class_images(root, folder, sample_class(model, c, cfg.sample))
+    artifacts.write_manifest(
+        root, ipc=cfg.sample.ipc, class_names=data.class_names, class_ids=data.class_ids, channels=data.channels,
+        image_size=data.image_size, source={"kind": "generated", "generator": cfg.generator.path,
+                                            "sample_seconds": round(time.time() - start, 1)},
+        config=to_dict(cfg), seeds={"sample": cfg.sample.seed})
+    return root
+
+
+def select_stage(cfg: Config, method: str, out: str | Path, quiet: bool = False, data: LabelledData | None = None) -> Path:
+    """A real-image baseline: sample.ipc random training images per class, same artifact format."""
+    root = Path(out)
+    _claim(root, {"what": f"select {method}", "fingerprint": fingerprint(cfg.data, cfg.sample.ipc, cfg.sample.seed)})
+    if (root / "manifest.json").exists():
+        return root
+    data = data or load_dataset(cfg.data)
+    k = data.num_classes
+    for c in tqdm(range(k), desc=f"select {method}", disable=quiet):
+        idx = data.train.indices_of(c)
+        if len(idx) < cfg.sample.ipc:
+            raise UserError(f"class '{data.class_names[c]}' has {len(idx)} training images, fewer than "
+                            f"sample.ipc={cfg.sample.ipc}; lower the IPC")
+        pick = idx[torch.randperm(len(idx), generator=generator(cfg.sample.seed, "select", method, c))[:cfg.sample.ipc]]
+        folder = artifacts.class_folder(c, data.class_ids[c], k)
+        if not artifacts.class_done(root, folder, cfg.sample.ipc):
+            artifacts.write_class_images(root, folder, data.train.get(pick.sort().values))
+    artifacts.write_manifest(
+        root, ipc=cfg.sample.ipc, class_names=data.class_names, class_ids=data.class_ids, channels=data.channels,
+        image_size=data.image_size, source={"kind": f"real-{method}"}, config=to_dict(cfg),
+        seeds={"select": cfg.sample.seed})
+    return root
+
+
+def _config_of(distilled: str | Path, cfg: Config | None) -> Config:
+    """A stage run on a bare folder uses the config recorded in the set's manifest."""
+    if cfg is not None:
+        return cfg
+    manifest = Path(distilled) / "manifest.json"
+    if not manifest.exists():
+        raise UserError(f"{distilled} is not a finished distilled set (no manifest.json)")
+    return from_dict(read_json(manifest)["config"])
+
+
+def relabel_stage(distilled: str | Path, cfg: Config | None = None, quiet: bool = False) -> dict:
+    """Store the teacher ensemble's logits for every image; also measures how often the
+    teachers agree with the class each image was generated for."""
+    cfg = _config_of(distilled, cfg)
+    device = resolve_device(cfg.device)
+    ds = artifacts.read_distilled(distilled)
+    paths = [t.path for t in cfg.teachers]
+    if not paths:
+        raise UserError("no teachers configured; add at least one under `teachers` in the config")
+    if ds.soft_logits is not None and ds.manifest.get("teachers") == paths:
+        return ds.manifest
+    ensemble = load_ensemble(paths, device)
+    logits = soft_logits(ensemble, ds.images, device)
+    agree = (logits.argmax(1) == ds.hard).float()
+    per_class = [agree[ds.hard == c].mean().item() for c in range(ds.num_classes)]
+    artifacts.write_labels(ds.root, ds.hard, logits, paths)
+    m = ds.manifest
+    extra = {"teacher_agreement": {"overall": agree.mean().item(),
+                                   "per_class": dict(zip(ds.class_names, per_class))}}
+    return artifacts.write_manifest(
+        ds.root, ipc=m["ipc"], class_names=ds.class_names, class_ids=[c["id"] for c in m["classes"]],
+        channels=m["channels"], image_size=m["image_size"], source=m["source"], config=m["config"],
+        seeds=m["seeds"], teachers=paths, extra=extra)
+
+
+def evaluate_stage(distilled: str | Path, cfg: Config | None = None, out: str | Path | None = None,
+                   quiet: bool = False, data: LabelledData | None = None) -> dict:
+    """Train cfg.student on the set for each protocol and seed; each cell is saved as it ends
+    and reused on rerun, so an interrupted evaluation resumes."""
+    cfg = _config_of(distilled, cfg)
+    device = resolve_device(cfg.device)
+    ds = artifacts.read_distilled(distilled)
+    data = data or load_dataset(cfg.data)
+    if data.class_names != ds.class_names:
+        raise UserError(f"{distilled} has classes {ds.class_names[:3]}... but data '{cfg.data.name}' has "
+                        f"{data.class_names[:3]}...; evaluate with the config of the dataset the set came from")
+    out = Path(out) if out else Path(distilled).parent / "eval.json"
+    cells_dir = out.with_suffix("") if out.suffix else out / "cells"
+    key = fingerprint(cfg.student, ds.manifest["files"], ds.manifest.get("teachers"))
+    ensemble = load_ensemble(ds.manifest["teachers"], device) if "soft" in cfg.student.protocols and ds.manifest.get("teachers") else None
+    cells = []
+    for protocol in cfg.student.protocols:
+        for seed in cfg.student.seeds:
+            cell_file = cells_dir / f"{cfg.student.arch}-{protocol}-seed{seed}.json"
+            if cell_file.exists() and read_json(cell_file).get("key") == key:
+                cells.append(read_json(cell_file))
+                continue
+            cell = train_student(ds, data.test, cfg.student, protocol, seed, ensemble, device, quiet)
+            cell["key"] = key
+            write_json(cell_file, cell)
+            cells.append(cell)
+    result = {"distilled": str(distilled), "student": cfg.student.arch, "epochs": cfg.student.epochs,
+              "ipc": ds.ipc, "num_images": len(ds.images), "protocols": summarise(cells), "cells": cells,
+              "student_config": dataclasses.asdict(cfg.student)}
+    write_json(out, result)
+    return result
+
+
+def inspect_text(distilled: str | Path) -> str:
+    ds = artifacts.read_distilled(distilled, verify_hashes=False)
+    m = ds.manifest
+    lines = [f"{distilled}: {m['num_classes']} classes x IPC {m['ipc']} = {len(ds.images)} images, "
+             f"{m['channels']}x{m['image_size']}x{m['image_size']}, source {m['source'].get('kind')}"]
+    if ds.soft_logits is not None:
+        p = ds.soft_logits.softmax(1)
+        ent = -(p * p.clamp_min(1e-12).log()).sum(1) / math.log(ds.num_classes)
+        lines.append(f"soft labels from {len(m['teachers'])} teacher(s); normalised label entropy "
+                     f"mean {ent.mean():.3f}")
+    agree = m.get("teacher_agreement", {}).get("per_class", {})
+    for c in m["classes"]:
+        a = f"  teacher agrees {agree[c['name']]:.0%}" if c["name"] in agree else ""
+        lines.append(f"  {c['folder']:<20} {c['count']:>4} images  {c['status']}{a}")
+    return "\n".join(lines)
+
+
+def _summary(cfg: Config, m: dict, result: dict, seconds: dict) -> str:
+    lines = [f"# otdistill run: {cfg.output}", "",
+             f"dataset {cfg.data.name}, IPC {m['ipc']}, {result['num_images']} images, "
+             f"student {result['student']} ({result['epochs']} epochs)", "",
+             "| labels | final-epoch top-1 (mean +- std) | seeds |", "|---|---|---|"]
+    for protocol, r in result["protocols"].items():
+        lines.append(f"| {protocol} | {100 * r['final_mean']:.2f} +- {100 * r['final_std']:.2f} | {len(r['seeds'])} |")
+    if "teacher_agreement" in m:
+        lines += ["", f"teacher agrees with the generated class on {100 * m['teacher_agreement']['overall']:.1f}% of images"]
+    lines += ["", "time per stage: " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items())]
+    return "\n".join(lines) + "\n"
+
+
+def run(cfg: Config, quiet: bool = False) -> dict:
+    """data -> generator -> teachers -> sample -> relabel -> evaluate -> summary."""
+    out = Path(cfg.output)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / "config.yaml", dump_config(cfg))
+    seconds = {}
+    t = time.time()
+    data = load_dataset(cfg.data)
+    seconds["data"] = time.time() - t
+    t = time.time()
+    ensure_generator(cfg, quiet=quiet, data=data)
+    ensure_teachers(cfg, quiet=quiet, data=data)
+    seconds["models"] = time.time() - t
+    t = time.time()
+    root = sample_stage(cfg, quiet=quiet, data=data)
+    seconds["sample"] = time.time() - t
+    t = time.time()
+    manifest = relabel_stage(root, cfg, quiet=quiet)
+    seconds["relabel"] = time.time() - t
+    t = time.time()
+    result = evaluate_stage(root, cfg, out / "eval.json", quiet=quiet, data=data)
+    seconds["evaluate"] = time.time() - t
+    text = _summary(cfg, manifest, result, seconds)
+    write_text(out / "summary.md", text)
+    print(text)
+    return result

@@ -1,0 +1,43 @@
+"""Soft labels from a teacher ensemble: the mean of the members' logits.
+
+The same ensemble labels stored (one unaugmented view per image, kept in the artifact) and
+online (each augmented view a student sees). Which teachers join is decided by the caller,
+so an IPC-dependent choice (LIA) plugs in without touching this module.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from .teachers import load_teacher
+
+
+class TeacherEnsemble(nn.Module):
+    def __init__(self, members: list[nn.Module], names: list[str]):
+        super().__init__()
+        if not members:
+            raise ValueError("a teacher ensemble needs at least one member")
+        self.members = nn.ModuleList(members)
+        self.names = names
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m(x) for m in self.members]).mean(0)
+
+
+def load_ensemble(paths: list[str | Path], device="cpu") -> TeacherEnsemble:
+    loaded = [load_teacher(p, device) for p in paths]
+    return TeacherEnsemble([m for m, _ in loaded], [str(p) for p in paths]).eval()
+
+
+@torch.no_grad()
+def soft_logits(ensemble: TeacherEnsemble, images: torch.Tensor, device, batch_size: int = 500) -> torch.Tensor:
+    """Ensemble logits for uint8 (N, C, H, W) images, shown unaugmented."""
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = images[start:start + batch_size].to(device, torch.float32) / 255.0
+        out.append(ensemble(x).float().cpu())
+    return torch.cat(out)

@@ -1,0 +1,68 @@
+"""Teacher classifiers: train on the real data, save as safetensors + a JSON description, load back.
+
+A teacher folder holds:
+    model.safetensors   the Classifier's state dict
+    model.json          arch, its kwargs, input shape, normalisation, classes, test accuracy,
+                        and the command that made it
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .config import TeacherConfig
+from .data import LabelledData
+from .errors import UserError
+from .io import atomic_path, generator, read_json, write_json
+from .losses import cross_entropy
+from .models.classifiers import Classifier, build_classifier
+from .train import Augment, TrainRecipe, accuracy, channel_stats, fit
+
+log = logging.getLogger(__name__)
+
+
+def train_teacher(cfg: TeacherConfig, data: LabelledData, device, quiet: bool = False) -> tuple[Classifier, dict]:
+    """Train one teacher on the full training split and save it at cfg.path (atomically)."""
+    start = time.time()
+    mean, std = channel_stats(data.train)
+    model = build_classifier(cfg.arch, data.num_classes, data.channels, data.image_size, mean, std).to(device)
+    recipe = TrainRecipe(cfg.epochs, cfg.batch_size, "adamw", cfg.lr, cfg.weight_decay, Augment(crop_scale_min=0.8, flip=True))
+    labels = data.train.labels.to(device)
+    torch.manual_seed(cfg.seed)
+    fit(model, data.train, recipe, cross_entropy, lambda x, idx: labels[idx.to(device)],
+        generator(cfg.seed, "teacher", cfg.arch), device, desc=f"teacher {cfg.arch}", quiet=quiet)
+    acc = accuracy(model, data.test, device)
+    info = {
+        "arch": cfg.arch, "num_classes": data.num_classes, "in_channels": data.channels,
+        "image_size": data.image_size, "mean": mean, "std": std, "class_names": data.class_names,
+        "dataset": data.name, "test_accuracy": acc, "epochs": cfg.epochs, "seed": cfg.seed,
+        "train_seconds": round(time.time() - start, 1),
+        "command": " ".join(["otdistill", *sys.argv[1:]]) if Path(sys.argv[0]).name == "otdistill" else None,
+    }
+    with atomic_path(cfg.path) as tmp:
+        tmp.mkdir()
+        save_file({k: v.contiguous().cpu() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
+        write_json(tmp / "model.json", info)
+    log.info("teacher %s: test accuracy %.4f, saved to %s", cfg.arch, acc, cfg.path)
+    return model.eval(), info
+
+
+def load_teacher(path: str | Path, device="cpu") -> tuple[Classifier, dict]:
+    path = Path(path)
+    if not (path / "model.safetensors").is_file() or not (path / "model.json").is_file():
+        raise UserError(f"{path} is not a teacher folder (model.safetensors + model.json); "
+                        "train one with `otdistill train-teacher CONFIG`")
+    info = read_json(path / "model.json")
+    model = build_classifier(info["arch"], info["num_classes"], info["in_channels"], info["image_size"], info["mean"], info["std"])
+    try:
+        model.load_state_dict(load_file(path / "model.safetensors"))
+    except (RuntimeError, OSError) as exc:
+        raise UserError(f"teacher weights in {path} do not fit a {info['arch']} for {info['num_classes']} classes: "
+                        f"{str(exc).splitlines()[0]}") from None
+    return model.to(device).eval().requires_grad_(False), info

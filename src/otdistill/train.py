@@ -1,0 +1,121 @@
+"""Classifier training (teachers and students) and scoring on a real test set."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torchvision.ops import roi_align
+from tqdm.auto import tqdm
+
+from .data import ImageSet
+from .errors import UserError
+
+
+def random_resized_crop(x: torch.Tensor, scale_min: float, g: torch.Generator, ratio=(3 / 4, 4 / 3)) -> torch.Tensor:
+    """A different RandomResizedCrop per image, as one batched roi_align call."""
+    n, _, h, w = x.shape
+    area = torch.empty(n).uniform_(scale_min, 1.0, generator=g) * h * w
+    log_r = torch.empty(n).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=g)
+    r = torch.exp(log_r)
+    cw = torch.sqrt(area * r).clamp(max=w)
+    ch = torch.sqrt(area / r).clamp(max=h)
+    x0 = torch.rand(n, generator=g) * (w - cw)
+    y0 = torch.rand(n, generator=g) * (h - ch)
+    boxes = torch.stack([torch.arange(n, dtype=torch.float), x0, y0, x0 + cw, y0 + ch], dim=1).to(x)
+    return roi_align(x, boxes, output_size=(h, w), spatial_scale=1.0, sampling_ratio=2, aligned=True)
+
+
+def random_flip(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    flip = (torch.rand(len(x), generator=g) < 0.5).to(x.device).view(-1, 1, 1, 1)
+    return torch.where(flip, x.flip(-1), x)
+
+
+@dataclass
+class Augment:
+    crop_scale_min: float = 0.5
+    flip: bool = True
+
+    def __call__(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        if self.crop_scale_min < 1.0:
+            x = random_resized_crop(x, self.crop_scale_min, g)
+        if self.flip:
+            x = random_flip(x, g)
+        return x
+
+
+@torch.no_grad()
+def predict_logits(model: torch.nn.Module, images: ImageSet, device, batch_size: int = 1000) -> torch.Tensor:
+    model.eval()
+    out = []
+    for start in range(0, len(images), batch_size):
+        idx = torch.arange(start, min(start + batch_size, len(images)))
+        out.append(model(images.get(idx).to(device, torch.float32) / 255.0).float().cpu())
+    return torch.cat(out)
+
+
+def accuracy(model: torch.nn.Module, images: ImageSet, device, batch_size: int = 1000) -> float:
+    logits = predict_logits(model, images, device, batch_size)
+    return (logits.argmax(1) == images.labels).float().mean().item()
+
+
+@dataclass
+class TrainRecipe:
+    epochs: int
+    batch_size: int
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    augment: Augment = field(default_factory=Augment)
+
+
+def make_optimizer(model: torch.nn.Module, recipe: TrainRecipe, steps: int):
+    if recipe.optimizer == "adamw":
+        opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    elif recipe.optimizer == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=0.9, weight_decay=recipe.weight_decay, nesterov=True)
+    else:
+        raise UserError(f"unknown optimizer '{recipe.optimizer}'; use adamw or sgd")
+    return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, steps))
+
+
+def fit(model: torch.nn.Module, images: ImageSet, recipe: TrainRecipe, loss_fn: Callable, target_fn: Callable,
+        g: torch.Generator, device, on_epoch: Callable[[int], None] | None = None, desc: str = "train",
+        quiet: bool = False) -> list[float]:
+    """Train `model` on `images`; `target_fn(augmented batch, indices)` gives what `loss_fn`
+    compares the student's logits with (hard labels, or a teacher's logits on that very view).
+    Returns the mean loss per epoch."""
+    n = len(images)
+    steps_per_epoch = math.ceil(n / recipe.batch_size)
+    opt, sched = make_optimizer(model, recipe, recipe.epochs * steps_per_epoch)
+    losses = []
+    bar = tqdm(range(recipe.epochs), desc=desc, disable=quiet, leave=False)
+    for epoch in bar:
+        model.train()
+        perm = torch.randperm(n, generator=g)
+        total = 0.0
+        for start in range(0, n, recipe.batch_size):
+            idx = perm[start:start + recipe.batch_size]
+            x = images.get(idx).to(device, torch.float32) / 255.0
+            x = recipe.augment(x, g)
+            loss = loss_fn(model(x), target_fn(x, idx))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item() * len(idx)
+        losses.append(total / n)
+        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        if on_epoch is not None:
+            on_epoch(epoch + 1)
+    model.eval()
+    return losses
+
+
+def channel_stats(images: ImageSet, max_images: int = 10000) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of [0, 1] images (a deterministic subset of at most max_images)."""
+    idx = torch.linspace(0, len(images) - 1, min(len(images), max_images)).long()
+    x = images.get(idx).float() / 255.0
+    return x.mean(dim=(0, 2, 3)).tolist(), x.std(dim=(0, 2, 3)).clamp(min=1e-3).tolist()
