@@ -1,0 +1,40 @@
+"""Shared fixtures: the digits-tiny recipe pointed at a temporary folder, and one tiny
+generator and teacher trained once per test session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from otdistill.config import Config, load_config
+from otdistill.data import load_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "configs" / "digits-tiny.yaml"
+
+torch.set_num_threads(2)
+
+
+def tiny_config(tmp: Path, *overrides: str) -> Config:
+    return load_config(TINY, [f"output={tmp / 'run'}", *overrides])
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory) -> Config:
+    """digits-tiny with its generator and teacher trained into a session folder."""
+    from otdistill.pipeline import ensure_generator, ensure_teachers
+
+    base = tmp_path_factory.mktemp("trained")
+    cfg = load_config(TINY, [f"output={base / 'run'}", f"generator.path={base / 'generator'}",
+                             f"teachers.0.path={base / 'teacher'}"])
+    data = load_dataset(cfg.data)
+    ensure_generator(cfg, quiet=True, data=data)
+    ensure_teachers(cfg, quiet=True, data=data)
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def digits():
+    return load_dataset(load_config(TINY).data)

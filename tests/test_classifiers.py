@@ -1,0 +1,29 @@
+import pytest
+import torch
+
+from otdistill.errors import UserError
+from otdistill.models.classifiers import ConvNet, build_classifier
+
+
+@pytest.mark.parametrize("arch", ["convnet3", "convnet6", "resnetap10", "resnet18", "tv:mobilenet_v3_small"])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_registry_builds_working_classifiers(arch, channels):
+    model = build_classifier(arch, num_classes=7, in_channels=channels, image_size=32).eval()
+    with torch.no_grad():
+        out = model(torch.rand(2, channels, 32, 32))
+    assert out.shape == (2, 7)
+
+
+def test_convnet_depth_width_and_norm_options():
+    net = ConvNet(10, 3, 32, depth=4, width=16, norm="batchnorm", pooling="max")
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in net.modules()) == 4
+    assert net.classifier.in_features == 16 * 2 * 2
+    with pytest.raises(UserError, match="unknown norm"):
+        ConvNet(10, 3, 32, norm="weird")
+
+
+def test_unknown_arch_lists_what_exists():
+    with pytest.raises(UserError, match="unknown classifier 'vgg-ish'.*convnet"):
+        build_classifier("vgg-ish", 10, 3, 32)
+    with pytest.raises(UserError, match="torchvision has no model"):
+        build_classifier("tv:not_a_model", 10, 3, 32)

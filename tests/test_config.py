@@ -1,0 +1,58 @@
+import pytest
+
+from otdistill.config import Config, dump_config, fingerprint, from_dict, load_config
+from otdistill.errors import UserError
+from conftest import ROOT, TINY
+
+
+def test_every_recipe_loads():
+    for path in sorted((ROOT / "configs").glob("*.yaml")):
+        assert isinstance(load_config(path), Config), path
+
+
+def test_overrides_reach_nested_keys_and_list_items():
+    cfg = load_config(TINY, ["sample.ipc=7", "student.seeds=[3, 4]", "teachers.0.epochs=9", "data.root=/x"])
+    assert cfg.sample.ipc == 7
+    assert cfg.student.seeds == [3, 4]
+    assert cfg.teachers[0].epochs == 9
+    assert cfg.data.root == "/x"
+
+
+def test_unknown_key_names_the_closest_valid_key():
+    with pytest.raises(UserError, match="did you mean 'sample.ipc'"):
+        load_config(TINY, ["sample.ipcs=3"])
+    with pytest.raises(UserError, match="did you mean 'student'"):
+        from_dict({"studnet": {}})
+    with pytest.raises(UserError, match="did you mean 'generator.dit.num_layers'"):
+        from_dict({"generator": {"dit": {"num_layer": 2}}})
+
+
+def test_wrong_types_are_rejected_with_the_key():
+    with pytest.raises(UserError, match="sample.ipc' must be an integer"):
+        load_config(TINY, ["sample.ipc=ten"])
+    with pytest.raises(UserError, match="student.flip' must be true or false"):
+        from_dict({"student": {"flip": "yes"}})
+    with pytest.raises(UserError, match="index out of range"):
+        load_config(TINY, ["teachers.5.epochs=1"])
+    with pytest.raises(UserError, match="key.path=value"):
+        load_config(TINY, ["sample.ipc"])
+
+
+def test_missing_or_bad_file(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- a list\n")
+    with pytest.raises(UserError, match="mapping"):
+        load_config(bad)
+
+
+def test_dump_round_trips_and_fingerprint_tracks_changes():
+    import yaml
+
+    cfg = load_config(TINY)
+    again = from_dict(yaml.safe_load(dump_config(cfg)))
+    assert again == cfg
+    assert fingerprint(cfg.sample) == fingerprint(again.sample)
+    again.sample.ipc += 1
+    assert fingerprint(cfg.sample) != fingerprint(again.sample)

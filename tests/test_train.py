@@ -1,0 +1,56 @@
+import pytest
+import torch
+
+from otdistill.config import TeacherConfig
+from otdistill.data import TensorImages
+from otdistill.errors import UserError
+from otdistill.io import generator
+from otdistill.losses import cross_entropy, kl_divergence
+from otdistill.models.classifiers import build_classifier
+from otdistill.teachers import load_teacher, train_teacher
+from otdistill.train import Augment, TrainRecipe, fit, random_resized_crop
+
+
+def test_crop_is_per_image_and_seeded():
+    x = torch.rand(6, 3, 16, 16)
+    a = random_resized_crop(x, 0.3, generator(1))
+    b = random_resized_crop(x, 0.3, generator(1))
+    assert a.shape == x.shape and torch.equal(a, b)
+    full = random_resized_crop(x, 1.0, generator(1), ratio=(1.0, 1.0))
+    assert torch.allclose(full, x, atol=1e-5)  # scale 1 and square ratio: the identity crop
+
+
+def test_kl_is_zero_for_equal_logits_and_positive_otherwise():
+    s = torch.randn(4, 5)
+    assert kl_divergence(s, s.clone()).abs() < 1e-6
+    assert kl_divergence(s, torch.randn(4, 5)) > 0
+
+
+def test_fit_learns_a_separable_task():
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(40) % 2
+    images = torch.zeros(40, 1, 8, 8, dtype=torch.uint8)
+    images[labels == 1, :, :, :4] = 255
+    data = TensorImages(images, labels)
+    model = build_classifier("convnet2", 2, 1, 8)
+    losses = fit(model, data, TrainRecipe(15, 10, lr=3e-3, augment=Augment(1.0, False)), cross_entropy,
+                 lambda x, idx: labels[idx], g, "cpu", quiet=True)
+    assert losses[-1] < losses[0] * 0.5
+
+
+def test_teacher_round_trip_and_bad_weights(tmp_path, digits):
+    cfg = TeacherConfig(path=str(tmp_path / "t"), arch="convnet2", epochs=1, batch_size=128)
+    model, info = train_teacher(cfg, digits, "cpu", quiet=True)
+    assert 0.5 < info["test_accuracy"] <= 1.0  # one epoch on digits is well above chance (0.1)
+    loaded, info2 = load_teacher(cfg.path)
+    x = digits.test.get([0, 1, 2]).float() / 255
+    assert torch.allclose(loaded(x), model(x), atol=1e-5)
+    # A checkpoint whose weights do not fit its declared architecture is refused clearly.
+    import json
+    meta = json.loads((tmp_path / "t" / "model.json").read_text())
+    meta["arch"] = "convnet3"
+    (tmp_path / "t" / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(UserError, match="do not fit a convnet3"):
+        load_teacher(cfg.path)
+    with pytest.raises(UserError, match="not a teacher folder"):
+        load_teacher(tmp_path / "missing")
