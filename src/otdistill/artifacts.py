@@ -85,11 +85,24 @@ def write_manifest(root: Path, *, ipc: int, class_names: list[str], class_ids: l
         count = len(list((root / "images" / folder).glob("*.png")))
         classes.append({"index": i, "name": name, "id": cid, "folder": folder, "count": count,
                         "status": "done" if count == ipc else "incomplete"})
-    files = {str(p.relative_to(root)): sha256_file(p) for p in sorted(root.rglob("*"))
-             if p.is_file() and p.name != "manifest.json" and not any(part.startswith(".") for part in p.relative_to(root).parts)}
     manifest = {"format": FORMAT, "ipc": ipc, "num_classes": k, "channels": channels, "image_size": image_size,
                 "classes": classes, "source": source, "teachers": teachers or [], "config": config, "seeds": seeds,
-                "versions": versions(), "files": files, **(extra or {})}
+                "versions": versions(), "files": _hashes(root), **(extra or {})}
+    write_json(root / "manifest.json", manifest)
+    return manifest
+
+
+def _hashes(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): sha256_file(p) for p in sorted(root.rglob("*"))
+            if p.is_file() and p.name != "manifest.json"
+            and not any(part.startswith(".") for part in p.relative_to(root).parts)}
+
+
+def update_manifest(root: Path, **entries) -> dict:
+    """Add or replace top-level manifest entries and re-hash the files (after a later stage
+    added some, e.g. labels.safetensors)."""
+    manifest = read_json(root / "manifest.json")
+    manifest.update(entries, files=_hashes(root))
     write_json(root / "manifest.json", manifest)
     return manifest
 

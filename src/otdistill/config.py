@@ -74,6 +74,37 @@ class GeneratorConfig:
 
 
 @dataclass
+class OTGuidanceConfig:
+    """G_W, the paper's OT term: entropic OT between the class's generated set and real latents."""
+
+    weight: float = 0.0  # beta_1, relative to the sampler's own update norm; 0 = off
+    reg: float = 0.05  # lambda_1, relative to the mean ground cost
+    cost: str = "l1"  # l1 | sqeuclidean | cosine
+    pool_size: int = 100  # R real latents per class
+    pool_select: str = "random"  # random | kmeans
+    pool_seed: int = 0
+    input: str = "x0"  # x0 (predicted clean latent) | zt
+    max_iter: int = 1000
+
+
+@dataclass
+class DeviationConfig:
+    """G_D of IGD: away from the most cosine-similar latent already generated for the class."""
+
+    weight: float = 0.0  # gamma, relative to the sampler's own update norm; 0 = off
+    memory_size: int = 64
+    input: str = "x0"
+
+
+@dataclass
+class GuidanceConfig:
+    # Steps [start, stop) of the respaced schedule (0 = noisiest) where terms act.
+    window: list[int] = field(default_factory=lambda: [0, 50])
+    ot: OTGuidanceConfig = field(default_factory=OTGuidanceConfig)
+    deviation: DeviationConfig = field(default_factory=DeviationConfig)
+
+
+@dataclass
 class SampleConfig:
     """Class-conditional sampling of IPC images per class."""
 
@@ -83,6 +114,7 @@ class SampleConfig:
     cfg_scale: float = 2.0
     batch_size: int = 50  # latents of one class per forward pass
     seed: int = 0
+    guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
 
 
 @dataclass
@@ -118,6 +150,15 @@ class StudentConfig:
 
 
 @dataclass
+class MetricsConfig:
+    """Distribution metrics against held-out real images (the test split)."""
+
+    per_class: int = 200  # held-out real images per class
+    k: int = 5  # neighbours for density / coverage
+    seed: int = 0
+
+
+@dataclass
 class Config:
     output: str = "runs/fashion-mnist"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -126,6 +167,7 @@ class Config:
     sample: SampleConfig = field(default_factory=SampleConfig)
     teachers: list[TeacherConfig] = field(default_factory=lambda: [TeacherConfig()])
     student: StudentConfig = field(default_factory=StudentConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
 
 # ---------------------------------------------------------------- conversion

@@ -21,14 +21,17 @@ from tqdm.auto import tqdm
 
 from . import artifacts
 from .config import Config, dump_config, fingerprint, from_dict, to_dict
-from .data import LabelledData, load_dataset
+from .data import LabelledData, TensorImages, load_dataset
 from .errors import UserError
 from .evaluate import summarise, train_student
+from .guidance import build_terms
 from .io import generator, read_json, resolve_device, write_json, write_text
 from .models.generator import LatentDiffusion, load_generator
+from .metrics import features, held_out, set_metrics
 from .relabel import load_ensemble, soft_logits
 from .sample import sample_class
-from .teachers import train_teacher
+from .teachers import load_teacher, train_teacher
+from .train_generator import encode_all
 
 log = logging.getLogger(__name__)
 
@@ -91,17 +94,20 @@ def sample_stage(cfg: Config, quiet: bool = False, data: LabelledData | None = N
     model = ensure_generator(cfg, quiet=quiet, data=data)
     _check_classes(model, data)
     k = data.num_classes
+    terms = build_terms(cfg.sample.guidance, model, data, cache_dir=Path(cfg.output) / "cache")
+    window = tuple(cfg.sample.guidance.window)
     start = time.time()
     for c in tqdm(range(k), desc="sample classes", disable=quiet):
         folder = artifacts.class_folder(c, data.class_ids[c], k)
         if artifacts.class_done(root, folder, cfg.sample.ipc):
             continue
-        artifacts.write_class_images(root, folder, sample_class(model, c, cfg.sample))
+        artifacts.write_class_images(root, folder, sample_class(model, c, cfg.sample, terms, window))
+    source = {"kind": "generated", "generator": cfg.generator.path, "guidance": [t.name for t in terms],
+              "sample_seconds": round(time.time() - start, 1),
+              "ot_seconds": round(sum(getattr(t, "seconds", 0.0) for t in terms), 3)}
     artifacts.write_manifest(
         root, ipc=cfg.sample.ipc, class_names=data.class_names, class_ids=data.class_ids, channels=data.channels,
-        image_size=data.image_size, source={"kind": "generated", "generator": cfg.generator.path,
-                                            "sample_seconds": round(time.time() - start, 1)},
-        config=to_dict(cfg), seeds={"sample": cfg.sample.seed})
+        image_size=data.image_size, source=source, config=to_dict(cfg), seeds={"sample": cfg.sample.seed})
     return root
 
 
@@ -155,13 +161,34 @@ def relabel_stage(distilled: str | Path, cfg: Config | None = None, quiet: bool 
     agree = (logits.argmax(1) == ds.hard).float()
     per_class = [agree[ds.hard == c].mean().item() for c in range(ds.num_classes)]
     artifacts.write_labels(ds.root, ds.hard, logits, paths)
-    m = ds.manifest
-    extra = {"teacher_agreement": {"overall": agree.mean().item(),
-                                   "per_class": dict(zip(ds.class_names, per_class))}}
-    return artifacts.write_manifest(
-        ds.root, ipc=m["ipc"], class_names=ds.class_names, class_ids=[c["id"] for c in m["classes"]],
-        channels=m["channels"], image_size=m["image_size"], source=m["source"], config=m["config"],
-        seeds=m["seeds"], teachers=paths, extra=extra)
+    return artifacts.update_manifest(ds.root, teachers=paths, teacher_agreement={
+        "overall": agree.mean().item(), "per_class": dict(zip(ds.class_names, per_class))})
+
+
+def metrics_stage(distilled: str | Path, cfg: Config | None = None, data: LabelledData | None = None) -> dict:
+    """Distribution metrics of the set against held-out real images (the test split), in the
+    first teacher's feature space and in the generator's latent space; stored in the manifest."""
+    cfg = _config_of(distilled, cfg)
+    device = resolve_device(cfg.device)
+    ds = artifacts.read_distilled(distilled)
+    if "metrics" in ds.manifest and ds.manifest["metrics"].get("settings") == dataclasses.asdict(cfg.metrics):
+        return ds.manifest["metrics"]
+    data = data or load_dataset(cfg.data)
+    idx = held_out(data.test, ds.num_classes, cfg.metrics.per_class, cfg.metrics.seed)
+    real, real_labels = data.test.get(idx), data.test.labels[idx]
+    result = {"settings": dataclasses.asdict(cfg.metrics), "held_out": "test split"}
+    teacher, _ = load_teacher(cfg.teachers[0].path, device)
+    result["teacher_features"] = set_metrics(features(teacher, real, device), features(teacher, ds.images, device),
+                                             real_labels, ds.hard, ds.num_classes, cfg.metrics.k)
+    if Path(cfg.generator.path).exists():
+        model = load_generator(cfg.generator.path, device)
+        if model.info["image_size"] == ds.images.shape[-1]:
+            def latents(x):
+                return encode_all(model, TensorImages(x, torch.zeros(len(x))), device)
+            result["latent"] = set_metrics(latents(real), latents(ds.images), real_labels, ds.hard,
+                                           ds.num_classes, cfg.metrics.k)
+    artifacts.update_manifest(ds.root, metrics=result)
+    return result
 
 
 def evaluate_stage(distilled: str | Path, cfg: Config | None = None, out: str | Path | None = None,
@@ -244,8 +271,12 @@ def run(cfg: Config, quiet: bool = False) -> dict:
     root = sample_stage(cfg, quiet=quiet, data=data)
     seconds["sample"] = time.time() - t
     t = time.time()
-    manifest = relabel_stage(root, cfg, quiet=quiet)
+    relabel_stage(root, cfg, quiet=quiet)
     seconds["relabel"] = time.time() - t
+    t = time.time()
+    metrics_stage(root, cfg, data=data)
+    manifest = read_json(root / "manifest.json")
+    seconds["metrics"] = time.time() - t
     t = time.time()
     result = evaluate_stage(root, cfg, out / "eval.json", quiet=quiet, data=data)
     seconds["evaluate"] = time.time() - t

@@ -66,12 +66,12 @@ def train_autoencoder(cfg: GeneratorConfig, train: ImageSet, channels: int, imag
 
 
 @torch.no_grad()
-def encode_all(model: LatentDiffusion, images: ImageSet, device, batch_size: int = 500) -> torch.Tensor:
-    out = []
-    for start in range(0, len(images), batch_size):
-        idx = torch.arange(start, min(start + batch_size, len(images)))
-        out.append(model.encode(to_unit(images.get(idx), device)).cpu())
-    return torch.cat(out)
+def encode_all(model: LatentDiffusion, images: ImageSet, device, indices: torch.Tensor | None = None,
+               batch_size: int = 500) -> torch.Tensor:
+    """Scaled latents of `images` (or of those at `indices`), in batches, on the CPU."""
+    indices = torch.arange(len(images)) if indices is None else indices
+    return torch.cat([model.encode(to_unit(images.get(indices[s:s + batch_size]), device)).cpu()
+                      for s in range(0, len(indices), batch_size)])
 
 
 def train_dit(cfg: GeneratorConfig, model: LatentDiffusion, latents: torch.Tensor, labels: torch.Tensor, device, quiet=False):

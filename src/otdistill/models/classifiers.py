@@ -122,11 +122,17 @@ class Classifier(nn.Module):
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
         x = (x - self.mean) / self.std
-        if self.repeat_channels > 1:
-            x = x.repeat(1, self.repeat_channels, 1, 1)
-        return self.net(x)
+        return x.repeat(1, self.repeat_channels, 1, 1) if self.repeat_channels > 1 else x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(self._prepare(x))
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Penultimate features where the net exposes them, else its logits."""
+        x = self._prepare(x)
+        return self.net.embed(x) if hasattr(self.net, "embed") else self.net(x)
 
 
 # name -> (constructor, fixed kwargs, needs RGB input)

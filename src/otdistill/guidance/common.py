@@ -1,0 +1,30 @@
+"""What guidance terms share: the latent they act on and how they scale their step."""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import UserError
+
+
+def current_latent(state, which: str) -> torch.Tensor:
+    """The latent a term measures: the predicted clean latent (default; real latents are clean)
+    or the noisy z_t itself."""
+    if which == "x0":
+        return state.x0
+    if which == "zt":
+        return state.z
+    raise UserError(f"unknown guidance input '{which}'; use x0 or zt")
+
+
+def relative_step(grad: torch.Tensor, update: torch.Tensor, weight: float, name: str, state) -> torch.Tensor:
+    """weight * |sampler update| * grad / |grad|, per latent: one weight then works across
+    models, resolutions and steps. d x0 / d z_t is taken as the identity up to a scale, which
+    this normalisation absorbs."""
+    if not torch.isfinite(grad).all():
+        raise UserError(f"{name} guidance produced a non-finite gradient at step {state.step_index} of class "
+                        f"{state.class_index}; its regularisation is probably too small (raise it)")
+    shape = (-1,) + (1,) * (grad.ndim - 1)
+    g_norm = grad.flatten(1).norm(dim=1).view(shape)
+    u_norm = update.flatten(1).norm(dim=1).view(shape)
+    return weight * u_norm * grad / g_norm.clamp_min(1e-12)

@@ -1,0 +1,27 @@
+"""G_D (IGD): push each new latent away from the most cosine-similar latent already
+generated for its class, so the class's samples stay diverse."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..config import DeviationConfig
+from .common import current_latent, relative_step
+
+
+class DeviationGuidance:
+    name = "deviation"
+
+    def __init__(self, cfg: DeviationConfig):
+        self.cfg = cfg
+
+    def __call__(self, state) -> torch.Tensor:
+        memory = state.memory[-self.cfg.memory_size:]
+        if len(memory) == 0:
+            return torch.zeros_like(state.z)
+        current = current_latent(state, self.cfg.input).detach().requires_grad_(True)
+        with torch.enable_grad():
+            sims = F.normalize(current.flatten(1), dim=1) @ F.normalize(memory.flatten(1), dim=1).T
+            grad, = torch.autograd.grad(sims.max(dim=1).values.sum(), current)
+        return relative_step(grad, state.update, self.cfg.weight, "deviation", state)

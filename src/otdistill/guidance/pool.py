@@ -1,0 +1,57 @@
+"""Per-class pools of real latents (the targets of OT guidance), encoded once and cached."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..data import LabelledData
+from ..errors import UserError
+from ..io import atomic_path, generator
+from ..models.generator import LatentDiffusion
+from ..train_generator import encode_all
+
+
+def _kmeans_pick(latents: torch.Tensor, size: int, seed: int) -> torch.Tensor:
+    """The real latent nearest each of `size` k-means centres (distinct latents)."""
+    from sklearn.cluster import KMeans
+
+    flat = latents.flatten(1).double().numpy()
+    centres = torch.from_numpy(KMeans(size, n_init=1, random_state=seed % 2**31).fit(flat).cluster_centers_)
+    dist = torch.cdist(centres, torch.from_numpy(flat))
+    chosen: list[int] = []
+    for row in dist:
+        order = row.argsort().tolist()
+        chosen.append(next(i for i in order if i not in chosen))
+    return latents[torch.tensor(chosen)]
+
+
+def real_latent_pools(model: LatentDiffusion, data: LabelledData, size: int, select: str, seed: int,
+                      cache: str | Path | None = None) -> dict[int, torch.Tensor]:
+    """{class index: (size, C, h, w) real latents}; read from `cache` when it holds this pool."""
+    key = f"{select}-{size}-{seed}"
+    if cache is not None and Path(cache).is_file():
+        stored = load_file(cache)
+        if all(f"{key}/{c}" in stored for c in range(data.num_classes)):
+            return {c: stored[f"{key}/{c}"] for c in range(data.num_classes)}
+    if select not in ("random", "kmeans"):
+        raise UserError(f"unknown pool selection '{select}'; use random or kmeans")
+    device = next(model.autoencoder.parameters()).device
+    pools = {}
+    for c in range(data.num_classes):
+        idx = data.train.indices_of(c)
+        if len(idx) < size:
+            raise UserError(f"class '{data.class_names[c]}' has {len(idx)} training images, fewer than the real pool "
+                            f"size {size}; lower sample.guidance.ot.pool_size")
+        g = generator(seed, "pool", c)
+        if select == "random":
+            pools[c] = encode_all(model, data.train, device, idx[torch.randperm(len(idx), generator=g)[:size]].sort().values)
+        else:
+            candidates = idx[torch.randperm(len(idx), generator=g)[:10 * size]].sort().values
+            pools[c] = _kmeans_pick(encode_all(model, data.train, device, candidates), size, seed)
+    if cache is not None:
+        with atomic_path(cache) as tmp:
+            save_file({f"{key}/{c}": p.contiguous() for c, p in pools.items()}, tmp)
+    return pools

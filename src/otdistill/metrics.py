@@ -1,0 +1,63 @@
+"""How close a distilled set is to held-out real data, class by class.
+
+- OT distance: entropic W2 (sqrt of <P, squared euclidean cost>) between the distilled
+  images of a class and held-out real images of that class.
+- density / coverage (Naeem et al., 2020): with k-NN balls around the real points,
+  coverage = share of real points whose ball holds a distilled point (modes reached),
+  density = mean number of balls a distilled point falls in, over k (realism).
+Both are computed in two spaces: the teacher's penultimate features and the generator's
+latent space.
+"""
+
+from __future__ import annotations
+
+import statistics
+
+import torch
+
+from .data import ImageSet
+from .ot import entropic_ot
+
+
+def density_coverage(real: torch.Tensor, fake: torch.Tensor, k: int = 5) -> tuple[float, float]:
+    real, fake = real.flatten(1).double(), fake.flatten(1).double()
+    k = min(k, len(real) - 1)
+    radii = torch.cdist(real, real).kthvalue(k + 1, dim=1).values  # +1: the point itself is at 0
+    inside = torch.cdist(fake, real) <= radii[None, :]  # (fake, real)
+    coverage = inside.any(dim=0).double().mean().item()
+    density = inside.sum().item() / (k * len(fake))
+    return density, coverage
+
+
+def ot_distance(real: torch.Tensor, fake: torch.Tensor, reg: float = 0.05) -> float:
+    value, _ = entropic_ot(fake.flatten(1).double(), real.flatten(1).double(), reg, "sqeuclidean")
+    return value.clamp_min(0).sqrt().item()
+
+
+def set_metrics(real: torch.Tensor, fake: torch.Tensor, real_labels: torch.Tensor, fake_labels: torch.Tensor,
+                num_classes: int, k: int = 5) -> dict:
+    """Per-class OT distance, density and coverage, and their means over classes."""
+    per_class = []
+    for c in range(num_classes):
+        r, f = real[real_labels == c], fake[fake_labels == c]
+        density, coverage = density_coverage(r, f, k)
+        per_class.append({"ot_distance": ot_distance(r, f), "density": density, "coverage": coverage})
+    keys = ("ot_distance", "density", "coverage")
+    return {**{key: statistics.fmean(p[key] for p in per_class) for key in keys}, "per_class": per_class}
+
+
+def held_out(images: ImageSet, num_classes: int, per_class: int, seed: int = 0) -> torch.Tensor:
+    """Indices of up to `per_class` held-out images of each class (seeded)."""
+    g = torch.Generator().manual_seed(seed)
+    picks = []
+    for c in range(num_classes):
+        idx = images.indices_of(c)
+        picks.append(idx[torch.randperm(len(idx), generator=g)[:per_class]])
+    return torch.cat(picks).sort().values
+
+
+@torch.no_grad()
+def features(model: torch.nn.Module, images_uint8: torch.Tensor, device, batch_size: int = 500) -> torch.Tensor:
+    """A Classifier's penultimate features for uint8 images."""
+    return torch.cat([model.embed(images_uint8[s:s + batch_size].to(device, torch.float32) / 255.0).float().cpu()
+                      for s in range(0, len(images_uint8), batch_size)])

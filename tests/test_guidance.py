@@ -1,0 +1,94 @@
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from otdistill.config import DeviationConfig, OTGuidanceConfig
+from otdistill.errors import UserError
+from otdistill.guidance import DeviationGuidance, OTGuidance, build_terms, real_latent_pools
+from otdistill.metrics import held_out
+from otdistill.models.generator import load_generator
+from otdistill.ot import exact_ot
+from otdistill.sample import sample_latents
+from otdistill.train_generator import encode_all
+
+
+@pytest.fixture(scope="module")
+def setup(trained, digits):
+    model = load_generator(trained.generator.path)
+    cfg = dataclasses.replace(trained.sample, ipc=6, batch_size=2, steps=10)
+    pools = real_latent_pools(model, digits, size=40, select="random", seed=0)
+    return model, cfg, pools
+
+
+def generate(model, cfg, c, terms):
+    done = []
+    for chunk in range(cfg.ipc // cfg.batch_size):
+        memory = torch.cat(done) if done else None
+        done.append(sample_latents(model, c, cfg.batch_size, cfg, terms, None, memory, chunk))
+    return torch.cat(done)
+
+
+def test_ot_guidance_lowers_ot_distance_to_held_out_real_latents(setup, digits):
+    model, cfg, pools = setup
+    idx = held_out(digits.test, 10, 30)
+    real = encode_all(model, digits.test, "cpu", idx)
+    labels = digits.test.labels[idx]
+    term = OTGuidance(OTGuidanceConfig(weight=0.5, reg=0.05), pools)
+    plain_d, ot_d = [], []
+    for c in range(3):
+        plain_d.append(exact_ot(generate(model, cfg, c, []), real[labels == c]))
+        ot_d.append(exact_ot(generate(model, cfg, c, [term]), real[labels == c]))
+    assert sum(ot_d) < sum(plain_d)
+    assert term.seconds > 0
+
+
+def test_guided_sampling_is_deterministic(setup):
+    model, cfg, pools = setup
+    a = generate(model, cfg, 4, [OTGuidance(OTGuidanceConfig(weight=0.3), pools), DeviationGuidance(DeviationConfig(weight=0.3))])
+    b = generate(model, cfg, 4, [OTGuidance(OTGuidanceConfig(weight=0.3), pools), DeviationGuidance(DeviationConfig(weight=0.3))])
+    assert torch.equal(a, b)
+
+
+def test_deviation_spreads_the_samples_of_a_class(setup):
+    model, cfg, _ = setup
+    cfg1 = dataclasses.replace(cfg, batch_size=1)
+
+    def max_cos(z):
+        s = F.normalize(z.flatten(1), dim=1) @ F.normalize(z.flatten(1), dim=1).T
+        return (s - 2 * torch.eye(len(z))).max(dim=1).values.mean().item()
+
+    plain = generate(model, cfg1, 1, [])
+    spread = generate(model, cfg1, 1, [DeviationGuidance(DeviationConfig(weight=1.0))])
+    assert max_cos(spread) < max_cos(plain)
+
+
+def test_non_finite_gradient_is_reported_not_written(setup):
+    model, cfg, pools = setup
+    broken = {c: p.clone() for c, p in pools.items()}
+    broken[0][0, 0, 0, 0] = float("nan")
+    with pytest.raises(UserError, match="non-finite gradient.*class 0"):
+        generate(model, cfg, 0, [OTGuidance(OTGuidanceConfig(weight=0.5), broken)])
+
+
+def test_pools_are_cached_and_kmeans_picks_real_latents(setup, digits, tmp_path):
+    model, _, _ = setup
+    cache = tmp_path / "pool.safetensors"
+    a = real_latent_pools(model, digits, 10, "kmeans", 0, cache)
+    assert cache.is_file() and a[0].shape == (10, *model.latent_shape)
+    b = real_latent_pools(model, digits, 10, "kmeans", 0, cache)
+    assert all(torch.equal(a[c], b[c]) for c in a)
+    every = encode_all(model, digits.train, "cpu", digits.train.indices_of(0))
+    assert all((every - z).abs().flatten(1).sum(1).min() < 1e-4 for z in a[0])  # each one is a real latent
+    with pytest.raises(UserError, match="fewer than the real pool"):
+        real_latent_pools(model, digits, 10_000, "random", 0)
+
+
+def test_build_terms_follows_the_config(trained, digits, setup):
+    model, _, _ = setup
+    g = trained.sample.guidance
+    assert build_terms(g, model, digits) == []
+    g = dataclasses.replace(g, ot=dataclasses.replace(g.ot, weight=0.1, pool_size=5),
+                            deviation=dataclasses.replace(g.deviation, weight=0.1))
+    assert [t.name for t in build_terms(g, model, digits)] == ["deviation", "ot"]
