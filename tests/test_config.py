@@ -56,3 +56,13 @@ def test_dump_round_trips_and_fingerprint_tracks_changes():
     assert fingerprint(cfg.sample) == fingerprint(again.sample)
     again.sample.ipc += 1
     assert fingerprint(cfg.sample) != fingerprint(again.sample)
+
+
+def test_base_recipes_merge_and_cycles_are_refused(tmp_path):
+    (tmp_path / "a.yaml").write_text("output: a\nsample:\n  ipc: 3\n  steps: 7\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\nsample:\n  ipc: 5\n")
+    cfg = load_config(tmp_path / "b.yaml")
+    assert (cfg.output, cfg.sample.ipc, cfg.sample.steps) == ("a", 5, 7)
+    (tmp_path / "c.yaml").write_text("base: c.yaml\n")
+    with pytest.raises(UserError, match="includes itself"):
+        load_config(tmp_path / "c.yaml")

@@ -92,3 +92,50 @@ def test_build_terms_follows_the_config(trained, digits, setup):
     g = dataclasses.replace(g, ot=dataclasses.replace(g.ot, weight=0.1, pool_size=5),
                             deviation=dataclasses.replace(g.deviation, weight=0.1))
     assert [t.name for t in build_terms(g, model, digits)] == ["deviation", "ot"]
+
+
+@pytest.fixture(scope="module")
+def surrogate(trained, digits, tmp_path_factory):
+    from otdistill.config import SurrogateConfig
+    from otdistill.surrogate import load_trajectory, train_surrogate
+
+    path = tmp_path_factory.mktemp("surrogate") / "s"
+    train_surrogate(SurrogateConfig(arch="convnet2", epochs=2, checkpoints=[0, 2], train_subset=300, batch_size=64),
+                    path, digits, "cpu", quiet=True)
+    return path, load_trajectory(path)
+
+
+def test_surrogate_trajectory_round_trips(surrogate):
+    path, (models, info) = surrogate
+    assert info["epochs"] == [0, 2] and len(models) == 2
+    w0, w2 = (next(m.parameters()) for m in models)
+    assert not torch.equal(w0, w2)  # different points of the trajectory
+
+
+def test_influence_gradient_is_a_descent_direction(setup, surrogate, digits):
+    from otdistill.config import InfluenceConfig
+    from otdistill.guidance.influence import InfluenceGuidance, _param_grads, real_gradients
+    from otdistill.sample import SamplerState
+
+    model, _, _ = setup
+    _, (models, _) = surrogate
+    real = real_gradients(models, digits, 20, 0, "cpu")
+    term = InfluenceGuidance(InfluenceConfig(weight=1.0), models, real)
+    x0 = torch.randn(2, *model.latent_shape, generator=torch.Generator().manual_seed(0))
+    update = torch.randn_like(x0)
+    state = SamplerState(x0, 500, 5, 10, x0, update, 0.5, 3, x0[:0], model)
+    delta = term(state)
+    assert delta.shape == x0.shape and torch.isfinite(delta).all()
+    # the step's size is weight * sqrt(1 - alpha_bar) * |update| per latent
+    assert torch.allclose(delta.flatten(1).norm(dim=1), (0.5 ** 0.5) * update.flatten(1).norm(dim=1), rtol=1e-4)
+
+    def distance(z):
+        with torch.enable_grad():
+            images = model.decode(z)
+            labels = torch.full((2,), 3)
+            return sum(sum(1 - F.cosine_similarity(g.flatten(), t.flatten(), dim=0)
+                           for g, t in zip(_param_grads(net, images, labels, False), target)).item()
+                       for net, target in zip(models, real[3]))
+
+    step = delta / delta.norm() * 1e-2
+    assert distance(x0 - step) < distance(x0)

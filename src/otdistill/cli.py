@@ -33,6 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(p)
     p.add_argument("--force", action="store_true", help="retrain even if the teacher folder exists")
 
+    p = sub.add_parser("train-surrogate", help="train the surrogate whose trajectory influence guidance reads")
+    _config_args(p)
+    p.add_argument("--force", action="store_true", help="retrain even if the surrogate folder exists")
+
     p = sub.add_parser("sample", help="draw sample.ipc images per class into OUTPUT/distilled")
     _config_args(p)
 
@@ -89,6 +93,8 @@ def _dispatch(args) -> int | None:
         pipeline.ensure_generator(_load(args), force=args.force, quiet=quiet)
     elif args.command == "train-teacher":
         pipeline.ensure_teachers(_load(args), force=args.force, quiet=quiet)
+    elif args.command == "train-surrogate":
+        pipeline.ensure_surrogate(_load(args), force=args.force, quiet=quiet)
     elif args.command == "sample":
         pipeline.sample_stage(_load(args), quiet=quiet)
     elif args.command == "select":

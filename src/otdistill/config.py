@@ -97,11 +97,37 @@ class DeviationConfig:
 
 
 @dataclass
+class InfluenceConfig:
+    """G_I of IGD: match a surrogate's training gradient on the decoded predicted image to the
+    mean gradient of real images of the class, over checkpoints of the surrogate's training."""
+
+    weight: float = 0.0  # k; the step is k * sqrt(1 - alpha_bar_t) * |update| * g / |g|; 0 = off
+    surrogate: str = "checkpoints/fashion-mnist/surrogate"  # made by `otdistill train-surrogate`
+    real_per_class: int = 100  # real images whose mean gradient is the target
+    seed: int = 0
+
+
+@dataclass
+class SurrogateConfig:
+    """The surrogate classifier whose training trajectory influence guidance reads."""
+
+    arch: str = "convnet3"
+    epochs: int = 4
+    checkpoints: list[int] = field(default_factory=lambda: [0, 1, 2, 4])  # epochs saved (0 = init)
+    train_subset: int = 10000  # images of the training split it sees (0 = all)
+    batch_size: int = 128
+    lr: float = 1e-3
+    seed: int = 0
+
+
+@dataclass
 class GuidanceConfig:
     # Steps [start, stop) of the respaced schedule (0 = noisiest) where terms act.
     window: list[int] = field(default_factory=lambda: [0, 50])
     ot: OTGuidanceConfig = field(default_factory=OTGuidanceConfig)
     deviation: DeviationConfig = field(default_factory=DeviationConfig)
+    influence: InfluenceConfig = field(default_factory=InfluenceConfig)
+    surrogate: SurrogateConfig = field(default_factory=SurrogateConfig)
 
 
 @dataclass
@@ -268,19 +294,36 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
 
 
+def _merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for key, value in top.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def read_recipe(path: str | Path, _seen: tuple = ()) -> dict:
+    """A recipe's key tree; `base: other.yaml` (relative to the file) is read first and the
+    recipe's keys are merged over it, so variants state only what differs."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file {path} does not exist; recipes live in configs/ (e.g. configs/fashion-mnist.yaml)")
+    if path.resolve() in _seen:
+        raise UserError(f"config file {path} includes itself through `base`")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"config file {path} is not valid YAML: {exc}") from None
+    if not isinstance(tree, dict):
+        raise UserError(f"config file {path} must hold a mapping of keys")
+    base = tree.pop("base", None)
+    if base is not None:
+        tree = _merge(read_recipe(path.parent / base, (*_seen, path.resolve())), tree)
+    return tree
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Read a YAML recipe (or the defaults) and apply `key.path=value` overrides."""
-    tree: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise UserError(f"config file {path} does not exist; recipes live in configs/ (e.g. configs/fashion-mnist.yaml)")
-        try:
-            tree = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise UserError(f"config file {path} is not valid YAML: {exc}") from None
-        if not isinstance(tree, dict):
-            raise UserError(f"config file {path} must hold a mapping of keys")
+    tree = read_recipe(path) if path is not None else {}
     # Validate the file first, then expand it to a full tree so overrides can reach any key.
     tree = to_dict(from_dict(tree))
     for text in overrides:

@@ -64,6 +64,17 @@ def ensure_teachers(cfg: Config, force: bool = False, quiet: bool = False, data:
         train_teacher(tcfg, data, device, quiet=quiet)
 
 
+def ensure_surrogate(cfg: Config, force: bool = False, quiet: bool = False, data: LabelledData | None = None) -> None:
+    """Train the influence-guidance surrogate when it is absent (or forced)."""
+    from .surrogate import train_surrogate
+
+    path = cfg.sample.guidance.influence.surrogate
+    if Path(path).exists() and not force:
+        return
+    log.info("training the surrogate trajectory into %s", path)
+    train_surrogate(cfg.sample.guidance.surrogate, path, data or load_dataset(cfg.data), resolve_device(cfg.device), quiet)
+
+
 def _claim(folder: Path, stamp: dict) -> None:
     """Record which inputs a stage folder belongs to; refuse to mix runs of different configs."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -93,6 +104,8 @@ def sample_stage(cfg: Config, quiet: bool = False, data: LabelledData | None = N
     data = data or load_dataset(cfg.data)
     model = ensure_generator(cfg, quiet=quiet, data=data)
     _check_classes(model, data)
+    if cfg.sample.guidance.influence.weight > 0:
+        ensure_surrogate(cfg, quiet=quiet, data=data)
     k = data.num_classes
     terms = build_terms(cfg.sample.guidance, model, data, cache_dir=Path(cfg.output) / "cache")
     window = tuple(cfg.sample.guidance.window)

@@ -7,7 +7,10 @@ from pathlib import Path
 from ..config import GuidanceConfig
 from ..data import LabelledData
 from ..models.generator import LatentDiffusion
+from ..errors import UserError
+from ..surrogate import load_trajectory
 from .deviation import DeviationGuidance
+from .influence import InfluenceGuidance, real_gradients
 from .ot import OTGuidance
 from .pool import real_latent_pools
 
@@ -15,6 +18,14 @@ from .pool import real_latent_pools
 def build_terms(cfg: GuidanceConfig, model: LatentDiffusion, data: LabelledData, cache_dir: str | Path | None = None):
     """The enabled terms (weight > 0), in the order they are applied."""
     terms = []
+    if cfg.influence.weight > 0:
+        device = next(model.dit.parameters()).device
+        surrogates, info = load_trajectory(cfg.influence.surrogate, device)
+        if info["class_names"] != data.class_names:
+            raise UserError(f"the surrogate in {cfg.influence.surrogate} was trained on other classes; "
+                            "retrain it with `otdistill train-surrogate CONFIG --force`")
+        real = real_gradients(surrogates, data, cfg.influence.real_per_class, cfg.influence.seed, device)
+        terms.append(InfluenceGuidance(cfg.influence, surrogates, real))
     if cfg.deviation.weight > 0:
         terms.append(DeviationGuidance(cfg.deviation))
     if cfg.ot.weight > 0:
@@ -24,4 +35,4 @@ def build_terms(cfg: GuidanceConfig, model: LatentDiffusion, data: LabelledData,
     return terms
 
 
-__all__ = ["build_terms", "OTGuidance", "DeviationGuidance", "real_latent_pools"]
+__all__ = ["build_terms", "OTGuidance", "DeviationGuidance", "InfluenceGuidance", "real_latent_pools"]

@@ -1,0 +1,55 @@
+"""G_I (IGD): make the surrogate's training gradient on the decoded predicted image match
+the mean gradient of real images of the class, over checkpoints of its training."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from ..config import InfluenceConfig
+from ..data import LabelledData
+from ..io import generator
+from .common import relative_step
+
+
+def _param_grads(net: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, create_graph: bool):
+    loss = F.cross_entropy(net(images), labels)
+    return torch.autograd.grad(loss, [p for p in net.parameters()], create_graph=create_graph)
+
+
+def real_gradients(surrogates: list[torch.nn.Module], data: LabelledData, per_class: int, seed: int, device):
+    """{class: [per-checkpoint list of mean parameter gradients]} over real images of the class."""
+    out = {}
+    for c in range(data.num_classes):
+        idx = data.train.indices_of(c)
+        idx = idx[torch.randperm(len(idx), generator=generator(seed, "influence", c))[:per_class]]
+        x = data.train.get(idx.sort().values).to(device, torch.float32) / 255.0
+        y = torch.full((len(x),), c, device=device)
+        with torch.enable_grad():
+            out[c] = [[g.detach() for g in _param_grads(net, x, y, False)] for net in surrogates]
+    return out
+
+
+class InfluenceGuidance:
+    name = "influence"
+
+    def __init__(self, cfg: InfluenceConfig, surrogates: list[torch.nn.Module], real: dict):
+        self.cfg = cfg
+        self.surrogates = surrogates
+        self.real = real
+
+    def __call__(self, state) -> torch.Tensor:
+        x0 = state.x0.detach().requires_grad_(True)
+        with torch.enable_grad():
+            images = state.model.decode(x0)
+            labels = torch.full((len(x0),), state.class_index, device=x0.device)
+            distance = 0.0
+            for net, target in zip(self.surrogates, self.real[state.class_index]):
+                grads = _param_grads(net, images, labels, create_graph=True)
+                distance = distance + sum(1 - F.cosine_similarity(g.flatten(), t.flatten(), dim=0)
+                                          for g, t in zip(grads, target))
+            grad, = torch.autograd.grad(distance, x0)
+        weight = self.cfg.weight * math.sqrt(1 - state.alpha_bar)  # IGD's adaptive rho_t
+        return relative_step(grad, state.update, weight, "influence", state)
