@@ -31,7 +31,7 @@ from .metrics import features, held_out, set_metrics
 from .relabel import load_ensemble, soft_logits
 from .sample import sample_class
 from .teachers import load_teacher, train_teacher
-from .train_generator import encode_all
+from .train_generator import encode_all, train_generator
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +44,6 @@ def distilled_dir(cfg: Config) -> Path:
 
 def ensure_generator(cfg: Config, force: bool = False, quiet: bool = False, data: LabelledData | None = None) -> LatentDiffusion:
     """Load the generator at generator.path, training it first when absent (or forced)."""
-    from .train_generator import train_generator
-
     device = resolve_device(cfg.device)
     if Path(cfg.generator.path).exists() and not force:
         return load_generator(cfg.generator.path, device)
@@ -263,6 +261,10 @@ def _summary(cfg: Config, m: dict, result: dict, seconds: dict) -> str:
         lines.append(f"| {protocol} | {100 * r['final_mean']:.2f} +- {100 * r['final_std']:.2f} | {len(r['seeds'])} |")
     if "teacher_agreement" in m:
         lines += ["", f"teacher agrees with the generated class on {100 * m['teacher_agreement']['overall']:.1f}% of images"]
+    for space, r in m.get("metrics", {}).items():
+        if isinstance(r, dict) and "ot_distance" in r:
+            lines.append(f"{space}: OT distance to held-out real {r['ot_distance']:.3f}, coverage {r['coverage']:.3f}, "
+                         f"density {r['density']:.3f}")
     lines += ["", "time per stage: " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items())]
     return "\n".join(lines) + "\n"
 

@@ -1,0 +1,45 @@
+"""The checkpoints shipped for the embedded default load, and the generator's images are
+recognised by the shipped teacher as the class they were generated for."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from otdistill.config import load_config
+from otdistill.data.fashion_mnist import CLASS_NAMES
+from otdistill.models.generator import load_generator
+from otdistill.sample import sample_class
+from otdistill.teachers import load_teacher
+from conftest import ROOT
+
+CFG = load_config(ROOT / "configs" / "fashion-mnist.yaml")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def from_repo_root():
+    import os
+
+    old = os.getcwd()
+    os.chdir(ROOT)  # the recipe's checkpoint paths are relative to the repository
+    yield
+    os.chdir(old)
+
+
+def test_teacher_checkpoint_is_complete_and_accurate():
+    teacher, info = load_teacher(CFG.teachers[0].path)
+    assert info["class_names"] == CLASS_NAMES and info["arch"] == "convnet3"
+    assert info["test_accuracy"] > 0.88
+    assert info["command"].startswith("otdistill train-teacher")
+
+
+def test_generated_images_are_recognised_as_their_class():
+    model = load_generator(CFG.generator.path)
+    assert model.info["class_names"] == CLASS_NAMES and model.info["command"].startswith("otdistill train-generator")
+    teacher, _ = load_teacher(CFG.teachers[0].path)
+    cfg = dataclasses.replace(CFG.sample, ipc=4, batch_size=4, steps=25)
+    images = torch.cat([sample_class(model, c, cfg) for c in range(10)])
+    with torch.no_grad():
+        pred = teacher(images.float() / 255).argmax(1)
+    agreement = (pred == torch.arange(10).repeat_interleave(4)).float().mean().item()
+    assert agreement >= 0.8, agreement
