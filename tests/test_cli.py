@@ -3,9 +3,9 @@
 import json
 
 import pytest
+from conftest import TINY
 
 from otdistill.cli import main
-from conftest import TINY
 
 
 @pytest.fixture(scope="module")
@@ -71,3 +71,24 @@ def test_user_errors_exit_2_with_one_message(tmp_path, capsys):
     assert main(["run", str(TINY), "--set", f"output={tmp_path}/o", "--set", "data.name=fashion-mnist",
                  "--set", f"data.root={tmp_path}"]) == 2
     assert "dataset-fashion-mnist" in capsys.readouterr().err
+
+
+def test_online_and_stored_soft_labels_agree_on_the_unaugmented_view(finished_run):
+    import torch
+
+    from otdistill.artifacts import read_distilled
+    from otdistill.relabel import load_ensemble
+
+    out, _ = finished_run
+    ds = read_distilled(out / "distilled")
+    online = load_ensemble(ds.manifest["teachers"])(ds.images.float() / 255)
+    assert torch.allclose(online, ds.soft_logits, atol=1e-5)
+
+
+def test_stored_soft_labels_protocol(finished_run, tmp_path):
+    out, _ = finished_run
+    assert main(["--quiet", "evaluate", str(out / "distilled"), str(TINY), "--set", "student.soft_labels=stored",
+                 "--set", "student.protocols=[soft]", "--set", "student.epochs=1", "--set",
+                 "student.soft_loss.sd=1.0", "--out", str(tmp_path / "e.json")]) == 0
+    result = json.loads((tmp_path / "e.json").read_text())
+    assert result["student_config"]["soft_labels"] == "stored" and "soft" in result["protocols"]

@@ -1,8 +1,8 @@
 import pytest
+from conftest import ROOT, TINY
 
 from otdistill.config import Config, dump_config, fingerprint, from_dict, load_config
 from otdistill.errors import UserError
-from conftest import ROOT, TINY
 
 
 def test_every_recipe_loads():

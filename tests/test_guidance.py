@@ -6,7 +6,12 @@ import torch.nn.functional as F
 
 from otdistill.config import DeviationConfig, OTGuidanceConfig
 from otdistill.errors import UserError
-from otdistill.guidance import DeviationGuidance, OTGuidance, build_terms, real_latent_pools
+from otdistill.guidance import (
+    DeviationGuidance,
+    OTGuidance,
+    build_terms,
+    real_latent_pools,
+)
 from otdistill.metrics import held_out
 from otdistill.models.generator import load_generator
 from otdistill.ot import exact_ot
@@ -114,7 +119,11 @@ def test_surrogate_trajectory_round_trips(surrogate):
 
 def test_influence_gradient_is_a_descent_direction(setup, surrogate, digits):
     from otdistill.config import InfluenceConfig
-    from otdistill.guidance.influence import InfluenceGuidance, _param_grads, real_gradients
+    from otdistill.guidance.influence import (
+        InfluenceGuidance,
+        _param_grads,
+        real_gradients,
+    )
     from otdistill.sample import SamplerState
 
     model, _, _ = setup

@@ -2,8 +2,8 @@ import ot as pot
 import pytest
 import torch
 
-from otdistill.ot import entropic_ot, exact_ot, pairwise_cost, sinkhorn
 from otdistill.errors import UserError
+from otdistill.ot import entropic_ot, exact_ot, pairwise_cost, sinkhorn
 
 
 def clouds(n=6, m=9, d=5, seed=0):

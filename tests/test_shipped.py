@@ -5,13 +5,13 @@ import dataclasses
 
 import pytest
 import torch
+from conftest import ROOT
 
 from otdistill.config import load_config
 from otdistill.data.fashion_mnist import CLASS_NAMES
 from otdistill.models.generator import load_generator
 from otdistill.sample import sample_class
 from otdistill.teachers import load_teacher
-from conftest import ROOT
 
 CFG = load_config(ROOT / "configs" / "fashion-mnist.yaml")
 

@@ -157,6 +157,30 @@ class TeacherConfig:
 
 
 @dataclass
+class RelabelConfig:
+    """LIA: which of the ordered `teachers` label a set of a given IPC. Each [ipc, count] pair
+    says "from this IPC on, the first `count` teachers"; the last pair not above the set's
+    IPC applies. Fewer teachers at low IPC give simpler labels the few images can carry."""
+
+    schedule: list[list[int]] = field(default_factory=lambda: [[1, 1], [10, 2], [50, 4]])
+
+
+@dataclass
+class SoftLossConfig:
+    """The soft-protocol student loss: a weighted sum, so the paper's ablations are config.
+    KL alone is the RDED/SRe2L recipe; ce + mse + sd is the paper's OTM."""
+
+    kl: float = 1.0  # weight of KL(teacher || student) at `temperature`
+    ce: float = 0.0  # kappa_1: cross-entropy with the hard label
+    mse: float = 0.0  # kappa_2: MSE between student and teacher logits
+    sd: float = 0.0  # beta_2: batch-level Sinkhorn distance between softened outputs (OTM)
+    temperature: float = 4.0  # for kl
+    sd_temperature: float = 2.0
+    sd_eps: float = 0.1
+    sd_iterations: int = 20
+
+
+@dataclass
 class StudentConfig:
     """How a student is trained on a distilled set and scored on the real test set."""
 
@@ -168,7 +192,8 @@ class StudentConfig:
     optimizer: str = "adamw"  # adamw | sgd
     lr: float = 1e-3
     weight_decay: float = 0.01
-    temperature: float = 4.0  # soft protocol: KL at this temperature
+    soft_loss: SoftLossConfig = field(default_factory=SoftLossConfig)
+    soft_labels: str = "online"  # online: teachers label each augmented view | stored: the artifact's logits
     crop_scale_min: float = 0.5  # RandomResizedCrop lower area bound
     flip: bool = True
     eval_every: int = 0  # also score every N epochs (for the labelled best-epoch extra); 0 = final only
@@ -192,6 +217,7 @@ class Config:
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     teachers: list[TeacherConfig] = field(default_factory=lambda: [TeacherConfig()])
+    relabel: RelabelConfig = field(default_factory=RelabelConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
 

@@ -17,7 +17,7 @@ from .config import StudentConfig
 from .data import ImageSet, TensorImages
 from .errors import UserError
 from .io import generator
-from .losses import PROTOCOL_LOSS, get_loss
+from .losses import Targets, hard_loss, soft_loss
 from .models.classifiers import build_classifier
 from .relabel import TeacherEnsemble
 from .train import Augment, TrainRecipe, accuracy, channel_stats, fit
@@ -26,9 +26,9 @@ from .train import Augment, TrainRecipe, accuracy, channel_stats, fit
 def train_student(ds: DistilledSet, test: ImageSet, cfg: StudentConfig, protocol: str, seed: int,
                   ensemble: TeacherEnsemble | None, device, quiet: bool = False) -> dict:
     """One student, one protocol, one seed -> {final, best_epoch, per-epoch scores, seconds}."""
-    if protocol not in PROTOCOL_LOSS:
+    if protocol not in ("soft", "hard"):
         raise UserError(f"unknown protocol '{protocol}'; student.protocols takes soft and/or hard")
-    if protocol == "soft" and ensemble is None:
+    if protocol == "soft" and ensemble is None and cfg.soft_labels == "online":
         raise UserError("the soft protocol needs teachers; list them under `teachers` in the config")
     start = time.time()
     images = TensorImages(ds.images, ds.hard)
@@ -38,17 +38,21 @@ def train_student(ds: DistilledSet, test: ImageSet, cfg: StudentConfig, protocol
     recipe = TrainRecipe(cfg.epochs, cfg.batch_size, cfg.optimizer, cfg.lr, cfg.weight_decay,
                          Augment(cfg.crop_scale_min, cfg.flip))
     hard = ds.hard.to(device)
-    if protocol == "hard":
-        def target_fn(x, idx):
-            return hard[idx.to(device)]
-        loss = get_loss("ce")
-    else:
-        def target_fn(x, idx):
-            return ensemble(x)  # the teachers label the very augmented view the student sees
-        kl = get_loss("kl")
+    if protocol == "soft" and cfg.soft_labels == "stored":
+        if ds.soft_logits is None:
+            raise UserError(f"student.soft_labels=stored but {ds.root} has no stored labels; run `otdistill relabel` first")
+        stored = ds.soft_logits.to(device)
+    elif cfg.soft_labels not in ("online", "stored"):
+        raise UserError(f"student.soft_labels must be online or stored, got '{cfg.soft_labels}'")
 
-        def loss(s, t):
-            return kl(s, t, temperature=cfg.temperature)
+    def target_fn(x, idx):
+        idx = idx.to(device)
+        if protocol == "hard":
+            return Targets(hard[idx])
+        # online: the teachers label the very augmented view the student sees
+        return Targets(hard[idx], stored[idx] if cfg.soft_labels == "stored" else ensemble(x))
+
+    loss = soft_loss(cfg.soft_loss) if protocol == "soft" else hard_loss
 
     scores: dict[int, float] = {}
 

@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -61,6 +62,13 @@ def sha256_file(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def invoked_command() -> str | None:
+    """The `otdistill ...` command line that is running, to record next to what it made."""
+    if Path(sys.argv[0]).name == "otdistill" or sys.argv[0].endswith("otdistill/cli.py"):
+        return " ".join(["otdistill", *sys.argv[1:]])
+    return None
 
 
 def resolve_device(name: str) -> torch.device:

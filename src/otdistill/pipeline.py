@@ -26,9 +26,9 @@ from .errors import UserError
 from .evaluate import summarise, train_student
 from .guidance import build_terms
 from .io import generator, read_json, resolve_device, write_json, write_text
-from .models.generator import LatentDiffusion, load_generator
 from .metrics import features, held_out, set_metrics
-from .relabel import load_ensemble, soft_logits
+from .models.generator import LatentDiffusion, load_generator
+from .relabel import load_ensemble, select_teachers, soft_logits
 from .sample import sample_class
 from .teachers import load_teacher, train_teacher
 from .train_generator import encode_all, train_generator
@@ -162,9 +162,7 @@ def relabel_stage(distilled: str | Path, cfg: Config | None = None, quiet: bool 
     cfg = _config_of(distilled, cfg)
     device = resolve_device(cfg.device)
     ds = artifacts.read_distilled(distilled)
-    paths = [t.path for t in cfg.teachers]
-    if not paths:
-        raise UserError("no teachers configured; add at least one under `teachers` in the config")
+    paths = select_teachers([t.path for t in cfg.teachers], ds.ipc, cfg.relabel.schedule)
     if ds.soft_logits is not None and ds.manifest.get("teachers") == paths:
         return ds.manifest
     ensemble = load_ensemble(paths, device)

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from .errors import UserError
 from .teachers import load_teacher
 
 
@@ -26,6 +27,18 @@ class TeacherEnsemble(nn.Module):
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.stack([m(x) for m in self.members]).mean(0)
+
+
+def select_teachers(paths: list[str], ipc: int, schedule: list[list[int]]) -> list[str]:
+    """The first `count` teachers, with count from the last [ipc, count] step not above `ipc`
+    (clipped to the teachers available)."""
+    if not paths:
+        raise UserError("no teachers configured; add at least one under `teachers` in the config")
+    steps = sorted((int(s[0]), int(s[1])) for s in schedule if len(s) == 2)
+    if len(steps) != len(schedule) or any(count < 1 for _, count in steps):
+        raise UserError(f"relabel.schedule must be a list of [ipc, count] pairs with count >= 1, got {schedule}")
+    count = next((c for threshold, c in reversed(steps) if threshold <= ipc), steps[0][1] if steps else len(paths))
+    return paths[:min(count, len(paths))]
 
 
 def load_ensemble(paths: list[str | Path], device="cpu") -> TeacherEnsemble:

@@ -7,7 +7,6 @@ and `surrogate.json` (architecture, input shape, normalisation, saved epochs, co
 from __future__ import annotations
 
 import copy
-import sys
 from pathlib import Path
 
 import torch
@@ -16,7 +15,7 @@ from safetensors.torch import load_file, save_file
 from .config import SurrogateConfig
 from .data import LabelledData, TensorImages
 from .errors import UserError
-from .io import atomic_path, generator, read_json, write_json
+from .io import atomic_path, generator, invoked_command, read_json, write_json
 from .losses import cross_entropy
 from .models.classifiers import Classifier, build_classifier
 from .train import Augment, TrainRecipe, channel_stats, fit
@@ -45,7 +44,7 @@ def train_surrogate(cfg: SurrogateConfig, path: str | Path, data: LabelledData, 
     info = {"arch": cfg.arch, "num_classes": data.num_classes, "in_channels": data.channels,
             "image_size": data.image_size, "mean": mean, "std": std, "class_names": data.class_names,
             "epochs": sorted(states), "train_subset": len(subset),
-            "command": " ".join(["otdistill", *sys.argv[1:]]) if Path(sys.argv[0]).name == "otdistill" else None}
+            "command": invoked_command()}
     with atomic_path(path) as tmp:
         tmp.mkdir()
         for epoch, sd in states.items():

@@ -9,7 +9,6 @@ A teacher folder holds:
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from .config import TeacherConfig
 from .data import LabelledData
 from .errors import UserError
-from .io import atomic_path, generator, read_json, write_json
+from .io import atomic_path, generator, invoked_command, read_json, write_json
 from .losses import cross_entropy
 from .models.classifiers import Classifier, build_classifier
 from .train import Augment, TrainRecipe, accuracy, channel_stats, fit
@@ -43,7 +42,7 @@ def train_teacher(cfg: TeacherConfig, data: LabelledData, device, quiet: bool = 
         "image_size": data.image_size, "mean": mean, "std": std, "class_names": data.class_names,
         "dataset": data.name, "test_accuracy": acc, "epochs": cfg.epochs, "seed": cfg.seed,
         "train_seconds": round(time.time() - start, 1),
-        "command": " ".join(["otdistill", *sys.argv[1:]]) if Path(sys.argv[0]).name == "otdistill" else None,
+        "command": invoked_command(),
     }
     with atomic_path(cfg.path) as tmp:
         tmp.mkdir()

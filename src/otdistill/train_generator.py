@@ -5,9 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -15,8 +13,13 @@ from tqdm.auto import tqdm
 
 from .config import GeneratorConfig
 from .data import ImageSet, LabelledData
-from .io import atomic_path, generator
-from .models.generator import LatentDiffusion, build_autoencoder, build_dit, load_generator
+from .io import atomic_path, generator, invoked_command
+from .models.generator import (
+    LatentDiffusion,
+    build_autoencoder,
+    build_dit,
+    load_generator,
+)
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +118,7 @@ def train_generator(cfg: GeneratorConfig, data: LabelledData, device, quiet=Fals
         "class_names": data.class_names, "class_ids": data.class_ids, "dataset": data.name,
         "channels": data.channels, "image_size": data.image_size,
         "num_train_timesteps": cfg.num_train_timesteps,
-        "command": " ".join(["otdistill", *sys.argv[1:]]) if Path(sys.argv[0]).name == "otdistill" else None,
+        "command": invoked_command(),
     }
     factor = 2 ** (len(cfg.autoencoder.block_out_channels) - 1)
     dit = build_dit(cfg.dit, cfg.autoencoder.latent_channels, data.image_size // factor, data.num_classes)

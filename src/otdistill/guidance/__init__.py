@@ -6,8 +6,8 @@ from pathlib import Path
 
 from ..config import GuidanceConfig
 from ..data import LabelledData
-from ..models.generator import LatentDiffusion
 from ..errors import UserError
+from ..models.generator import LatentDiffusion
 from ..surrogate import load_trajectory
 from .deviation import DeviationGuidance
 from .influence import InfluenceGuidance, real_gradients
