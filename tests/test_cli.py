@@ -49,7 +49,7 @@ def test_export_inspect_and_evaluate_commands(finished_run, tmp_path, capsys):
     assert (tmp_path / "dd" / "soft_labels.pt").is_file()
     assert main(["inspect", str(out / "distilled")]) == 0
     text = capsys.readouterr().out
-    assert "10 classes x IPC 2" in text and "teacher agrees" in text
+    assert "10 classes x IPC 2" in text and "teacher agrees" in text and "coverage" in text
     # evaluate alone, with the config recorded in the manifest, a different student and one protocol
     assert main(["--quiet", "evaluate", str(out / "distilled"), str(TINY), "--set", "student.arch=resnetap10",
                  "--set", "student.protocols=[hard]", "--set", "student.epochs=1",

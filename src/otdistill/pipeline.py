@@ -243,10 +243,16 @@ def inspect_text(distilled: str | Path) -> str:
         ent = -(p * p.clamp_min(1e-12).log()).sum(1) / math.log(ds.num_classes)
         lines.append(f"soft labels from {len(m['teachers'])} teacher(s); normalised label entropy "
                      f"mean {ent.mean():.3f}")
+    metrics = {space: r for space, r in m.get("metrics", {}).items() if isinstance(r, dict) and "per_class" in r}
+    for space, r in metrics.items():
+        lines.append(f"{space}: OT distance to held-out real {r['ot_distance']:.3f}, coverage {r['coverage']:.3f}, "
+                     f"density {r['density']:.3f} (mean over classes)")
     agree = m.get("teacher_agreement", {}).get("per_class", {})
-    for c in m["classes"]:
+    for i, c in enumerate(m["classes"]):
         a = f"  teacher agrees {agree[c['name']]:.0%}" if c["name"] in agree else ""
-        lines.append(f"  {c['folder']:<20} {c['count']:>4} images  {c['status']}{a}")
+        per = "".join(f"  {space} OT {r['per_class'][i]['ot_distance']:.2f} cov {r['per_class'][i]['coverage']:.2f}"
+                      for space, r in metrics.items())
+        lines.append(f"  {c['folder']:<20} {c['count']:>4} images  {c['status']}{a}{per}")
     return "\n".join(lines)
 
 
