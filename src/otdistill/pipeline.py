@@ -243,7 +243,7 @@ def inspect_text(distilled: str | Path) -> str:
         ent = -(p * p.clamp_min(1e-12).log()).sum(1) / math.log(ds.num_classes)
         lines.append(f"soft labels from {len(m['teachers'])} teacher(s); normalised label entropy "
                      f"mean {ent.mean():.3f}")
-    metrics = {space: r for space, r in m.get("metrics", {}).items() if isinstance(r, dict) and "per_class" in r}
+    metrics = {space: r for space, r in m.get("metrics", {}).items() if isinstance(r, dict) and "ot_distance" in r}
     for space, r in metrics.items():
         lines.append(f"{space}: OT distance to held-out real {r['ot_distance']:.3f}, coverage {r['coverage']:.3f}, "
                      f"density {r['density']:.3f} (mean over classes)")
