@@ -33,6 +33,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=300, help="student epochs (same for every row)")
     parser.add_argument("--recipes", nargs="+", default=RECIPES)
+    parser.add_argument("--no-eval-ipc", type=int, nargs="*", default=[],
+                        help="IPCs measured for time and metrics only (accuracies left null)")
     parser.add_argument("--out-dir", default="runs/bench-otg")
     parser.add_argument("--result", default=str(ROOT / "benchmarks/results/otg-fashion-mnist.json"))
     args = parser.parse_args()
@@ -49,12 +51,15 @@ def main() -> None:
             root = pipeline.sample_stage(cfg, quiet=True, data=data)
             pipeline.relabel_stage(root, cfg, quiet=True)
             metrics = pipeline.metrics_stage(root, cfg, data=data)
-            result = pipeline.evaluate_stage(root, cfg, Path(cfg.output) / "eval.json", quiet=True, data=data)
+            evaluated = ipc not in args.no_eval_ipc
+            if evaluated:
+                result = pipeline.evaluate_stage(root, cfg, Path(cfg.output) / "eval.json", quiet=True, data=data)
             source = read_json(root / "manifest.json")["source"]
             seconds = source["sample_seconds"]
             if recipe == "plain":
                 plain_seconds = seconds
-            hard, soft = result["protocols"]["hard"], result["protocols"]["soft"]
+            empty = {"final_mean": None, "final_std": None, "final": None}
+            hard, soft = (result["protocols"]["hard"], result["protocols"]["soft"]) if evaluated else (empty, empty)
             row = {
                 "recipe": recipe, "ipc": ipc,
                 "sample_seconds": seconds,
@@ -67,7 +72,7 @@ def main() -> None:
                 "latent_coverage": metrics.get("latent", {}).get("coverage"),
                 "acc_hard_mean": hard["final_mean"], "acc_hard_std": hard["final_std"],
                 "acc_soft_mean": soft["final_mean"], "acc_soft_std": soft["final_std"],
-                "seeds": args.seeds, "student": cfg.student.arch, "student_epochs": args.epochs,
+                "seeds": args.seeds if evaluated else [], "student": cfg.student.arch, "student_epochs": args.epochs,
                 "acc_hard": hard["final"], "acc_soft": soft["final"],
             }
             rows.append(row)

@@ -92,8 +92,8 @@ def fit(model: torch.nn.Module, images: ImageSet, recipe: TrainRecipe, loss_fn: 
     steps_per_epoch = math.ceil(n / recipe.batch_size)
     opt, sched = make_optimizer(model, recipe, recipe.epochs * steps_per_epoch)
     losses = []
-    bar = tqdm(range(recipe.epochs), desc=desc, disable=quiet, leave=False)
-    for epoch in bar:
+    bar = tqdm(total=recipe.epochs * steps_per_epoch, desc=desc, disable=quiet, leave=False, unit="step")
+    for epoch in range(recipe.epochs):
         model.train()
         perm = torch.randperm(n, generator=g)
         total = 0.0
@@ -107,10 +107,12 @@ def fit(model: torch.nn.Module, images: ImageSet, recipe: TrainRecipe, loss_fn: 
             opt.step()
             sched.step()
             total += loss.item() * len(idx)
+            bar.update()
         losses.append(total / n)
-        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        bar.set_postfix(epoch=epoch + 1, loss=f"{losses[-1]:.4f}")
         if on_epoch is not None:
             on_epoch(epoch + 1)
+    bar.close()
     model.eval()
     return losses
 
