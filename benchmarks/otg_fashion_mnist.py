@@ -31,7 +31,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ipc", type=int, nargs="+", default=[10, 50])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=300, help="student epochs (same for every row)")
+    parser.add_argument("--epochs", type=int, default=None, help="student epochs for every row (default: the recipe's)")
     parser.add_argument("--recipes", nargs="+", default=RECIPES)
     parser.add_argument("--no-eval-ipc", type=int, nargs="*", default=[],
                         help="IPCs measured for time and metrics only (accuracies left null)")
@@ -45,7 +45,7 @@ def main() -> None:
         plain_seconds = None
         for recipe in args.recipes:
             overrides = [f"output={ROOT / args.out_dir / f'{recipe}-ipc{ipc}'}", f"sample.ipc={ipc}",
-                         f"student.seeds={args.seeds}", f"student.epochs={args.epochs}"]
+                         f"student.seeds={args.seeds}"] + ([f"student.epochs={args.epochs}"] if args.epochs else [])
             cfg = load_config(ROOT / "configs" / f"{recipe}.yaml", overrides)
             data = data or load_dataset(cfg.data)
             root = pipeline.sample_stage(cfg, quiet=True, data=data)
@@ -72,7 +72,7 @@ def main() -> None:
                 "latent_coverage": metrics.get("latent", {}).get("coverage"),
                 "acc_hard_mean": hard["final_mean"], "acc_hard_std": hard["final_std"],
                 "acc_soft_mean": soft["final_mean"], "acc_soft_std": soft["final_std"],
-                "seeds": args.seeds if evaluated else [], "student": cfg.student.arch, "student_epochs": args.epochs,
+                "seeds": args.seeds if evaluated else [], "student": cfg.student.arch, "student_epochs": cfg.student.epochs,
                 "acc_hard": hard["final"], "acc_soft": soft["final"],
             }
             rows.append(row)
