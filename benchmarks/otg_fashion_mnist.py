@@ -40,7 +40,9 @@ def main() -> None:
     args = parser.parse_args()
 
     data = None
-    rows = []
+    result_path = Path(args.result)
+    # rows of earlier invocations stay unless this one measures the same (recipe, ipc)
+    rows = json.loads(result_path.read_text()) if result_path.exists() else []
     for ipc in args.ipc:
         plain_seconds = None
         for recipe in args.recipes:
@@ -75,9 +77,9 @@ def main() -> None:
                 "seeds": args.seeds if evaluated else [], "student": cfg.student.arch, "student_epochs": cfg.student.epochs,
                 "acc_hard": hard["final"], "acc_soft": soft["final"],
             }
-            rows.append(row)
+            rows = [r for r in rows if (r["recipe"], r["ipc"]) != (recipe, ipc)] + [row]
             print(json.dumps(row), flush=True)
-            Path(args.result).write_text(json.dumps(rows, indent=2) + "\n")
+            result_path.write_text(json.dumps(rows, indent=2) + "\n")
 
 
 if __name__ == "__main__":
