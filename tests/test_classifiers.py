@@ -27,3 +27,13 @@ def test_unknown_arch_lists_what_exists():
         build_classifier("vgg-ish", 10, 3, 32)
     with pytest.raises(UserError, match="torchvision has no model"):
         build_classifier("tv:not_a_model", 10, 3, 32)
+
+
+def test_options_ride_in_the_name():
+    model = build_classifier("convnet4-w16-batchnorm-max", 10, 3, 32)
+    assert model.net.classifier.in_features == 16 * 2 * 2
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    assert any(isinstance(m, torch.nn.MaxPool2d) for m in model.modules())
+    assert build_classifier("resnetap10-w8", 10, 1, 16).net.fc.in_features == 64
+    with pytest.raises(UserError, match="unknown option 'w'"):
+        build_classifier("convnet3-w", 10, 3, 32)

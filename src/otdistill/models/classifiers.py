@@ -143,13 +143,38 @@ _REGISTRY: dict[str, tuple[Callable[..., nn.Module], dict, bool]] = {
 
 
 def available() -> list[str]:
-    return ["convnet<D> (e.g. convnet3, convnet6)", *_REGISTRY, "tv:<torchvision name>"]
+    return ["convnet<D>[-w<width>][-<norm>][-avg|max] (e.g. convnet3, convnet6-w64-batchnorm)",
+            "resnetap10[-w<width>][-<norm>]", "resnet18", "tv:<torchvision name>"]
+
+
+NORMS = ("instancenorm", "batchnorm", "layernorm", "none")
+
+
+def _parse_options(arch: str, kwargs: dict) -> tuple[str, dict]:
+    """`convnet3-w64-batchnorm-max` -> ("convnet3", width=64, norm="batchnorm", pooling="max"):
+    options ride in the name so a config (and a saved checkpoint) names the whole net."""
+    base, *options = arch.split("-")
+    if not (re.fullmatch(r"convnet\d+", base) or base == "resnetap10"):
+        return arch, kwargs
+    kwargs = dict(kwargs)
+    for opt in options:
+        if re.fullmatch(r"w\d+", opt):
+            kwargs["width"] = int(opt[1:])
+        elif opt in NORMS:
+            kwargs["norm"] = opt
+        elif opt in ("avg", "max"):
+            kwargs["pooling"] = opt
+        else:
+            raise UserError(f"unknown option '{opt}' in classifier name '{arch}'; options are w<width>, "
+                            f"{', '.join(NORMS)}, avg, max (e.g. convnet3-w64-batchnorm)")
+    return base, kwargs
 
 
 def build_classifier(arch: str, num_classes: int, in_channels: int, image_size: int,
                      mean: list[float] | None = None, std: list[float] | None = None, **kwargs) -> Classifier:
     """Build `arch` for images of the given shape; kwargs reach the constructor (width, norm, ...)."""
     repeat = 1
+    arch, kwargs = _parse_options(arch, kwargs)
     match = re.fullmatch(r"convnet(\d+)", arch)
     if match:
         net = ConvNet(num_classes, in_channels, image_size, depth=int(match.group(1)), **kwargs)
