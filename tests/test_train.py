@@ -54,3 +54,26 @@ def test_teacher_round_trip_and_bad_weights(tmp_path, digits):
         load_teacher(cfg.path)
     with pytest.raises(UserError, match="not a teacher folder"):
         load_teacher(tmp_path / "missing")
+
+
+def test_cutmix_pastes_a_box_and_reports_the_kept_share():
+    from otdistill.train import cutmix
+
+    x = torch.arange(4, dtype=torch.float).view(4, 1, 1, 1).expand(4, 1, 8, 8).contiguous()
+    mixed, perm, lam = cutmix(x, generator(3))
+    for i in range(4):
+        kept = (mixed[i] == x[i]).float().mean().item()
+        if perm[i] != i:
+            assert kept == pytest.approx(lam)
+
+
+def test_ema_and_cutmix_run_in_fit():
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(20) % 2
+    data = TensorImages(torch.randint(0, 256, (20, 1, 8, 8), dtype=torch.uint8), labels)
+    model = build_classifier("convnet2", 2, 1, 8)
+    before = [p.clone() for p in model.parameters()]
+    recipe = TrainRecipe(3, 10, augment=Augment(1.0, False), cutmix=1.0, ema_decay=0.9)
+    losses = fit(model, data, recipe, cross_entropy, lambda x, idx: labels[idx], g, "cpu", quiet=True)
+    assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))

@@ -196,6 +196,8 @@ class StudentConfig:
     soft_labels: str = "online"  # online: teachers label each augmented view | stored: the artifact's logits
     crop_scale_min: float = 0.5  # RandomResizedCrop lower area bound
     flip: bool = True
+    cutmix: float = 0.0  # probability that a batch is CutMix-ed (the teachers label the mixed view)
+    ema_decay: float = 0.0  # > 0: score an exponential moving average of the student's weights
     eval_every: int = 0  # also score every N epochs (for the labelled best-epoch extra); 0 = final only
     test_batch_size: int = 1000
 

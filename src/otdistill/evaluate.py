@@ -36,7 +36,7 @@ def train_student(ds: DistilledSet, test: ImageSet, cfg: StudentConfig, protocol
     torch.manual_seed(seed)
     model = build_classifier(cfg.arch, ds.num_classes, ds.images.shape[1], ds.images.shape[-1], mean, std).to(device)
     recipe = TrainRecipe(cfg.epochs, cfg.batch_size, cfg.optimizer, cfg.lr, cfg.weight_decay,
-                         Augment(cfg.crop_scale_min, cfg.flip))
+                         Augment(cfg.crop_scale_min, cfg.flip), cfg.cutmix, cfg.ema_decay)
     hard = ds.hard.to(device)
     if protocol == "soft" and cfg.soft_labels == "stored":
         if ds.soft_logits is None:
@@ -45,12 +45,20 @@ def train_student(ds: DistilledSet, test: ImageSet, cfg: StudentConfig, protocol
     elif cfg.soft_labels not in ("online", "stored"):
         raise UserError(f"student.soft_labels must be online or stored, got '{cfg.soft_labels}'")
 
+    seen: dict = {}
+
+    def online(x):
+        # CutMix asks for the targets of one view twice (both source images); label it once
+        if seen.get("x") is not x:
+            seen.update(x=x, logits=ensemble(x))
+        return seen["logits"]
+
     def target_fn(x, idx):
         idx = idx.to(device)
         if protocol == "hard":
             return Targets(hard[idx])
         # online: the teachers label the very augmented view the student sees
-        return Targets(hard[idx], stored[idx] if cfg.soft_labels == "stored" else ensemble(x))
+        return Targets(hard[idx], stored[idx] if cfg.soft_labels == "stored" else online(x))
 
     loss = soft_loss(cfg.soft_loss) if protocol == "soft" else hard_loss
 

@@ -62,6 +62,21 @@ def accuracy(model: torch.nn.Module, images: ImageSet, device, batch_size: int =
     return (logits.argmax(1) == images.labels).float().mean().item()
 
 
+def cutmix(x: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Paste a random box of a shuffled batch into each image; returns (mixed, permutation,
+    share of the original image kept). The box area is uniform, i.e. CutMix with Beta(1, 1)."""
+    n, _, h, w = x.shape
+    lam = torch.rand(1, generator=g).item()
+    perm = torch.randperm(n, generator=g)
+    cut_h, cut_w = int(h * (1 - lam) ** 0.5), int(w * (1 - lam) ** 0.5)
+    cy, cx = int(torch.randint(h, (1,), generator=g)), int(torch.randint(w, (1,), generator=g))
+    y0, y1 = max(cy - cut_h // 2, 0), min(cy + cut_h // 2, h)
+    x0, x1 = max(cx - cut_w // 2, 0), min(cx + cut_w // 2, w)
+    mixed = x.clone()
+    mixed[:, :, y0:y1, x0:x1] = x[perm.to(x.device), :, y0:y1, x0:x1]
+    return mixed, perm, 1 - (y1 - y0) * (x1 - x0) / (h * w)
+
+
 @dataclass
 class TrainRecipe:
     epochs: int
@@ -70,6 +85,8 @@ class TrainRecipe:
     lr: float = 1e-3
     weight_decay: float = 0.01
     augment: Augment = field(default_factory=Augment)
+    cutmix: float = 0.0  # probability that a batch is CutMix-ed
+    ema_decay: float = 0.0  # > 0: train an exponential moving average of the weights and return it
 
 
 def make_optimizer(model: torch.nn.Module, recipe: TrainRecipe, steps: int):
@@ -91,6 +108,8 @@ def fit(model: torch.nn.Module, images: ImageSet, recipe: TrainRecipe, loss_fn: 
     n = len(images)
     steps_per_epoch = math.ceil(n / recipe.batch_size)
     opt, sched = make_optimizer(model, recipe, recipe.epochs * steps_per_epoch)
+    ema = (torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(
+        recipe.ema_decay), use_buffers=True) if recipe.ema_decay > 0 else None)
     losses = []
     bar = tqdm(total=recipe.epochs * steps_per_epoch, desc=desc, disable=quiet, leave=False, unit="step")
     for epoch in range(recipe.epochs):
@@ -101,11 +120,18 @@ def fit(model: torch.nn.Module, images: ImageSet, recipe: TrainRecipe, loss_fn: 
             idx = perm[start:start + recipe.batch_size]
             x = images.get(idx).to(device, torch.float32) / 255.0
             x = recipe.augment(x, g)
-            loss = loss_fn(model(x), target_fn(x, idx))
+            if recipe.cutmix > 0 and torch.rand(1, generator=g).item() < recipe.cutmix:
+                x, partner, lam = cutmix(x, g)
+                out = model(x)
+                loss = lam * loss_fn(out, target_fn(x, idx)) + (1 - lam) * loss_fn(out, target_fn(x, idx[partner]))
+            else:
+                loss = loss_fn(model(x), target_fn(x, idx))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
+            if ema is not None:
+                ema.update_parameters(model)
             total += loss.item() * len(idx)
             bar.update()
         losses.append(total / n)
@@ -113,6 +139,8 @@ def fit(model: torch.nn.Module, images: ImageSet, recipe: TrainRecipe, loss_fn: 
         if on_epoch is not None:
             on_epoch(epoch + 1)
     bar.close()
+    if ema is not None:
+        model.load_state_dict(ema.module.state_dict())
     model.eval()
     return losses
 
