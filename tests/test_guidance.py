@@ -117,17 +117,19 @@ def test_surrogate_trajectory_round_trips(surrogate):
     assert not torch.equal(w0, w2)  # different points of the trajectory
 
 
-def test_influence_gradient_is_a_descent_direction(setup, surrogate, digits):
+def test_influence_gradient_is_a_descent_direction(setup, digits):
+    """On a smooth (linear) surrogate trajectory, a small step against the term's output
+    lowers the gradient-matching distance. (ReLU surrogates make that distance too jagged
+    for a finite-step check at this tiny scale.)"""
     from otdistill.config import InfluenceConfig
-    from otdistill.guidance.influence import (
-        InfluenceGuidance,
-        _param_grads,
-        real_gradients,
-    )
+    from otdistill.guidance.influence import InfluenceGuidance, _param_grads, real_gradients
+    from otdistill.models.classifiers import Classifier
     from otdistill.sample import SamplerState
 
     model, _, _ = setup
-    _, (models, _) = surrogate
+    torch.manual_seed(0)
+    models = [Classifier(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(256, 10)), [0.5], [0.5]).eval()
+              for _ in range(2)]
     real = real_gradients(models, digits, 20, 0, "cpu")
     term = InfluenceGuidance(InfluenceConfig(weight=1.0), models, real)
     x0 = torch.randn(2, *model.latent_shape, generator=torch.Generator().manual_seed(0))
@@ -146,5 +148,5 @@ def test_influence_gradient_is_a_descent_direction(setup, surrogate, digits):
                            for g, t in zip(_param_grads(net, images, labels, False), target)).item()
                        for net, target in zip(models, real[3]))
 
-    step = delta / delta.norm() * 1e-2
-    assert distance(x0 - step) < distance(x0)
+    step = delta / delta.norm() * 0.05
+    assert distance(x0 - step) < distance(x0) < distance(x0 + step)
