@@ -85,6 +85,7 @@ class OTGuidanceConfig:
     pool_seed: int = 0
     input: str = "x0"  # x0 (predicted clean latent) | zt
     max_iter: int = 1000
+    tol: float = 1e-6  # Sinkhorn marginal error; float32 latents cannot reach much lower
 
 
 @dataclass

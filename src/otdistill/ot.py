@@ -53,14 +53,14 @@ def sinkhorn(M: torch.Tensor, reg: float, a: torch.Tensor | None = None, b: torc
 
 def entropic_ot(x: torch.Tensor, y: torch.Tensor, reg: float, metric: str = "l1",
                 warmstart: tuple[torch.Tensor, torch.Tensor] | None = None, normalise: bool = True,
-                max_iter: int = 1000) -> tuple[torch.Tensor, Plan]:
+                max_iter: int = 1000, tol: float = 1e-9) -> tuple[torch.Tensor, Plan]:
     """<P, C(x, y)> with P the entropic plan, differentiable in x and y by the envelope theorem.
 
     With `normalise`, the cost is divided by its mean before solving so `reg` is relative to
     the typical cost: one value then works across latent sizes and metrics."""
     C = pairwise_cost(x, y, metric)
     scale = C.detach().mean().clamp_min(1e-12) if normalise else 1.0
-    res = sinkhorn(C / scale, reg, warmstart=warmstart, max_iter=max_iter)
+    res = sinkhorn(C / scale, reg, warmstart=warmstart, max_iter=max_iter, tol=tol)
     return (res.plan * C).sum(), res
 
 

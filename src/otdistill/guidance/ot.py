@@ -28,7 +28,8 @@ class OTGuidance:
         current = current_latent(state, self.cfg.input).detach().requires_grad_(True)
         with torch.enable_grad():
             value, plan = entropic_ot(torch.cat([state.memory, current]), real, self.cfg.reg, self.cfg.cost,
-                                      warmstart=self._warm_start(state), max_iter=self.cfg.max_iter)
+                                      warmstart=self._warm_start(state), max_iter=self.cfg.max_iter,
+                                      tol=self.cfg.tol)
             grad, = torch.autograd.grad(value, current)
         # Potentials of the previous step start the next solve; reset per class and chunk so a
         # class's result never depends on which class ran before it.
