@@ -214,14 +214,17 @@ def evaluate_stage(distilled: str | Path, cfg: Config | None = None, out: str | 
     out = Path(out) if out else Path(distilled).parent / "eval.json"
     cells_dir = out.with_suffix("") if out.suffix else out / "cells"
     key = fingerprint(cfg.student, ds.manifest["files"], ds.manifest.get("teachers"))
-    ensemble = load_ensemble(ds.manifest["teachers"], device) if "soft" in cfg.student.protocols and ds.manifest.get("teachers") else None
+    ensemble = None
     cells = []
     for protocol in cfg.student.protocols:
         for seed in cfg.student.seeds:
             cell_file = cells_dir / f"{cfg.student.arch}-{protocol}-seed{seed}.json"
-            if cell_file.exists() and read_json(cell_file).get("key") == key:
-                cells.append(read_json(cell_file))
+            cached = read_json(cell_file) if cell_file.exists() else {}
+            if cached.get("key") == key:
+                cells.append(cached)
                 continue
+            if ensemble is None and protocol == "soft" and ds.manifest.get("teachers"):
+                ensemble = load_ensemble(ds.manifest["teachers"], device)  # only when a cell must train
             cell = train_student(ds, data.test, cfg.student, protocol, seed, ensemble, device, quiet)
             cell["key"] = key
             write_json(cell_file, cell)
