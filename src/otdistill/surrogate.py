@@ -6,11 +6,10 @@ and `surrogate.json` (architecture, input shape, normalisation, saved epochs, co
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from .config import SurrogateConfig
 from .data import LabelledData, TensorImages
@@ -18,6 +17,7 @@ from .errors import UserError
 from .io import atomic_path, generator, invoked_command, read_json, write_json
 from .losses import cross_entropy
 from .models.classifiers import Classifier, build_classifier
+from .teachers import classifier_from
 from .train import Augment, TrainRecipe, channel_stats, fit
 
 
@@ -58,13 +58,5 @@ def load_trajectory(path: str | Path, device="cpu") -> tuple[list[Classifier], d
     if not (path / "surrogate.json").is_file():
         raise UserError(f"{path} is not a surrogate folder; make one with `otdistill train-surrogate CONFIG`")
     info = read_json(path / "surrogate.json")
-    base = build_classifier(info["arch"], info["num_classes"], info["in_channels"], info["image_size"], info["mean"], info["std"])
-    models = []
-    for epoch in info["epochs"]:
-        m = copy.deepcopy(base)
-        try:
-            m.load_state_dict(load_file(path / f"epoch_{epoch}.safetensors"))
-        except (RuntimeError, OSError) as exc:
-            raise UserError(f"surrogate checkpoint {path}/epoch_{epoch}.safetensors is unusable: {str(exc).splitlines()[0]}") from None
-        models.append(m.to(device).eval())
+    models = [classifier_from(info, path / f"epoch_{epoch}.safetensors").to(device).eval() for epoch in info["epochs"]]
     return models, info

@@ -52,16 +52,23 @@ def train_teacher(cfg: TeacherConfig, data: LabelledData, device, quiet: bool = 
     return model.eval(), info
 
 
+def classifier_from(info: dict, weights: Path) -> Classifier:
+    """Build the Classifier a checkpoint's JSON describes and load its weights, or say why not."""
+    model = build_classifier(info["arch"], info["num_classes"], info["in_channels"], info["image_size"],
+                             info["mean"], info["std"])
+    try:
+        model.load_state_dict(load_file(weights))
+    except (RuntimeError, OSError) as exc:
+        raise UserError(f"weights {weights} do not fit a {info['arch']} for {info['num_classes']} classes: "
+                        f"{str(exc).splitlines()[0]}") from None
+    return model
+
+
 def load_teacher(path: str | Path, device="cpu") -> tuple[Classifier, dict]:
     path = Path(path)
     if not (path / "model.safetensors").is_file() or not (path / "model.json").is_file():
         raise UserError(f"{path} is not a teacher folder (model.safetensors + model.json); "
                         "train one with `otdistill train-teacher CONFIG`")
     info = read_json(path / "model.json")
-    model = build_classifier(info["arch"], info["num_classes"], info["in_channels"], info["image_size"], info["mean"], info["std"])
-    try:
-        model.load_state_dict(load_file(path / "model.safetensors"))
-    except (RuntimeError, OSError) as exc:
-        raise UserError(f"teacher weights in {path} do not fit a {info['arch']} for {info['num_classes']} classes: "
-                        f"{str(exc).splitlines()[0]}") from None
+    model = classifier_from(info, path / "model.safetensors")
     return model.to(device).eval().requires_grad_(False), info
