@@ -38,3 +38,15 @@ def trained(tmp_path_factory) -> Config:
 @pytest.fixture(scope="session")
 def digits():
     return load_dataset(load_config(TINY).data)
+
+
+@pytest.fixture(scope="session")
+def finished_run(trained, tmp_path_factory):
+    """`otdistill run` on digits-tiny, once per session: (output folder, the run's arguments)."""
+    from otdistill.cli import main
+
+    out = tmp_path_factory.mktemp("e2e") / "run"
+    args = ["run", str(TINY), "--set", f"output={out}", "--set", f"generator.path={trained.generator.path}",
+            "--set", f"teachers.0.path={trained.teachers[0].path}"]
+    assert main(["--quiet", *args]) == 0
+    return out, args

@@ -2,19 +2,9 @@
 
 import json
 
-import pytest
 from conftest import TINY
 
 from otdistill.cli import main
-
-
-@pytest.fixture(scope="module")
-def finished_run(trained, tmp_path_factory):
-    out = tmp_path_factory.mktemp("e2e") / "run"
-    args = ["run", str(TINY), "--set", f"output={out}", "--set", f"generator.path={trained.generator.path}",
-            "--set", f"teachers.0.path={trained.teachers[0].path}"]
-    assert main(["--quiet", *args]) == 0
-    return out, args
 
 
 def test_run_writes_every_artifact(finished_run, capsys):
@@ -92,3 +82,15 @@ def test_stored_soft_labels_protocol(finished_run, tmp_path):
                  "student.soft_loss.sd=1.0", "--out", str(tmp_path / "e.json")]) == 0
     result = json.loads((tmp_path / "e.json").read_text())
     assert result["student_config"]["soft_labels"] == "stored" and "soft" in result["protocols"]
+
+
+def test_adding_seeds_reuses_the_cells_already_trained(finished_run, tmp_path):
+    out, _ = finished_run
+    base = ["--quiet", "evaluate", str(out / "distilled"), str(TINY), "--set", "student.protocols=[hard]",
+            "--set", "student.epochs=1", "--out", str(tmp_path / "e.json")]
+    assert main([*base, "--set", "student.seeds=[0]"]) == 0
+    cell = tmp_path / "e" / "convnet2-hard-seed0.json"
+    stamp = cell.stat().st_mtime_ns
+    assert main([*base, "--set", "student.seeds=[0,1]"]) == 0
+    assert cell.stat().st_mtime_ns == stamp and (tmp_path / "e" / "convnet2-hard-seed1.json").is_file()
+    assert json.loads((tmp_path / "e.json").read_text())["protocols"]["hard"]["seeds"] == [0, 1]

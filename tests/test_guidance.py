@@ -122,7 +122,11 @@ def test_influence_gradient_is_a_descent_direction(setup, digits):
     lowers the gradient-matching distance. (ReLU surrogates make that distance too jagged
     for a finite-step check at this tiny scale.)"""
     from otdistill.config import InfluenceConfig
-    from otdistill.guidance.influence import InfluenceGuidance, _param_grads, real_gradients
+    from otdistill.guidance.influence import (
+        InfluenceGuidance,
+        _param_grads,
+        real_gradients,
+    )
     from otdistill.models.classifiers import Classifier
     from otdistill.sample import SamplerState
 

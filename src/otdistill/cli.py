@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from .errors import UserError
 
@@ -59,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", required=True, choices=["ddranking"])
     p.add_argument("--out", required=True, help="folder to write to")
 
+    p = sub.add_parser("report", help="HTML + Markdown report of a run folder (or a folder of runs)")
+    p.add_argument("run_dir", help="a run's output folder; every distilled set and evaluation under it is shown")
+
     p = sub.add_parser("inspect", help="summarise a distilled set in the terminal")
     p.add_argument("distilled", help="a distilled-set folder")
     return parser
@@ -70,17 +74,56 @@ def _load(args):
     return load_config(args.config, args.overrides)
 
 
+def _log_to(folder: str | Path, argv: list[str]) -> logging.Handler:
+    """Append this command's log to FOLDER/otdistill.log (INFO and up, even with --quiet)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(folder / "otdistill.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logging.getLogger().addHandler(handler)
+    # the command line goes to the file only; the terminal already shows it
+    handler.handle(logging.makeLogRecord({"name": log.name, "levelno": logging.INFO, "levelname": "INFO",
+                                          "msg": "$ otdistill %s", "args": (" ".join(argv),)}))
+    return handler
+
+
+def _log_folder(args) -> Path | None:
+    """The run folder a command writes into, where its log file belongs."""
+    if getattr(args, "config", None) and args.command in ("run", "sample", "train-generator", "train-teacher",
+                                                          "train-surrogate"):
+        return Path(_load(args).output)
+    if args.command in ("relabel", "evaluate") and Path(args.distilled).is_dir():
+        return Path(args.distilled).parent
+    if args.command == "report" and Path(args.run_dir).is_dir():
+        return Path(args.run_dir)
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    console = logging.StreamHandler()
+    console.setLevel(logging.WARNING if args.quiet else logging.INFO)
+    console.setFormatter(logging.Formatter("%(message)s"))
+    root.addHandler(console)
+    handlers = [console]
     try:
+        folder = _log_folder(args)
+        if folder is not None:
+            handlers.append(_log_to(folder, argv))
         return _dispatch(args) or 0
     except UserError as exc:
-        print(f"otdistill: error: {exc}", file=sys.stderr)
+        log.error("otdistill: error: %s", exc)  # the console handler prints it to stderr
         return 2
     except KeyboardInterrupt:
-        print("otdistill: interrupted; run the same command again to resume", file=sys.stderr)
+        log.error("otdistill: interrupted; run the same command again to resume")
         return 130
+    finally:
+        for h in handlers:  # main() may run several times in one process (tests)
+            root.removeHandler(h)
+            h.close()
 
 
 def _dispatch(args) -> int | None:
@@ -108,6 +151,10 @@ def _dispatch(args) -> int | None:
 
         export_ddranking(read_distilled(args.distilled), args.out)
         print(f"wrote {args.out}")
+    elif args.command == "report":
+        from .report import build
+
+        print(f"wrote {build(args.run_dir)}")
     elif args.command == "inspect":
         print(pipeline.inspect_text(args.distilled))
     return 0

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from . import artifacts
+from . import artifacts, report
 from .config import Config, dump_config, fingerprint, from_dict, to_dict
 from .data import LabelledData, TensorImages, load_dataset
 from .errors import UserError
@@ -112,13 +112,18 @@ def sample_stage(cfg: Config, quiet: bool = False, data: LabelledData | None = N
         folder = artifacts.class_folder(c, data.class_ids[c], k)
         if artifacts.class_done(root, folder, cfg.sample.ipc):
             continue
+        t = time.time()
         artifacts.write_class_images(root, folder, sample_class(model, c, cfg.sample, terms, window))
+        log.info("sample: class %d/%d '%s' done, %d images in %.1f s", c + 1, k, data.class_names[c],
+                 cfg.sample.ipc, time.time() - t)
     source = {"kind": "generated", "generator": cfg.generator.path, "guidance": [t.name for t in terms],
               "sample_seconds": round(time.time() - start, 1),
               "ot_seconds": round(sum(getattr(t, "seconds", 0.0) for t in terms), 3)}
     artifacts.write_manifest(
         root, ipc=cfg.sample.ipc, class_names=data.class_names, class_ids=data.class_ids, channels=data.channels,
         image_size=data.image_size, source=source, config=to_dict(cfg), seeds={"sample": cfg.sample.seed})
+    log.info("sample: %s finished in %.1f s (OT %.1f s), guidance %s", root, source["sample_seconds"],
+             source["ot_seconds"], source["guidance"] or "none")
     return root
 
 
@@ -170,6 +175,8 @@ def relabel_stage(distilled: str | Path, cfg: Config | None = None, quiet: bool 
     agree = (logits.argmax(1) == ds.hard).float()
     per_class = [agree[ds.hard == c].mean().item() for c in range(ds.num_classes)]
     artifacts.write_labels(ds.root, ds.hard, logits, paths)
+    log.info("relabel: %d images labelled by %d teacher(s) %s; teacher agrees with the class on %.1f%%",
+             len(ds.images), len(paths), paths, 100 * agree.mean().item())
     return artifacts.update_manifest(ds.root, teachers=paths, teacher_agreement={
         "overall": agree.mean().item(), "per_class": dict(zip(ds.class_names, per_class))})
 
@@ -197,6 +204,10 @@ def metrics_stage(distilled: str | Path, cfg: Config | None = None, data: Labell
             result["latent"] = set_metrics(latents(real), latents(ds.images), real_labels, ds.hard,
                                            ds.num_classes, cfg.metrics.k)
     artifacts.update_manifest(ds.root, metrics=result)
+    for space in ("teacher_features", "latent"):
+        if space in result:
+            log.info("metrics (%s): OT distance %.3f, coverage %.3f, density %.3f", space,
+                     result[space]["ot_distance"], result[space]["coverage"], result[space]["density"])
     return result
 
 
@@ -213,7 +224,9 @@ def evaluate_stage(distilled: str | Path, cfg: Config | None = None, out: str | 
                         f"{data.class_names[:3]}...; evaluate with the config of the dataset the set came from")
     out = Path(out) if out else Path(distilled).parent / "eval.json"
     cells_dir = out.with_suffix("") if out.suffix else out / "cells"
-    key = fingerprint(cfg.student, ds.manifest["files"], ds.manifest.get("teachers"))
+    # a cell depends on the recipe, not on which other seeds or protocols are listed beside it
+    recipe = dataclasses.replace(cfg.student, seeds=[], protocols=[])
+    key = fingerprint(recipe, ds.manifest["files"], ds.manifest.get("teachers"))
     ensemble = None
     cells = []
     for protocol in cfg.student.protocols:
@@ -228,6 +241,8 @@ def evaluate_stage(distilled: str | Path, cfg: Config | None = None, out: str | 
             cell = train_student(ds, data.test, cfg.student, protocol, seed, ensemble, device, quiet)
             cell["key"] = key
             write_json(cell_file, cell)
+            log.info("evaluate: %s %s seed %d final-epoch accuracy %.4f (%.0f s)", cfg.student.arch, protocol,
+                     seed, cell["final"], cell["seconds"])
             cells.append(cell)
     result = {"distilled": str(distilled), "student": cfg.student.arch, "epochs": cfg.student.epochs,
               "ipc": ds.ipc, "num_images": len(ds.images), "protocols": summarise(cells), "cells": cells,
@@ -302,7 +317,9 @@ def run(cfg: Config, quiet: bool = False) -> dict:
     t = time.time()
     result = evaluate_stage(root, cfg, out / "eval.json", quiet=quiet, data=data)
     seconds["evaluate"] = time.time() - t
+    write_json(out / "timings.json", {k: round(v, 1) for k, v in seconds.items()})
     text = _summary(cfg, manifest, result, seconds)
     write_text(out / "summary.md", text)
-    print(text)
+    page = report.build(out, data=data)
+    print(text + f"report: {page}")  # the result, on stdout even with --quiet; summary.md keeps it
     return result

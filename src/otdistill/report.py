@@ -1,0 +1,335 @@
+"""`otdistill report RUN_DIR`: what a run (or a folder of runs) made, to look at.
+
+Everything is read from saved artifacts: every distilled set (a folder with manifest.json)
+under RUN_DIR, every evaluation JSON that names one of them, and each run's timings.json.
+Writes RUN_DIR/report/report.html (self-contained, images embedded) and its twin
+RUN_DIR/report/report.md beside the PNGs it shows.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never a window
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from torchvision.utils import make_grid  # noqa: E402
+
+from . import artifacts  # noqa: E402
+from .config import from_dict  # noqa: E402
+from .data import LabelledData, load_dataset  # noqa: E402
+from .errors import UserError  # noqa: E402
+from .io import atomic_path, write_text  # noqa: E402
+
+MAX_GRID_CLASSES = 20  # ImageNet has 1000; a page shows the first ones
+MAX_GRID_IMAGES = 10
+
+
+@dataclass
+class SetEntry:
+    """One distilled set and the evaluations of it found under the report's folder."""
+
+    name: str  # path relative to the report's folder
+    method: str
+    ds: artifacts.DistilledSet
+    evals: list[dict] = field(default_factory=list)
+
+    @property
+    def guided(self) -> bool:
+        return bool(self.ds.manifest["source"].get("guidance"))
+
+
+def method_label(source: dict) -> str:
+    """plain | igd | ot | igd+ot | real-<selection> from a manifest's `source`."""
+    if source.get("kind") != "generated":
+        return source.get("kind", "unknown")
+    terms = list(source.get("guidance") or [])
+    if {"influence", "deviation"} <= set(terms):
+        terms = ["igd"] + [t for t in terms if t not in ("influence", "deviation")]
+    return "+".join(terms) or "plain"
+
+
+def collect(run_dir: Path) -> list[SetEntry]:
+    entries: dict[Path, SetEntry] = {}
+    for manifest in sorted(run_dir.rglob("manifest.json")):
+        root = manifest.parent
+        if "report" in root.relative_to(run_dir).parts:
+            continue
+        try:
+            ds = artifacts.read_distilled(root, verify_hashes=False)
+        except UserError:
+            continue  # an unfinished set: nothing to show yet
+        name = str(root.relative_to(run_dir)) if root != run_dir else "."
+        entries[root.resolve()] = SetEntry(name, method_label(ds.manifest["source"]), ds)
+    for path in sorted(run_dir.rglob("*.json")):
+        try:
+            obj = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if isinstance(obj, dict) and "protocols" in obj and "distilled" in obj:
+            entry = entries.get(Path(obj["distilled"]).resolve())
+            if entry is not None:
+                entry.evals.append(obj)
+    return sorted(entries.values(), key=lambda e: (e.ds.ipc, e.method, e.name))
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _grid(images: torch.Tensor, ncol: int) -> torch.Tensor:
+    """uint8 (N, C, H, W) -> (H', W', C) numpy-ready grid, padded to ncol columns."""
+    if len(images) < ncol:
+        pad = torch.full((ncol - len(images), *images.shape[1:]), 255, dtype=torch.uint8)
+        images = torch.cat([images, pad])
+    g = make_grid(images, nrow=ncol, padding=1, pad_value=255)
+    return g.permute(1, 2, 0)
+
+
+def class_grids(entry: SetEntry, real: LabelledData | None) -> bytes:
+    """Rows = classes; left the distilled images, right real training images of the class."""
+    ds = entry.ds
+    n = min(ds.ipc, MAX_GRID_IMAGES)
+    classes = list(range(min(ds.num_classes, MAX_GRID_CLASSES)))
+    cols = 2 if real is not None else 1
+    fig, axes = plt.subplots(len(classes), cols, figsize=(0.45 * n * cols + 1.6, 0.5 * len(classes) + 0.6),
+                             squeeze=False)
+    g = torch.Generator().manual_seed(0)
+    for row, c in enumerate(classes):
+        panels = [ds.images[ds.hard == c][:n]]
+        if real is not None:
+            idx = real.train.indices_of(c)
+            panels.append(real.train.get(idx[torch.randperm(len(idx), generator=g)[:n]]))
+        for col, imgs in enumerate(panels):
+            ax = axes[row][col]
+            grid = _grid(imgs, n)
+            ax.imshow(grid.squeeze(-1) if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0, vmax=255)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if col == 0:
+                ax.set_ylabel(ds.class_names[c][:14], rotation=0, ha="right", va="center", fontsize=8)
+            if row == 0:
+                ax.set_title("distilled" if col == 0 else "real (training split)", fontsize=9)
+    fig.suptitle(f"{entry.name}: {entry.method}, IPC {ds.ipc}", fontsize=10)
+    return _png(fig)
+
+
+def accuracy_rows(entries: list[SetEntry]) -> list[dict]:
+    rows = []
+    for e in entries:
+        for ev in e.evals:
+            for protocol, r in ev["protocols"].items():
+                rows.append({"set": e.name, "method": e.method, "ipc": e.ds.ipc, "student": ev["student"],
+                             "epochs": ev.get("epochs"), "labels": protocol, "mean": r["final_mean"],
+                             "std": r["final_std"], "seeds": len(r["seeds"])})
+    return rows
+
+
+def accuracy_plot(rows: list[dict]) -> bytes:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    lines: dict[tuple, list] = {}
+    for r in rows:
+        lines.setdefault((r["method"], r["student"], r["labels"]), []).append((r["ipc"], r["mean"], r["std"]))
+    for (method, student, labels), pts in sorted(lines.items()):
+        pts.sort()
+        ax.errorbar([p[0] for p in pts], [100 * p[1] for p in pts], yerr=[100 * p[2] for p in pts],
+                    marker="o", capsize=3, label=f"{method} / {student} / {labels}")
+    ax.set_xscale("log")
+    ax.set_xlabel("images per class (IPC)")
+    ax.set_ylabel("final-epoch test accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _png(fig)
+
+
+def ot_plot(entries: list[SetEntry], space: str) -> bytes | None:
+    """Per-class OT distance to held-out real images: unguided sets beside guided ones."""
+    have = [e for e in entries if space in e.ds.manifest.get("metrics", {})]
+    if not have:
+        return None
+    fig, ax = plt.subplots(figsize=(max(6, 0.6 * min(have[0].ds.num_classes, MAX_GRID_CLASSES) + 2), 4))
+    width = 0.8 / len(have)
+    for i, e in enumerate(have):
+        per = e.ds.manifest["metrics"][space]["per_class"][:MAX_GRID_CLASSES]
+        tag = "after guidance" if e.guided else ("before guidance" if e.ds.manifest["source"]["kind"] == "generated"
+                                                  else "real selection")
+        ax.bar([c + i * width for c in range(len(per))], [p["ot_distance"] for p in per], width,
+               label=f"{e.method} IPC {e.ds.ipc} ({tag})")
+    names = have[0].ds.class_names[:MAX_GRID_CLASSES]
+    ax.set_xticks([c + 0.4 - width / 2 for c in range(len(names))], [n[:10] for n in names], rotation=45, ha="right",
+                  fontsize=8)
+    ax.set_ylabel(f"OT distance to held-out real ({space})")
+    ax.legend(fontsize=7)
+    return _png(fig)
+
+
+def label_entropy(ds: artifacts.DistilledSet) -> float | None:
+    """Mean entropy of the stored teacher labels, normalised by log K (0 = one-hot, 1 = uniform)."""
+    if ds.soft_logits is None:
+        return None
+    p = ds.soft_logits.float().softmax(1)
+    return float((-(p * p.clamp_min(1e-12).log()).sum(1) / math.log(ds.num_classes)).mean())
+
+
+def entropy_plot(entries: list[SetEntry]) -> bytes | None:
+    pts: dict[str, list] = {}
+    for e in entries:
+        h = label_entropy(e.ds)
+        if h is not None:
+            pts.setdefault(e.method, []).append((e.ds.ipc, h, len(e.ds.manifest.get("teachers", []))))
+    if not pts:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method, p in sorted(pts.items()):
+        p.sort()
+        ax.plot([x[0] for x in p], [x[1] for x in p], marker="o", label=method)
+        for ipc, h, k in p:
+            ax.annotate(f"{k} teacher{'s' if k != 1 else ''}", (ipc, h), fontsize=7, xytext=(3, 3),
+                        textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("images per class (IPC)")
+    ax.set_ylabel("teacher-label entropy / log K")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _png(fig)
+
+
+def timing_rows(run_dir: Path, entries: list[SetEntry]) -> list[tuple[str, str, float]]:
+    rows = []
+    for path in sorted(run_dir.rglob("timings.json")):
+        name = str(path.parent.relative_to(run_dir)) if path.parent != run_dir else "."
+        rows += [(name, stage, s) for stage, s in json.loads(path.read_text()).items()]
+    if not rows:  # no `run` here; the sampling time is in each manifest
+        rows = [(e.name, "sample", e.ds.manifest["source"]["sample_seconds"]) for e in entries
+                if "sample_seconds" in e.ds.manifest["source"]]
+    return rows
+
+
+def _real_data(ds: artifacts.DistilledSet, cache: dict) -> LabelledData | None:
+    """The set's dataset, from the config in its manifest; None if it is not on this machine."""
+    data_cfg = from_dict(ds.manifest["config"]).data
+    key = json.dumps(ds.manifest["config"]["data"], sort_keys=True)
+    if key not in cache:
+        try:
+            cache[key] = load_dataset(data_cfg)
+        except (UserError, OSError):
+            cache[key] = None
+    return cache[key]
+
+
+def build(run_dir: str | Path, data: LabelledData | None = None) -> Path:
+    """Write the report of everything under run_dir; returns the HTML file's path."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir} is not a folder; give the output folder of `otdistill run` (its `output`)")
+    entries = collect(run_dir)
+    if not entries:
+        raise UserError(f"no finished distilled set under {run_dir}; run `otdistill run CONFIG` or "
+                        f"`otdistill sample CONFIG` first")
+    cache: dict = {}
+    if data is not None:
+        cache[json.dumps(entries[0].ds.manifest["config"]["data"], sort_keys=True)] = data
+    figures: list[tuple[str, str, bytes]] = []  # (file name, caption, png)
+    rows = accuracy_rows(entries)
+    if rows:
+        figures.append(("accuracy-vs-ipc.png", "Final-epoch test accuracy against IPC (mean +- std over seeds)",
+                        accuracy_plot(rows)))
+    for space in ("teacher_features", "latent"):
+        png = ot_plot(entries, space)
+        if png:
+            figures.append((f"ot-per-class-{space}.png",
+                            f"Per-class OT distance to held-out real images, {space.replace('_', ' ')}", png))
+    png = entropy_plot(entries)
+    if png:
+        figures.append(("label-entropy.png", "Teacher-label entropy by IPC (number of teachers annotated)", png))
+    for i, e in enumerate(entries):
+        real = _real_data(e.ds, cache)
+        caption = f"{e.name}: {e.method}, IPC {e.ds.ipc}" + ("" if real else " (real images not on this machine)")
+        figures.append((f"grid-{i:02d}.png", caption, class_grids(e, real)))
+    timings = timing_rows(run_dir, entries)
+    sets = [(e.name, e.method, e.ds.ipc, len(e.ds.images), label_entropy(e.ds),
+             e.ds.manifest.get("metrics", {}).get("teacher_features", {})) for e in entries]
+
+    md = _markdown(run_dir, rows, sets, timings, figures)
+    page = _html(run_dir, rows, sets, timings, figures)
+    out = run_dir / "report"
+    out.mkdir(exist_ok=True)
+    for name, _, png in figures:
+        with atomic_path(out / name) as tmp:
+            tmp.write_bytes(png)
+    write_text(out / "report.md", md)
+    write_text(out / "report.html", page)
+    return out / "report.html"
+
+
+def _fmt(x: float | None, digits: int = 3) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def _tables(rows, sets, timings) -> list[tuple[str, list[str], list[list[str]]]]:
+    """(title, header, cells) of each table; the HTML and Markdown render the same ones."""
+    acc = [[r["method"], str(r["ipc"]), r["student"], str(r["epochs"]), r["labels"],
+            f"{100 * r['mean']:.2f} +- {100 * r['std']:.2f}", str(r["seeds"]), r["set"]] for r in rows]
+    st = [[name, method, str(ipc), str(n), _fmt(h), _fmt(m.get("ot_distance")), _fmt(m.get("coverage")),
+           _fmt(m.get("density"))] for name, method, ipc, n, h, m in sets]
+    tm = [[name, stage, f"{s:.1f}"] for name, stage, s in timings]
+    return [
+        ("Accuracy (final epoch, mean +- std over seeds)",
+         ["method", "IPC", "student", "epochs", "labels", "top-1 %", "seeds", "set"], acc),
+        ("Distilled sets (teacher-feature metrics against held-out real images)",
+         ["set", "method", "IPC", "images", "label entropy", "OT distance", "coverage", "density"], st),
+        ("Time per stage", ["run", "stage", "seconds"], tm),
+    ]
+
+
+def _markdown(run_dir, rows, sets, timings, figures) -> str:
+    lines = [f"# otdistill report: {run_dir}", ""]
+    for title, header, cells in _tables(rows, sets, timings):
+        lines += [f"## {title}", ""]
+        if not cells:
+            lines += ["(none found)", ""]
+            continue
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(c) + " |" for c in cells] + [""]
+    lines += ["## Figures", ""]
+    for name, caption, _ in figures:
+        lines += [f"![{caption}]({name})", "", f"*{caption}*", ""]
+    return "\n".join(lines)
+
+
+def _html(run_dir, rows, sets, timings, figures) -> str:
+    esc = html.escape
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>otdistill report: {esc(str(run_dir))}</title>",
+             "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
+             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:3px 8px;"
+             "text-align:right}th{background:#eee}figure{margin:1.5em 0}img{max-width:100%}</style></head><body>",
+             f"<h1>otdistill report</h1><p>{esc(str(run_dir))}</p>"]
+    for title, header, cells in _tables(rows, sets, timings):
+        parts.append(f"<h2>{esc(title)}</h2>")
+        if not cells:
+            parts.append("<p>(none found)</p>")
+            continue
+        parts.append("<table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr>")
+        parts += ["<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in cells]
+        parts.append("</table>")
+    parts.append("<h2>Figures</h2>")
+    for name, caption, png in figures:
+        data = base64.b64encode(png).decode()
+        parts.append(f"<figure><img alt='{esc(caption)}' src='data:image/png;base64,{data}'>"
+                     f"<figcaption>{esc(caption)}</figcaption></figure>")
+    # lets a headless browser (and the test) tell that every embedded image decoded
+    parts.append("<script>window.addEventListener('load',()=>{const im=[...document.images];"
+                 "document.body.dataset.imagesLoaded=im.filter(i=>i.complete&&i.naturalWidth>0).length+'/'+im.length;"
+                 "});</script></body></html>")
+    return "\n".join(parts)
