@@ -66,3 +66,25 @@ def test_base_recipes_merge_and_cycles_are_refused(tmp_path):
     (tmp_path / "c.yaml").write_text("base: c.yaml\n")
     with pytest.raises(UserError, match="includes itself"):
         load_config(tmp_path / "c.yaml")
+
+
+def test_config_reference_is_current_and_complete():
+    """docs/config.md is generated from the dataclasses; regenerate with
+    `otdistill config --reference > docs/config.md` when a key changes."""
+    from otdistill.config_reference import reference
+
+    text = reference()
+    assert (ROOT / "docs" / "config.md").read_text() == text + "\n"
+    rows = [r for r in text.splitlines() if r.startswith("| `")]
+    assert len(rows) > 80 and all(not r.rstrip().endswith("|  |") for r in rows), "every key needs a comment"
+
+
+def test_config_command_prints_the_effective_config(capsys):
+    import yaml
+
+    from otdistill.cli import main
+
+    assert main(["config", str(TINY), "--set", "sample.ipc=7"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["sample"]["ipc"] == 7 and printed["data"]["name"] == "digits"
+    assert main(["config", "--reference"]) == 0 and "`sample.guidance.ot.reg`" in capsys.readouterr().out

@@ -60,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", required=True, choices=["ddranking"])
     p.add_argument("--out", required=True, help="folder to write to")
 
+    p = sub.add_parser("config", help="print the effective config of a recipe + overrides, or the key reference")
+    _config_args(p, required=False)
+    p.add_argument("--reference", action="store_true", help="every key with type, default and meaning (Markdown)")
+
     p = sub.add_parser("report", help="HTML + Markdown report of a run folder (or a folder of runs)")
     p.add_argument("run_dir", help="a run's output folder; every distilled set and evaluation under it is shown")
 
@@ -151,6 +155,15 @@ def _dispatch(args) -> int | None:
 
         export_ddranking(read_distilled(args.distilled), args.out)
         print(f"wrote {args.out}")
+    elif args.command == "config":
+        if args.reference:
+            from .config_reference import reference
+
+            print(reference())
+        else:
+            from .config import dump_config
+
+            print(dump_config(_load(args)), end="")
     elif args.command == "report":
         from .report import build
 

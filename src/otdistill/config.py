@@ -31,46 +31,47 @@ class DataConfig:
     class_list: str | None = None  # imagefolder: text file, one class folder per line
     image_size: int | None = None  # resize every image to this square size; None = native
     test_fraction: float = 0.2  # digits/imagefolder without a test folder: held-out share
-    split_seed: int = 0
+    split_seed: int = 0  # seed of that held-out split
 
 
 @dataclass
 class AutoencoderConfig:
     """A small diffusers AutoencoderKL trained on the dataset (ignored when loaded)."""
 
+    # channels per resolution level (len - 1 = downsampling steps)
     block_out_channels: list[int] = field(default_factory=lambda: [16, 32, 32])
-    layers_per_block: int = 1
-    latent_channels: int = 4
-    norm_num_groups: int = 8
-    steps: int = 1500
-    batch_size: int = 64
-    lr: float = 2e-3
-    kl_weight: float = 1e-6
+    layers_per_block: int = 1  # ResNet blocks per level
+    latent_channels: int = 4  # channels of the latent
+    norm_num_groups: int = 8  # GroupNorm groups
+    steps: int = 1500  # training steps
+    batch_size: int = 64  # images per step
+    lr: float = 2e-3  # AdamW learning rate
+    kl_weight: float = 1e-6  # weight of the KL term of the VAE loss
 
 
 @dataclass
 class DiTConfig:
     """A diffusers DiTTransformer2DModel over the autoencoder's latents."""
 
-    num_layers: int = 6
-    num_attention_heads: int = 4
-    attention_head_dim: int = 32
-    patch_size: int = 2
-    steps: int = 5000
-    batch_size: int = 128
-    lr: float = 3e-4
-    ema_decay: float = 0.999
+    num_layers: int = 6  # transformer blocks
+    num_attention_heads: int = 4  # heads per block
+    attention_head_dim: int = 32  # channels per head (width = heads x dim)
+    patch_size: int = 2  # latent patch side
+    steps: int = 5000  # training steps
+    batch_size: int = 128  # latents per step
+    lr: float = 3e-4  # AdamW learning rate
+    ema_decay: float = 0.999  # EMA of weights kept for sampling
 
 
 @dataclass
 class GeneratorConfig:
     """Where the generator lives; `otdistill train-generator` makes it when absent."""
 
-    path: str = "checkpoints/fashion-mnist/generator"
+    path: str = "checkpoints/fashion-mnist/generator"  # folder with autoencoder/ and dit/ (diffusers folders)
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
     dit: DiTConfig = field(default_factory=DiTConfig)
-    num_train_timesteps: int = 1000
-    seed: int = 0
+    num_train_timesteps: int = 1000  # DDPM training timesteps
+    seed: int = 0  # seed of generator training
 
 
 @dataclass
@@ -82,9 +83,9 @@ class OTGuidanceConfig:
     cost: str = "l1"  # l1 | sqeuclidean | cosine
     pool_size: int = 100  # R real latents per class
     pool_select: str = "random"  # random | kmeans
-    pool_seed: int = 0
+    pool_seed: int = 0  # seed of the pool's selection
     input: str = "x0"  # x0 (predicted clean latent) | zt
-    max_iter: int = 1000
+    max_iter: int = 1000  # Sinkhorn iteration cap
     tol: float = 1e-6  # Sinkhorn marginal error; float32 latents cannot reach much lower
 
 
@@ -93,8 +94,8 @@ class DeviationConfig:
     """G_D of IGD: away from the most cosine-similar latent already generated for the class."""
 
     weight: float = 0.0  # gamma, relative to the sampler's own update norm; 0 = off
-    memory_size: int = 64
-    input: str = "x0"
+    memory_size: int = 64  # latents already generated for the class it compares with (most recent)
+    input: str = "x0"  # x0 (predicted clean latent) | zt
 
 
 @dataclass
@@ -105,20 +106,20 @@ class InfluenceConfig:
     weight: float = 0.0  # k; the step is k * sqrt(1 - alpha_bar_t) * |update| * g / |g|; 0 = off
     surrogate: str = "checkpoints/fashion-mnist/surrogate"  # made by `otdistill train-surrogate`
     real_per_class: int = 100  # real images whose mean gradient is the target
-    seed: int = 0
+    seed: int = 0  # seed of the real images' choice
 
 
 @dataclass
 class SurrogateConfig:
     """The surrogate classifier whose training trajectory influence guidance reads."""
 
-    arch: str = "convnet3"
-    epochs: int = 4
+    arch: str = "convnet3"  # classifier name (see Classifiers in the README)
+    epochs: int = 4  # training epochs
     checkpoints: list[int] = field(default_factory=lambda: [0, 1, 2, 4])  # epochs saved (0 = init)
     train_subset: int = 10000  # images of the training split it sees (0 = all)
-    batch_size: int = 128
-    lr: float = 1e-3
-    seed: int = 0
+    batch_size: int = 128  # images per step
+    lr: float = 1e-3  # AdamW learning rate
+    seed: int = 0  # seed of its initialisation and batches
 
 
 @dataclass
@@ -135,12 +136,13 @@ class GuidanceConfig:
 class SampleConfig:
     """Class-conditional sampling of IPC images per class."""
 
-    ipc: int = 10
-    steps: int = 50
+    ipc: int = 10  # images per class
+    steps: int = 50  # sampling steps (respaced from the training timesteps)
     scheduler: str = "ddim"  # ddim | ddpm
-    cfg_scale: float = 2.0
+    cfg_scale: float = 2.0  # classifier-free guidance scale (1 = none)
     batch_size: int = 50  # latents of one class per forward pass
-    seed: int = 0
+    seed: int = 0  # per-class noise seeds derive from it
+    # guidance terms added inside a window of steps (plain sampling when all weights are 0)
     guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
 
 
@@ -148,13 +150,13 @@ class SampleConfig:
 class TeacherConfig:
     """One teacher classifier; `otdistill train-teacher` makes it when absent."""
 
-    path: str = "checkpoints/fashion-mnist/teachers/convnet3"
-    arch: str = "convnet3"
-    epochs: int = 5
-    batch_size: int = 128
-    lr: float = 1e-3
-    weight_decay: float = 5e-4
-    seed: int = 0
+    path: str = "checkpoints/fashion-mnist/teachers/convnet3"  # teacher folder (model.safetensors + model.json)
+    arch: str = "convnet3"  # classifier name, e.g. convnet3, resnet18, tv:resnet50
+    epochs: int = 5  # training epochs when it is trained here
+    batch_size: int = 128  # images per step
+    lr: float = 1e-3  # AdamW learning rate
+    weight_decay: float = 5e-4  # AdamW weight decay
+    seed: int = 0  # seed of its initialisation and batches
 
 
 @dataclass
@@ -163,6 +165,7 @@ class RelabelConfig:
     says "from this IPC on, the first `count` teachers"; the last pair not above the set's
     IPC applies. Fewer teachers at low IPC give simpler labels the few images can carry."""
 
+    # [[ipc, count], ...]: from this IPC on, the first count teachers
     schedule: list[list[int]] = field(default_factory=lambda: [[1, 1], [10, 2], [50, 4]])
 
 
@@ -176,31 +179,31 @@ class SoftLossConfig:
     mse: float = 0.0  # kappa_2: MSE between student and teacher logits
     sd: float = 0.0  # beta_2: batch-level Sinkhorn distance between softened outputs (OTM)
     temperature: float = 4.0  # for kl
-    sd_temperature: float = 2.0
-    sd_eps: float = 0.1
-    sd_iterations: int = 20
+    sd_temperature: float = 2.0  # softening temperature of the sd term
+    sd_eps: float = 0.1  # entropic regularisation of the sd term
+    sd_iterations: int = 20  # Sinkhorn iterations of the sd term
 
 
 @dataclass
 class StudentConfig:
     """How a student is trained on a distilled set and scored on the real test set."""
 
-    arch: str = "convnet3"
+    arch: str = "convnet3"  # classifier name trained on the distilled set
     protocols: list[str] = field(default_factory=lambda: ["soft", "hard"])  # soft | hard
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    epochs: int = 300
-    batch_size: int = 50
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # one student per seed and protocol; mean +- std over them
+    epochs: int = 300  # training epochs (the headline is the final one)
+    batch_size: int = 50  # images per step
     optimizer: str = "adamw"  # adamw | sgd
-    lr: float = 1e-3
-    weight_decay: float = 0.01
+    lr: float = 1e-3  # peak learning rate (cosine schedule)
+    weight_decay: float = 0.01  # weight decay
     soft_loss: SoftLossConfig = field(default_factory=SoftLossConfig)
     soft_labels: str = "online"  # online: teachers label each augmented view | stored: the artifact's logits
     crop_scale_min: float = 0.5  # RandomResizedCrop lower area bound
-    flip: bool = True
+    flip: bool = True  # random horizontal flip
     cutmix: float = 0.0  # probability that a batch is CutMix-ed (the teachers label the mixed view)
     ema_decay: float = 0.0  # > 0: score an exponential moving average of the student's weights
     eval_every: int = 0  # also score every N epochs (for the labelled best-epoch extra); 0 = final only
-    test_batch_size: int = 1000
+    test_batch_size: int = 1000  # images per forward pass when scoring the test set
 
 
 @dataclass
@@ -209,12 +212,12 @@ class MetricsConfig:
 
     per_class: int = 200  # held-out real images per class
     k: int = 5  # neighbours for density / coverage
-    seed: int = 0
+    seed: int = 0  # seed of the held-out images' choice
 
 
 @dataclass
 class Config:
-    output: str = "runs/fashion-mnist"
+    output: str = "runs/fashion-mnist"  # run folder; every stage writes under it (config.yaml, distilled/, eval/, report/)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     data: DataConfig = field(default_factory=DataConfig)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)

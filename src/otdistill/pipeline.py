@@ -105,7 +105,7 @@ def sample_stage(cfg: Config, quiet: bool = False, data: LabelledData | None = N
     if cfg.sample.guidance.influence.weight > 0:
         ensure_surrogate(cfg, quiet=quiet, data=data)
     k = data.num_classes
-    terms = build_terms(cfg.sample.guidance, model, data, cache_dir=Path(cfg.output) / "cache")
+    terms = build_terms(cfg.sample.guidance, model, data, cache_dir=Path(cfg.output) / "cache", quiet=quiet)
     window = tuple(cfg.sample.guidance.window)
     start = time.time()
     for c in tqdm(range(k), desc="sample classes", disable=quiet):

@@ -70,11 +70,12 @@ def train_autoencoder(cfg: GeneratorConfig, train: ImageSet, channels: int, imag
 
 @torch.no_grad()
 def encode_all(model: LatentDiffusion, images: ImageSet, device, indices: torch.Tensor | None = None,
-               batch_size: int = 500) -> torch.Tensor:
-    """Scaled latents of `images` (or of those at `indices`), in batches, on the CPU."""
+               batch_size: int = 500, desc: str | None = None) -> torch.Tensor:
+    """Scaled latents of `images` (or of those at `indices`), in batches, on the CPU; a progress
+    bar when `desc` is given."""
     indices = torch.arange(len(images)) if indices is None else indices
-    return torch.cat([model.encode(to_unit(images.get(indices[s:s + batch_size]), device)).cpu()
-                      for s in range(0, len(indices), batch_size)])
+    starts = tqdm(range(0, len(indices), batch_size), desc=desc, unit="batch", disable=desc is None, leave=False)
+    return torch.cat([model.encode(to_unit(images.get(indices[s:s + batch_size]), device)).cpu() for s in starts])
 
 
 def train_dit(cfg: GeneratorConfig, model: LatentDiffusion, latents: torch.Tensor, labels: torch.Tensor, device, quiet=False):
@@ -123,7 +124,7 @@ def train_generator(cfg: GeneratorConfig, data: LabelledData, device, quiet=Fals
     factor = 2 ** (len(cfg.autoencoder.block_out_channels) - 1)
     dit = build_dit(cfg.dit, cfg.autoencoder.latent_channels, data.image_size // factor, data.num_classes)
     model = LatentDiffusion(ae, dit, info)
-    latents = encode_all(model, data.train, device)
+    latents = encode_all(model, data.train, device, desc=None if quiet else "encode training images")
     # Unit-variance latents suit the DiT's noise schedule (the SD VAE's 0.18215 plays this role).
     scale = 1.0 / latents.std().item()
     ae.register_to_config(scaling_factor=scale)

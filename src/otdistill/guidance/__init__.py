@@ -15,7 +15,8 @@ from .ot import OTGuidance
 from .pool import real_latent_pools
 
 
-def build_terms(cfg: GuidanceConfig, model: LatentDiffusion, data: LabelledData, cache_dir: str | Path | None = None):
+def build_terms(cfg: GuidanceConfig, model: LatentDiffusion, data: LabelledData, cache_dir: str | Path | None = None,
+                quiet: bool = True):
     """The enabled terms (weight > 0), in the order they are applied."""
     terms = []
     if cfg.influence.weight > 0:
@@ -30,7 +31,7 @@ def build_terms(cfg: GuidanceConfig, model: LatentDiffusion, data: LabelledData,
         terms.append(DeviationGuidance(cfg.deviation))
     if cfg.ot.weight > 0:
         cache = Path(cache_dir) / "real_latents.safetensors" if cache_dir else None
-        pools = real_latent_pools(model, data, cfg.ot.pool_size, cfg.ot.pool_select, cfg.ot.pool_seed, cache)
+        pools = real_latent_pools(model, data, cfg.ot.pool_size, cfg.ot.pool_select, cfg.ot.pool_seed, cache, quiet)
         terms.append(OTGuidance(cfg.ot, pools))
     return terms
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
 
 from ..data import LabelledData
 from ..errors import UserError
@@ -29,7 +30,7 @@ def _kmeans_pick(latents: torch.Tensor, size: int, seed: int) -> torch.Tensor:
 
 
 def real_latent_pools(model: LatentDiffusion, data: LabelledData, size: int, select: str, seed: int,
-                      cache: str | Path | None = None) -> dict[int, torch.Tensor]:
+                      cache: str | Path | None = None, quiet: bool = True) -> dict[int, torch.Tensor]:
     """{class index: (size, C, h, w) real latents}; read from `cache` when it holds this pool."""
     key = f"{select}-{size}-{seed}"
     if cache is not None and Path(cache).is_file():
@@ -40,7 +41,7 @@ def real_latent_pools(model: LatentDiffusion, data: LabelledData, size: int, sel
         raise UserError(f"unknown pool selection '{select}'; use random or kmeans")
     device = next(model.autoencoder.parameters()).device
     pools = {}
-    for c in range(data.num_classes):
+    for c in tqdm(range(data.num_classes), desc="encode real pools", disable=quiet, leave=False):
         idx = data.train.indices_of(c)
         if len(idx) < size:
             raise UserError(f"class '{data.class_names[c]}' has {len(idx)} training images, fewer than the real pool "
