@@ -5,12 +5,14 @@ A distilled set is a folder:
     labels.safetensors                  hard (N,) int64, soft_logits (N, K) float32 once relabelled;
                                         metadata: teacher names
     manifest.json                       config, seeds, package versions, per-class status, file hashes
+    .done/<index>-<class id>.json       per-class completion record (file hashes) while it is made
 Rows of the label tensors follow the images class by class, file name order within a class.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import platform
 import re
 from dataclasses import dataclass
@@ -24,6 +26,8 @@ from safetensors.torch import load_file, save_file
 
 from .errors import UserError
 from .io import atomic_path, read_json, sha256_file, write_json
+
+log = logging.getLogger(__name__)
 
 FORMAT = "otdistill.distilled/1"
 
@@ -39,27 +43,44 @@ def to_pil(image: torch.Tensor) -> Image.Image:
     return Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr)
 
 
+def _record(root: Path, folder: str) -> Path:
+    return root / ".done" / f"{folder}.json"
+
+
 def write_class_images(root: Path, folder: str, images: torch.Tensor) -> None:
-    """Write one class's uint8 (n, C, H, W) images; the folder appears whole or not at all."""
+    """Write one class's uint8 (n, C, H, W) images; the folder appears whole or not at all,
+    then its completion record (the hash of each file) says it is finished."""
     with atomic_path(root / "images" / folder) as tmp:
         tmp.mkdir()
         for i, img in enumerate(images):
             to_pil(img).save(tmp / f"{i:05d}.png")
+    d = root / "images" / folder
+    write_json(_record(root, folder), {p.name: sha256_file(p) for p in sorted(d.glob("*.png"))})
 
 
 def read_class_images(folder: Path) -> torch.Tensor:
     files = sorted(folder.glob("*.png"))
     arrs = []
     for f in files:
-        with Image.open(f) as im:
-            a = np.asarray(im, dtype=np.uint8)
+        try:
+            with Image.open(f) as im:
+                a = np.asarray(im, dtype=np.uint8)
+        except (OSError, SyntaxError) as exc:
+            raise UserError(f"{f} is not a readable image ({exc}); rerun the stage that made the set to redo it") from None
         arrs.append(a[:, :, None] if a.ndim == 2 else a)
     return torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).contiguous()
 
 
 def class_done(root: Path, folder: str, ipc: int) -> bool:
+    """True when the class's completion record exists and its `ipc` files match it; a folder
+    without a record (killed between the two writes) or with a changed file is redone."""
     d = root / "images" / folder
-    return d.is_dir() and len(list(d.glob("*.png"))) == ipc
+    try:
+        hashes = json.loads(_record(root, folder).read_text())
+    except (OSError, ValueError):
+        return False
+    return (len(hashes) == ipc and len(list(d.glob("*.png"))) == ipc
+            and all((d / name).is_file() and sha256_file(d / name) == h for name, h in hashes.items()))
 
 
 def versions() -> dict:
@@ -136,9 +157,10 @@ class DistilledSet:
         return self.manifest["ipc"]
 
 
-def read_distilled(root: str | Path, verify_hashes: bool = True) -> DistilledSet:
+def read_distilled(root: str | Path, verify_hashes: bool = True, labels: bool = True) -> DistilledSet:
     """Read a distilled set and check it is whole: every class complete, files match their
-    hashes, labels aligned with images."""
+    hashes, labels aligned with images. labels=False ignores labels.safetensors (relabel
+    replaces it)."""
     root = Path(root)
     if not (root / "manifest.json").is_file():
         raise UserError(f"{root} is not a finished distilled set (no manifest.json); "
@@ -151,6 +173,8 @@ def read_distilled(root: str | Path, verify_hashes: bool = True) -> DistilledSet
         raise UserError(f"{root}: classes {', '.join(bad[:5])} are incomplete; rerun the stage that made the set to finish it")
     if verify_hashes:
         for rel, digest in m["files"].items():
+            if rel == "labels.safetensors" and not labels:
+                continue
             p = root / rel
             if not p.is_file():
                 raise UserError(f"{root}: file {rel} listed in the manifest is missing")
@@ -159,7 +183,7 @@ def read_distilled(root: str | Path, verify_hashes: bool = True) -> DistilledSet
     images = torch.cat([read_class_images(root / "images" / c["folder"]) for c in m["classes"]])
     hard = torch.repeat_interleave(torch.arange(m["num_classes"]), torch.tensor([c["count"] for c in m["classes"]]))
     soft = None
-    if (root / "labels.safetensors").is_file():
+    if labels and (root / "labels.safetensors").is_file():
         try:
             tensors = load_file(root / "labels.safetensors")
         except (SafetensorError, OSError) as exc:
@@ -171,6 +195,23 @@ def read_distilled(root: str | Path, verify_hashes: bool = True) -> DistilledSet
             raise UserError(f"{root}/labels.safetensors: soft_logits has shape {tuple(soft.shape)}, "
                             f"expected {(len(images), m['num_classes'])}")
     return DistilledSet(root, m, images, hard, soft)
+
+
+def verify_or_reset(root: str | Path) -> bool:
+    """True when `root` holds a whole, unchanged set. A damaged one (changed or missing file,
+    unreadable manifest or labels) loses its manifest and labels, so the stage that made it
+    redoes exactly the classes whose completion records no longer match; False then."""
+    root = Path(root)
+    if not (root / "manifest.json").exists():
+        return False
+    try:
+        read_distilled(root)
+        return True
+    except UserError as exc:
+        log.warning("%s is damaged (%s); redoing what is needed", root, exc)
+        for name in ("manifest.json", "labels.safetensors"):
+            (root / name).unlink(missing_ok=True)
+        return False
 
 
 def export_ddranking(ds: DistilledSet, out: str | Path) -> None:

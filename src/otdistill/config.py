@@ -32,6 +32,7 @@ class DataConfig:
     image_size: int | None = None  # resize every image to this square size; None = native
     test_fraction: float = 0.2  # digits/imagefolder without a test folder: held-out share
     split_seed: int = 0  # seed of that held-out split
+    bad_files: str = "skip"  # unreadable or empty image files: skip (a warning names them) | stop
 
 
 @dataclass

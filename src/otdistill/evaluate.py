@@ -24,8 +24,9 @@ from .train import Augment, TrainRecipe, accuracy, channel_stats, fit
 
 
 def train_student(ds: DistilledSet, test: ImageSet, cfg: StudentConfig, protocol: str, seed: int,
-                  ensemble: TeacherEnsemble | None, device, quiet: bool = False) -> dict:
-    """One student, one protocol, one seed -> {final, best_epoch, per-epoch scores, seconds}."""
+                  ensemble: TeacherEnsemble | None, device, quiet: bool = False, checkpoint=None) -> dict:
+    """One student, one protocol, one seed -> {final, best_epoch, per-epoch scores, seconds}.
+    `checkpoint`: where its per-epoch training state lives, so a killed training resumes."""
     if protocol not in ("soft", "hard"):
         raise UserError(f"unknown protocol '{protocol}'; student.protocols takes soft and/or hard")
     if protocol == "soft" and ensemble is None and cfg.soft_labels == "online":
@@ -70,7 +71,7 @@ def train_student(ds: DistilledSet, test: ImageSet, cfg: StudentConfig, protocol
             model.train()
 
     fit(model, images, recipe, loss, target_fn, generator(seed, "student", protocol), device, on_epoch,
-        desc=f"{cfg.arch} {protocol} seed {seed}", quiet=quiet)
+        desc=f"{cfg.arch} {protocol} seed {seed}", quiet=quiet, checkpoint=checkpoint, extra=scores)
     scores[cfg.epochs] = accuracy(model, test, device, cfg.test_batch_size)
     return {"protocol": protocol, "seed": seed, "final": scores[cfg.epochs], "best_epoch": max(scores.values()),
             "scores": {str(k): v for k, v in sorted(scores.items())}, "seconds": round(time.time() - start, 1)}

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import re
 import shutil
+import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -16,14 +19,20 @@ import torch
 
 from .errors import UserError
 
+_TMP = re.compile(r"^\..+\.(?P<host>[^.]+)-(?P<pid>\d+)\.[^.]+\.tmp$")
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it over `path` only if the block succeeds,
-    so an interrupted write never leaves a half-written file or folder."""
+    so an interrupted write never leaves a half-written file or folder. The temporary name
+    carries host and pid, so `remove_stale_temporaries` can clear what a killed process left."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{_host()}-{os.getpid()}.", suffix=".tmp", dir=path.parent))
+    except OSError as exc:
+        raise _write_error(path, exc) from None
     target = tmp / path.name
     try:
         yield target
@@ -31,11 +40,47 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             shutil.rmtree(path)
         os.replace(target, path)
     except OSError as exc:
-        if exc.errno == 28:  # ENOSPC
-            raise UserError(f"no space left on the disk while writing {path}; free space or choose another output folder") from None
-        raise
+        raise _write_error(path, exc) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:32] or "host"
+
+
+def _write_error(path: Path, exc: OSError) -> Exception:
+    if exc.errno == errno.ENOSPC:
+        return UserError(f"no space left on the disk while writing {path}; free space or choose another output folder")
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return UserError(f"cannot write {path} ({exc.strerror}); choose an output folder you can write to "
+                         "(--set output=...)")
+    return exc
+
+
+def remove_stale_temporaries(folder: str | Path) -> int:
+    """Delete the temporaries of atomic writes whose process (on this host) is gone, e.g. after
+    a SIGKILL; live ones, and those of other hosts sharing the disk, are left alone."""
+    removed = 0
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    for p in folder.rglob(".*.tmp"):
+        m = _TMP.match(p.name)
+        if m and m["host"] == _host() and not _alive(int(m["pid"])) and p.exists():
+            shutil.rmtree(p, ignore_errors=True)
+            removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def write_text(path: str | Path, text: str) -> None:

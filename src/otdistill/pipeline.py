@@ -11,8 +11,10 @@ OUTPUT/
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
+import re
 import time
 from pathlib import Path
 
@@ -25,7 +27,14 @@ from .data import LabelledData, TensorImages, load_dataset
 from .errors import UserError
 from .evaluate import summarise, train_student
 from .guidance import build_terms
-from .io import generator, read_json, resolve_device, write_json, write_text
+from .io import (
+    generator,
+    read_json,
+    remove_stale_temporaries,
+    resolve_device,
+    write_json,
+    write_text,
+)
 from .metrics import features, held_out, set_metrics
 from .models.generator import LatentDiffusion, load_generator
 from .relabel import load_ensemble, select_teachers, soft_logits
@@ -40,6 +49,21 @@ STAGE_FILE = ".otdistill-stage.json"  # dot-file: not part of the artifact's has
 
 def distilled_dir(cfg: Config) -> Path:
     return Path(cfg.output) / "distilled"
+
+
+def check_model_paths(cfg: Config) -> None:
+    """`run` and `sample` train absent models, but only inside their output folder: a path in
+    a config never makes them write elsewhere. Explicit train-* commands write where told."""
+    out = Path(cfg.output).resolve()
+    wanted = [("generator.path", cfg.generator.path, "train-generator")]
+    wanted += [(f"teachers.{i}.path", t.path, "train-teacher") for i, t in enumerate(cfg.teachers)]
+    if cfg.sample.guidance.influence.weight > 0:
+        wanted.append(("sample.guidance.influence.surrogate", cfg.sample.guidance.influence.surrogate, "train-surrogate"))
+    for key, path, command in wanted:
+        if not Path(path).exists() and not Path(path).resolve().is_relative_to(out):
+            raise UserError(f"{key}={path} does not exist and lies outside the run folder {cfg.output}; a run only "
+                            f"writes inside its folder: make it with `otdistill {command} CONFIG` or point {key} "
+                            f"inside {cfg.output}")
 
 
 def ensure_generator(cfg: Config, force: bool = False, quiet: bool = False, data: LabelledData | None = None) -> LatentDiffusion:
@@ -97,8 +121,10 @@ def sample_stage(cfg: Config, quiet: bool = False, data: LabelledData | None = N
     root = distilled_dir(cfg)
     stamp = {"what": "sample", "fingerprint": fingerprint(cfg.data, cfg.generator.path, cfg.sample)}
     _claim(root, stamp)
-    if (root / "manifest.json").exists():
+    if artifacts.verify_or_reset(root):
         return root
+    remove_stale_temporaries(root)
+    check_model_paths(cfg)
     data = data or load_dataset(cfg.data)
     model = ensure_generator(cfg, quiet=quiet, data=data)
     _check_classes(model, data)
@@ -131,8 +157,9 @@ def select_stage(cfg: Config, method: str, out: str | Path, quiet: bool = False,
     """A real-image baseline: sample.ipc random training images per class, same artifact format."""
     root = Path(out)
     _claim(root, {"what": f"select {method}", "fingerprint": fingerprint(cfg.data, cfg.sample.ipc, cfg.sample.seed)})
-    if (root / "manifest.json").exists():
+    if artifacts.verify_or_reset(root):
         return root
+    remove_stale_temporaries(root)
     data = data or load_dataset(cfg.data)
     k = data.num_classes
     for c in tqdm(range(k), desc=f"select {method}", disable=quiet):
@@ -166,10 +193,14 @@ def relabel_stage(distilled: str | Path, cfg: Config | None = None, quiet: bool 
     teachers agree with the class each image was generated for."""
     cfg = _config_of(distilled, cfg)
     device = resolve_device(cfg.device)
-    ds = artifacts.read_distilled(distilled)
+    ds = artifacts.read_distilled(distilled, labels=False)
     paths = select_teachers([t.path for t in cfg.teachers], ds.ipc, cfg.relabel.schedule)
-    if ds.soft_logits is not None and ds.manifest.get("teachers") == paths:
-        return ds.manifest
+    if ds.manifest.get("teachers") == paths:
+        try:
+            if artifacts.read_distilled(distilled).soft_logits is not None:
+                return ds.manifest
+        except UserError as exc:
+            log.warning("relabelling %s: its labels are damaged (%s)", distilled, exc)
     ensemble = load_ensemble(paths, device)
     logits = soft_logits(ensemble, ds.images, device)
     agree = (logits.argmax(1) == ds.hard).float()
@@ -211,6 +242,17 @@ def metrics_stage(distilled: str | Path, cfg: Config | None = None, data: Labell
     return result
 
 
+def _cached_cell(path: Path) -> dict:
+    """A finished cell, or {} when absent or unreadable (a damaged cache entry is retrained)."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError):
+        log.warning("retraining the cell %s: its file is unreadable", path)
+        return {}
+
+
 def evaluate_stage(distilled: str | Path, cfg: Config | None = None, out: str | Path | None = None,
                    quiet: bool = False, data: LabelledData | None = None) -> dict:
     """Train cfg.student on the set for each protocol and seed; each cell is saved as it ends
@@ -224,6 +266,7 @@ def evaluate_stage(distilled: str | Path, cfg: Config | None = None, out: str | 
                         f"{data.class_names[:3]}...; evaluate with the config of the dataset the set came from")
     out = Path(out) if out else Path(distilled).parent / "eval.json"
     cells_dir = out.with_suffix("") if out.suffix else out / "cells"
+    remove_stale_temporaries(cells_dir)
     # a cell depends on the recipe, not on which other seeds or protocols are listed beside it
     recipe = dataclasses.replace(cfg.student, seeds=[], protocols=[])
     key = fingerprint(recipe, ds.manifest["files"], ds.manifest.get("teachers"))
@@ -231,14 +274,16 @@ def evaluate_stage(distilled: str | Path, cfg: Config | None = None, out: str | 
     cells = []
     for protocol in cfg.student.protocols:
         for seed in cfg.student.seeds:
-            cell_file = cells_dir / f"{cfg.student.arch}-{protocol}-seed{seed}.json"
-            cached = read_json(cell_file) if cell_file.exists() else {}
+            name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{cfg.student.arch}-{protocol}-seed{seed}")
+            cell_file = cells_dir / f"{name}.json"
+            cached = _cached_cell(cell_file)
             if cached.get("key") == key:
                 cells.append(cached)
                 continue
             if ensemble is None and protocol == "soft" and ds.manifest.get("teachers"):
                 ensemble = load_ensemble(ds.manifest["teachers"], device)  # only when a cell must train
-            cell = train_student(ds, data.test, cfg.student, protocol, seed, ensemble, device, quiet)
+            resume = cells_dir / f".{name}-{key}.resume.pt"
+            cell = train_student(ds, data.test, cfg.student, protocol, seed, ensemble, device, quiet, resume)
             cell["key"] = key
             write_json(cell_file, cell)
             log.info("evaluate: %s %s seed %d final-epoch accuracy %.4f (%.0f s)", cfg.student.arch, protocol,
@@ -294,7 +339,9 @@ def _summary(cfg: Config, m: dict, result: dict, seconds: dict) -> str:
 def run(cfg: Config, quiet: bool = False) -> dict:
     """data -> generator -> teachers -> sample -> relabel -> evaluate -> summary."""
     out = Path(cfg.output)
+    check_model_paths(cfg)
     out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out)
     write_text(out / "config.yaml", dump_config(cfg))
     seconds = {}
     t = time.time()

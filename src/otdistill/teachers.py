@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .config import TeacherConfig
+from .config import TeacherConfig, fingerprint
 from .data import LabelledData
 from .errors import UserError
 from .io import atomic_path, generator, invoked_command, read_json, write_json
@@ -30,12 +30,14 @@ def train_teacher(cfg: TeacherConfig, data: LabelledData, device, quiet: bool = 
     """Train one teacher on the full training split and save it at cfg.path (atomically)."""
     start = time.time()
     mean, std = channel_stats(data.train)
+    torch.manual_seed(cfg.seed)  # the initial weights
     model = build_classifier(cfg.arch, data.num_classes, data.channels, data.image_size, mean, std).to(device)
     recipe = TrainRecipe(cfg.epochs, cfg.batch_size, "adamw", cfg.lr, cfg.weight_decay, Augment(crop_scale_min=0.8, flip=True))
     labels = data.train.labels.to(device)
-    torch.manual_seed(cfg.seed)
+    # per-epoch state beside the folder it will become, named for the exact settings
+    resume = Path(cfg.path).parent / f".{Path(cfg.path).name}-{fingerprint(cfg, data.name)}.resume.pt"
     fit(model, data.train, recipe, cross_entropy, lambda x, idx: labels[idx.to(device)],
-        generator(cfg.seed, "teacher", cfg.arch), device, desc=f"teacher {cfg.arch}", quiet=quiet)
+        generator(cfg.seed, "teacher", cfg.arch), device, desc=f"teacher {cfg.arch}", quiet=quiet, checkpoint=resume)
     acc = accuracy(model, data.test, device)
     info = {
         "arch": cfg.arch, "num_classes": data.num_classes, "in_channels": data.channels,

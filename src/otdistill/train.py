@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -12,6 +14,9 @@ from tqdm.auto import tqdm
 
 from .data import ImageSet
 from .errors import UserError
+from .io import atomic_path
+
+log = logging.getLogger(__name__)
 
 
 def random_resized_crop(x: torch.Tensor, scale_min: float, g: torch.Generator, ratio=(3 / 4, 4 / 3)) -> torch.Tensor:
@@ -99,20 +104,45 @@ def make_optimizer(model: torch.nn.Module, recipe: TrainRecipe, steps: int):
     return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, steps))
 
 
+def _resume(checkpoint: Path | None, parts: dict, g: torch.Generator, extra: dict) -> tuple[int, list[float]]:
+    """Load the last per-epoch checkpoint into `parts`, `g` and `extra`; (epochs done, losses)."""
+    if checkpoint is None or not checkpoint.is_file():
+        return 0, []
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        for name, part in parts.items():
+            part.load_state_dict(state[name])
+    except Exception as exc:  # a damaged checkpoint only costs the epochs it held
+        log.warning("ignoring the unreadable training checkpoint %s (%s); starting over", checkpoint, exc)
+        return 0, []
+    g.set_state(state["generator"])
+    extra.update(state["extra"])
+    return state["epoch"], state["losses"]
+
+
 def fit(model: torch.nn.Module, images: ImageSet, recipe: TrainRecipe, loss_fn: Callable, target_fn: Callable,
         g: torch.Generator, device, on_epoch: Callable[[int], None] | None = None, desc: str = "train",
-        quiet: bool = False) -> list[float]:
+        quiet: bool = False, checkpoint: str | Path | None = None, extra: dict | None = None) -> list[float]:
     """Train `model` on `images`; `target_fn(augmented batch, indices)` gives what `loss_fn`
     compares the student's logits with (hard labels, or a teacher's logits on that very view).
-    Returns the mean loss per epoch."""
+    Returns the mean loss per epoch.
+
+    With `checkpoint`, the whole training state (weights, optimiser, schedule, EMA, random
+    generator, and the caller's `extra` dict) is saved there after every epoch and resumed
+    from on the next call, so a killed training continues with the same result; the file is
+    removed when training ends."""
     n = len(images)
     steps_per_epoch = math.ceil(n / recipe.batch_size)
     opt, sched = make_optimizer(model, recipe, recipe.epochs * steps_per_epoch)
     ema = (torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(
         recipe.ema_decay), use_buffers=True) if recipe.ema_decay > 0 else None)
-    losses = []
-    bar = tqdm(total=recipe.epochs * steps_per_epoch, desc=desc, disable=quiet, leave=False, unit="step")
-    for epoch in range(recipe.epochs):
+    parts = {"model": model, "optimizer": opt, "scheduler": sched, **({"ema": ema} if ema is not None else {})}
+    checkpoint = Path(checkpoint) if checkpoint is not None else None
+    extra = {} if extra is None else extra
+    first, losses = _resume(checkpoint, parts, g, extra)
+    bar = tqdm(total=recipe.epochs * steps_per_epoch, initial=first * steps_per_epoch, desc=desc, disable=quiet,
+               leave=False, unit="step")
+    for epoch in range(first, recipe.epochs):
         model.train()
         perm = torch.randperm(n, generator=g)
         total = 0.0
@@ -138,7 +168,13 @@ def fit(model: torch.nn.Module, images: ImageSet, recipe: TrainRecipe, loss_fn: 
         bar.set_postfix(epoch=epoch + 1, loss=f"{losses[-1]:.4f}")
         if on_epoch is not None:
             on_epoch(epoch + 1)
+        if checkpoint is not None and epoch + 1 < recipe.epochs:
+            with atomic_path(checkpoint) as tmp:
+                torch.save({"epoch": epoch + 1, "losses": losses, "generator": g.get_state(), "extra": extra,
+                            **{name: part.state_dict() for name, part in parts.items()}}, tmp)
     bar.close()
+    if checkpoint is not None:
+        checkpoint.unlink(missing_ok=True)
     if ema is not None:
         model.load_state_dict(ema.module.state_dict())
     model.eval()

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
+from ..errors import UserError
+
 
 def resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
     """Resize a uint8 (N, C, H, W) batch to size x size (antialiased bilinear)."""
@@ -57,6 +59,12 @@ class FolderImages(ImageSet):
         self.channels = channels
 
     def _load(self, path: Path) -> torch.Tensor:
+        try:
+            return self._decode(path)
+        except (OSError, SyntaxError) as exc:  # passed the scan, then vanished or failed to decode
+            raise UserError(f"image {path} cannot be read ({exc}); remove it and run the same command again") from None
+
+    def _decode(self, path: Path) -> torch.Tensor:
         with Image.open(path) as im:
             im = im.convert("L" if self.channels == 1 else "RGB")
             w, h = im.size
@@ -74,8 +82,11 @@ class FolderImages(ImageSet):
         return torch.stack([self._load(self.paths[int(i)]) for i in torch.as_tensor(indices).flatten()])
 
 
-def readable_images(paths: list[Path]) -> list[Path]:
-    """Keep the files PIL can open; warn once about the others."""
+def readable_images(paths: list[Path], bad_files: str = "skip") -> list[Path]:
+    """Keep the files PIL can open; the others are skipped with one warning naming them, or
+    (bad_files="stop") stop the run with their names."""
+    if bad_files not in ("skip", "stop"):
+        raise UserError(f"data.bad_files must be skip or stop, got '{bad_files}'")
     good, bad = [], []
     for p in paths:
         try:
@@ -84,8 +95,12 @@ def readable_images(paths: list[Path]) -> list[Path]:
             good.append(p)
         except (UnidentifiedImageError, OSError, SyntaxError):
             bad.append(p)
+    if bad and bad_files == "stop":
+        raise UserError(f"{len(bad)} unreadable image file(s): {', '.join(map(str, bad[:5]))}"
+                        f"{' ...' if len(bad) > 5 else ''}; remove or replace them, or set data.bad_files=skip")
     if bad:
-        warnings.warn(f"skipped {len(bad)} unreadable image file(s), e.g. {bad[0]}", stacklevel=2)
+        warnings.warn(f"skipped {len(bad)} unreadable image file(s): {', '.join(map(str, bad[:5]))}"
+                      f"{' ...' if len(bad) > 5 else ''}", stacklevel=2)
     return good
 
 

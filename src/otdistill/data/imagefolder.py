@@ -24,15 +24,19 @@ def read_class_list(path: str) -> list[str]:
     return names
 
 
-def scan(root: Path, classes: list[str]) -> tuple[list[Path], list[int]]:
-    paths, labels = [], []
-    for index, cls in enumerate(classes):
+def scan(root: Path, classes: list[str], bad_files: str = "skip") -> tuple[list[Path], list[int]]:
+    candidates = {}
+    for cls in classes:
         folder = root / cls
         if not folder.is_dir():
             raise UserError(f"class folder {folder} is missing; check data.root and data.class_list")
-        files = readable_images(sorted(p for p in folder.iterdir() if p.suffix.lower() in EXTENSIONS))
+        candidates[cls] = sorted(p for p in folder.iterdir() if p.suffix.lower() in EXTENSIONS)
+    readable = set(readable_images([p for files in candidates.values() for p in files], bad_files))
+    paths, labels = [], []
+    for index, cls in enumerate(classes):
+        files = [p for p in candidates[cls] if p in readable]
         if not files:
-            raise UserError(f"class folder {folder} holds no readable images ({', '.join(sorted(EXTENSIONS))})")
+            raise UserError(f"class folder {root / cls} holds no readable images ({', '.join(sorted(EXTENSIONS))})")
         paths += files
         labels += [index] * len(files)
     return paths, labels
@@ -51,10 +55,10 @@ def load_imagefolder(cfg: DataConfig) -> LabelledData:
     classes = read_class_list(cfg.class_list) if cfg.class_list else sorted(p.name for p in train_root.iterdir() if p.is_dir())
     if not classes:
         raise UserError(f"{train_root} has no class sub-folders")
-    paths, labels = scan(train_root, classes)
+    paths, labels = scan(train_root, classes, cfg.bad_files)
     channels = 3
     if test_root is not None:
-        test_paths, test_labels = scan(test_root, classes)
+        test_paths, test_labels = scan(test_root, classes, cfg.bad_files)
         train = FolderImages(paths, labels, cfg.image_size, channels)
         test = FolderImages(test_paths, test_labels, cfg.image_size, channels)
     else:

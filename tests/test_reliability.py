@@ -1,0 +1,175 @@
+"""Reliability: bad input, full or unwritable disks, kills at random points, damaged
+artifacts, determinism and where a run may write."""
+
+import errno
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY
+from PIL import Image
+from test_data import make_folder
+
+from otdistill import io
+from otdistill.cli import main
+from otdistill.config import DataConfig, load_config
+from otdistill.data import TensorImages, load_dataset
+from otdistill.errors import UserError
+from otdistill.losses import cross_entropy
+from otdistill.models.classifiers import build_classifier
+from otdistill.pipeline import evaluate_stage
+from otdistill.train import Augment, TrainRecipe, fit
+
+
+def test_bad_image_files_skip_or_stop_by_config(tmp_path):
+    make_folder(tmp_path, ["a", "b"], per_class=4)
+    (tmp_path / "a" / "empty.png").write_bytes(b"")
+    Image.new("RGB", (20, 12)).save(tmp_path / "cut.png")
+    (tmp_path / "b" / "cut.png").write_bytes((tmp_path / "cut.png").read_bytes()[:40])  # truncated
+    cfg = dict(name="imagefolder", root=str(tmp_path), image_size=8, test_fraction=0.25)
+    with pytest.warns(UserWarning, match="empty.png"):
+        data = load_dataset(DataConfig(**cfg))
+    assert len(data.train) + len(data.test) == 8
+    with pytest.raises(UserError, match=r"2 unreadable image file\(s\).*data.bad_files=skip"):
+        load_dataset(DataConfig(**cfg, bad_files="stop"))
+    # a file that vanishes after the scan is named, not a traceback
+    victim = data.train.paths[0]
+    victim.unlink()
+    with pytest.raises(UserError, match=f"image {victim} cannot be read"):
+        data.train.get([0])
+
+
+@pytest.mark.parametrize("code, message", [(errno.ENOSPC, "no space left"), (errno.EACCES, "cannot write"),
+                                           (errno.EROFS, "cannot write")])
+def test_full_or_unwritable_disk_is_one_clear_error_and_leaves_nothing(tmp_path, monkeypatch, code, message):
+    def refuse(src, dst):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(io.os, "replace", refuse)
+    with pytest.raises(UserError, match=message):
+        io.write_json(tmp_path / "out" / "x.json", {"a": 1})
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_stale_temporaries_of_dead_processes_are_removed(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / "a" / f".x.json.{io._host()}-{dead.pid}.abc123.tmp"
+    live = tmp_path / f".y.json.{io._host()}-{os.getpid()}.def456.tmp"
+    other_host = tmp_path / f".z.json.otherhost-{dead.pid}.ghi789.tmp"
+    for d in (stale, live, other_host):
+        d.mkdir(parents=True)
+    assert io.remove_stale_temporaries(tmp_path) == 1
+    assert not stale.exists() and live.exists() and other_host.exists()
+
+
+def _tiny_fit(checkpoint, on_epoch=None):
+    torch.manual_seed(0)
+    labels = torch.arange(24) % 3
+    images = TensorImages((torch.arange(24 * 64) % 251).to(torch.uint8).view(24, 1, 8, 8), labels)
+    model = build_classifier("convnet2-w16", 3, 1, 8)
+    extra = {}
+    fit(model, images, TrainRecipe(5, 8, lr=3e-3, augment=Augment(0.5, True), cutmix=0.5, ema_decay=0.9),
+        cross_entropy, lambda x, idx: labels[idx], torch.Generator().manual_seed(1), "cpu", on_epoch,
+        quiet=True, checkpoint=checkpoint, extra=extra)
+    return model.state_dict(), extra
+
+
+def test_killed_training_resumes_from_its_epoch_checkpoint_with_the_same_result(tmp_path):
+    reference, _ = _tiny_fit(None)
+    ckpt = tmp_path / "state.pt"
+
+    def die_at_3(epoch, extra=None):
+        if epoch == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _tiny_fit(ckpt, die_at_3)
+    assert torch.load(ckpt, weights_only=True)["epoch"] == 2
+    resumed, _ = _tiny_fit(ckpt)
+    assert all(torch.equal(reference[k], resumed[k]) for k in reference)
+    assert not ckpt.exists()
+    ckpt.write_bytes(b"damaged")  # an unreadable checkpoint restarts the training, same result
+    again, _ = _tiny_fit(ckpt)
+    assert all(torch.equal(reference[k], again[k]) for k in reference)
+
+
+def _result(out: Path) -> tuple[dict, dict, bytes]:
+    manifest = json.loads((out / "distilled" / "manifest.json").read_text())
+    finals = {p: r["final"] for p, r in json.loads((out / "eval.json").read_text())["protocols"].items()}
+    return manifest["files"], finals, (out / "distilled" / "labels.safetensors").read_bytes()
+
+
+def _leftovers(out: Path) -> list[Path]:
+    return [p for p in out.rglob("*") if p.name.endswith(".tmp") or p.name.endswith(".resume.pt")]
+
+
+def test_sigkill_at_random_points_then_rerun_gives_the_uninterrupted_result(finished_run, tmp_path):
+    """Fault injection: `otdistill run` is SIGKILLed at random moments, then run again to the
+    end; the set, its labels and the accuracies equal those of the uninterrupted run."""
+    reference, args = finished_run
+    out = tmp_path / "run"
+    argv = [sys.executable, "-m", "otdistill.cli", "--quiet", *args, "--set", f"output={out}"]
+    rng = random.Random(0)
+    kills = 0
+    for _ in range(3):
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(4.0, 12.0))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait()
+    assert kills >= 1
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert _result(out) == _result(reference)
+    assert _leftovers(out) == []
+
+
+def test_damaged_artifacts_are_redone_on_rerun(finished_run, tmp_path):
+    reference, args = finished_run
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    pngs = sorted((out / "distilled" / "images").rglob("*.png"))
+    pngs[0].write_bytes(b"not a png")
+    pngs[-1].unlink()
+    (out / "distilled" / "labels.safetensors").write_bytes(b"\0" * 10)
+    next((out / "eval").glob("*.json")).write_text("{truncated")
+    assert main(["--quiet", *args, "--set", f"output={out}"]) == 0
+    files, finals, labels = _result(out)
+    ref_files, ref_finals, ref_labels = _result(reference)
+    assert files == ref_files and labels == ref_labels and finals == ref_finals
+    assert "is damaged" in (out / "otdistill.log").read_text()
+
+
+def test_same_seed_gives_byte_identical_images_and_labels(finished_run, tmp_path):
+    reference, args = finished_run
+    out = tmp_path / "again"
+    assert main(["--quiet", *args, "--set", f"output={out}", "--set", "student.protocols=[hard]",
+                 "--set", "student.epochs=1"]) == 0
+    ref_files, _, ref_labels = _result(reference)
+    files, _, labels = _result(out)
+    assert files == ref_files and labels == ref_labels
+
+
+def test_a_run_never_writes_models_outside_its_folder(trained, tmp_path):
+    outside = tmp_path / "elsewhere" / "teacher"
+    assert main(["--quiet", "run", str(TINY), "--set", f"output={tmp_path / 'run'}",
+                 "--set", f"generator.path={trained.generator.path}", "--set", f"teachers.0.path={outside}"]) == 2
+    assert not outside.parent.exists()
+
+
+def test_cell_names_cannot_escape_the_eval_folder(finished_run, tmp_path):
+    reference, _ = finished_run
+    cfg = load_config(TINY, ["student.arch=../../escape", "student.epochs=1", "student.protocols=[hard]"])
+    with pytest.raises(UserError, match="unknown classifier"):
+        evaluate_stage(reference / "distilled", cfg, tmp_path / "e.json", quiet=True)
+    assert not (tmp_path.parent / "escape-hard-seed0.json").exists()
