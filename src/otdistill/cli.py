@@ -60,6 +60,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", required=True, choices=["ddranking"])
     p.add_argument("--out", required=True, help="folder to write to")
 
+    p = sub.add_parser("import-generator", help="convert a local DiT (original .pt or diffusers) + VAE to a generator folder")
+    p.add_argument("--dit", required=True, help="DiT-XL-2-256x256.pt (facebookresearch format) or a diffusers folder")
+    p.add_argument("--vae", required=True, help="diffusers AutoencoderKL folder, e.g. a local sd-vae-ft-ema")
+    p.add_argument("--classes", required=True,
+                   help="text file of class ids in the DiT's label order, or a folder whose sorted sub-folders are them")
+    p.add_argument("--heads", type=int, help="attention heads, for a DiT width that is not a published size")
+    p.add_argument("--out", required=True, help="generator folder to write (use it as generator.path)")
+
+    p = sub.add_parser("import-teacher", help="a torchvision classifier with local weights -> a teacher folder")
+    p.add_argument("--arch", required=True, help="tv:<torchvision name>, e.g. tv:resnet18")
+    p.add_argument("--weights", required=True, help="its state-dict file, e.g. resnet18-f37072fd.pth")
+    p.add_argument("--classes", required=True, help="class ids in the model's output order (file or folder)")
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--out", required=True, help="teacher folder to write (use it as teachers.N.path)")
+
     p = sub.add_parser("config", help="print the effective config of a recipe + overrides, or the key reference")
     _config_args(p, required=False)
     p.add_argument("--reference", action="store_true", help="every key with type, default and meaning (Markdown)")
@@ -89,6 +104,16 @@ def _log_to(folder: str | Path, argv: list[str]) -> logging.Handler:
     handler.handle(logging.makeLogRecord({"name": log.name, "levelno": logging.INFO, "levelname": "INFO",
                                           "msg": "$ otdistill %s", "args": (" ".join(argv),)}))
     return handler
+
+
+def _class_ids(source: str) -> list[str]:
+    """Class ids from a text file (first word per line, # comments) or a folder's sorted sub-folders."""
+    from .data.imagefolder import read_class_list
+
+    p = Path(source)
+    if p.is_dir():
+        return sorted(d.name for d in p.iterdir() if d.is_dir())
+    return read_class_list(source)
 
 
 def _log_folder(args) -> Path | None:
@@ -155,6 +180,15 @@ def _dispatch(args) -> int | None:
 
         export_ddranking(read_distilled(args.distilled), args.out)
         print(f"wrote {args.out}")
+    elif args.command in ("import-generator", "import-teacher"):
+        from .models import pretrained
+
+        ids = _class_ids(args.classes)
+        if args.command == "import-generator":
+            out = pretrained.import_generator(args.dit, args.vae, ids, args.out, heads=args.heads)
+        else:
+            out = pretrained.import_classifier(args.arch, args.weights, ids, args.image_size, args.out)
+        print(f"wrote {out}")
     elif args.command == "config":
         if args.reference:
             from .config_reference import reference

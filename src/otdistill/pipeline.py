@@ -110,12 +110,6 @@ def _claim(folder: Path, stamp: dict) -> None:
         write_json(f, stamp)
 
 
-def _check_classes(model: LatentDiffusion, data: LabelledData) -> None:
-    if model.info["class_names"] != data.class_names:
-        raise UserError(f"the generator was trained on classes {model.info['class_names'][:3]}... but the dataset has "
-                        f"{data.class_names[:3]}...; retrain it (`otdistill train-generator --force`) or fix data.class_list")
-
-
 def sample_stage(cfg: Config, quiet: bool = False, data: LabelledData | None = None) -> Path:
     """Generate sample.ipc images per class into OUTPUT/distilled; finished classes are kept."""
     root = distilled_dir(cfg)
@@ -127,7 +121,7 @@ def sample_stage(cfg: Config, quiet: bool = False, data: LabelledData | None = N
     check_model_paths(cfg)
     data = data or load_dataset(cfg.data)
     model = ensure_generator(cfg, quiet=quiet, data=data)
-    _check_classes(model, data)
+    model.bind(data.class_ids, data.class_names)
     if cfg.sample.guidance.influence.weight > 0:
         ensure_surrogate(cfg, quiet=quiet, data=data)
     k = data.num_classes

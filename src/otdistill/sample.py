@@ -37,9 +37,10 @@ GuidanceTerm = Callable[[SamplerState], torch.Tensor]
 def predict_noise(model: LatentDiffusion, z: torch.Tensor, t, class_index: int, cfg_scale: float) -> torch.Tensor:
     """The DiT's noise prediction with classifier-free guidance (one batched forward)."""
     n = len(z)
-    labels = torch.tensor([class_index] * n + [model.null_class] * n, device=z.device)
+    labels = torch.tensor([model.label(class_index)] * n + [model.null_class] * n, device=z.device)
     timesteps = torch.full((2 * n,), int(t), device=z.device, dtype=torch.long)
-    eps = model.dit(torch.cat([z, z]), timestep=timesteps, class_labels=labels).sample
+    # a DiT trained with learned variance (DiT-XL/2) also outputs sigma channels: keep the noise
+    eps = model.dit(torch.cat([z, z]), timestep=timesteps, class_labels=labels).sample[:, :z.shape[1]]
     cond, uncond = eps.chunk(2)
     return uncond + cfg_scale * (cond - uncond)
 

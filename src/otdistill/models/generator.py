@@ -58,6 +58,7 @@ class LatentDiffusion:
     autoencoder: torch.nn.Module
     dit: torch.nn.Module
     info: dict
+    labels: list[int] | None = None  # the DiT label of each dataset class, set by bind()
 
     @property
     def num_classes(self) -> int:
@@ -65,7 +66,24 @@ class LatentDiffusion:
 
     @property
     def null_class(self) -> int:
-        return self.num_classes
+        return self.dit.config.num_embeds_ada_norm  # the extra embedding row CFG conditions on
+
+    def bind(self, class_ids: list[str], class_names: list[str]) -> None:
+        """Map a dataset's classes to the DiT's labels: the same classes, or a subset of them
+        (ImageNette from an ImageNet-1K DiT), matched by class id."""
+        ids = self.info.get("class_ids") or self.info["class_names"]
+        if list(class_names) == self.info["class_names"] and len(class_ids) == len(ids):
+            self.labels = list(range(len(ids)))
+        elif set(class_ids) <= set(ids):
+            self.labels = [ids.index(c) for c in class_ids]
+        else:
+            missing = [c for c in class_ids if c not in ids]
+            raise UserError(f"the generator knows no class {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''} "
+                            f"of the dataset (it has {', '.join(ids[:3])}...); retrain it (`otdistill train-generator "
+                            "--force`) or fix data.class_list")
+
+    def label(self, class_index: int) -> int:
+        return self.labels[class_index] if self.labels is not None else class_index
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:

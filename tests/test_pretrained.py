@@ -1,0 +1,191 @@
+"""Real checkpoint formats, written tiny by the tests: the original facebookresearch DiT state
+dict, diffusers folders, torchvision state dicts. Converted DiT outputs are checked against an
+independent implementation of the original DiT forward pass."""
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from otdistill.cli import main
+from otdistill.errors import UserError
+from otdistill.models.generator import load_generator
+from otdistill.models.pretrained import dit_from_original, load_dit, read_state_dict
+from otdistill.sample import predict_noise
+from otdistill.teachers import load_teacher
+
+HIDDEN, HEADS, DEPTH, PATCH, IN_CH, CLASSES, SIZE = 32, 2, 2, 2, 4, 5, 4
+
+
+def sincos_2d(dim: int, grid: int) -> np.ndarray:
+    """DiT's fixed positional table (the MAE recipe), written out independently."""
+    def one_d(d, pos):
+        omega = 1.0 / 10000 ** (np.arange(d // 2) / (d / 2))
+        out = np.outer(pos.reshape(-1), omega)
+        return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+    w, h = np.meshgrid(np.arange(grid, dtype=np.float64), np.arange(grid, dtype=np.float64))
+    return np.concatenate([one_d(dim // 2, w), one_d(dim // 2, h)], axis=1)
+
+
+def original_dit_state_dict(seed: int = 0) -> dict:
+    """Random weights under facebookresearch/DiT's parameter names (learned sigma: 2x channels out)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*shape):
+        return torch.randn(*shape, generator=g) * 0.2
+
+    d = HIDDEN
+    sd = {"x_embedder.proj.weight": r(d, IN_CH, PATCH, PATCH), "x_embedder.proj.bias": r(d),
+          "t_embedder.mlp.0.weight": r(d, 256), "t_embedder.mlp.0.bias": r(d),
+          "t_embedder.mlp.2.weight": r(d, d), "t_embedder.mlp.2.bias": r(d),
+          "y_embedder.embedding_table.weight": r(CLASSES + 1, d),
+          "pos_embed": torch.from_numpy(sincos_2d(d, SIZE // PATCH)).float()[None],
+          "final_layer.linear.weight": r(PATCH * PATCH * 2 * IN_CH, d),
+          "final_layer.linear.bias": r(PATCH * PATCH * 2 * IN_CH),
+          "final_layer.adaLN_modulation.1.weight": r(2 * d, d), "final_layer.adaLN_modulation.1.bias": r(2 * d)}
+    for i in range(DEPTH):
+        b = f"blocks.{i}."
+        sd.update({b + "attn.qkv.weight": r(3 * d, d), b + "attn.qkv.bias": r(3 * d),
+                   b + "attn.proj.weight": r(d, d), b + "attn.proj.bias": r(d),
+                   b + "mlp.fc1.weight": r(4 * d, d), b + "mlp.fc1.bias": r(4 * d),
+                   b + "mlp.fc2.weight": r(d, 4 * d), b + "mlp.fc2.bias": r(d),
+                   b + "adaLN_modulation.1.weight": r(6 * d, d), b + "adaLN_modulation.1.bias": r(6 * d)})
+    return sd
+
+
+def original_forward(sd: dict, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The original DiT forward pass (models.py), independent of diffusers."""
+    from diffusers.models.embeddings import get_timestep_embedding
+
+    n, d, p = len(x), HIDDEN, PATCH
+    h = F.conv2d(x, sd["x_embedder.proj.weight"], sd["x_embedder.proj.bias"], stride=p)
+    grid = h.shape[-1]
+    h = h.flatten(2).transpose(1, 2) + sd["pos_embed"]
+    # diffusers' DiT embeds timesteps with downscale_freq_shift=1 (the original divides by half,
+    # not half - 1); that part is the model's, not the checkpoint's, so the reference follows it
+    temb = get_timestep_embedding(t, 256, flip_sin_to_cos=True, downscale_freq_shift=1)
+    temb = F.linear(F.silu(F.linear(temb, sd["t_embedder.mlp.0.weight"], sd["t_embedder.mlp.0.bias"])),
+                    sd["t_embedder.mlp.2.weight"], sd["t_embedder.mlp.2.bias"])
+    c = temb + sd["y_embedder.embedding_table.weight"][y]
+
+    def modulate(v, shift, scale):
+        return F.layer_norm(v, (d,), eps=1e-6) * (1 + scale[:, None]) + shift[:, None]
+
+    for i in range(DEPTH):
+        b = f"blocks.{i}."
+        mods = F.linear(F.silu(c), sd[b + "adaLN_modulation.1.weight"], sd[b + "adaLN_modulation.1.bias"]).chunk(6, 1)
+        q, k, v = F.linear(modulate(h, mods[0], mods[1]), sd[b + "attn.qkv.weight"], sd[b + "attn.qkv.bias"]).chunk(3, -1)
+        q, k, v = (a.view(n, -1, HEADS, d // HEADS).transpose(1, 2) for a in (q, k, v))
+        att = torch.softmax(q @ k.transpose(-1, -2) / (d // HEADS) ** 0.5, -1) @ v
+        att = F.linear(att.transpose(1, 2).reshape(n, -1, d), sd[b + "attn.proj.weight"], sd[b + "attn.proj.bias"])
+        h = h + mods[2][:, None] * att
+        m = F.gelu(F.linear(modulate(h, mods[3], mods[4]), sd[b + "mlp.fc1.weight"], sd[b + "mlp.fc1.bias"]),
+                   approximate="tanh")
+        h = h + mods[5][:, None] * F.linear(m, sd[b + "mlp.fc2.weight"], sd[b + "mlp.fc2.bias"])
+    shift, scale = F.linear(F.silu(c), sd["final_layer.adaLN_modulation.1.weight"],
+                            sd["final_layer.adaLN_modulation.1.bias"]).chunk(2, 1)
+    h = F.linear(modulate(h, shift, scale), sd["final_layer.linear.weight"], sd["final_layer.linear.bias"])
+    h = h.view(n, grid, grid, p, p, -1)
+    return torch.einsum("nhwpqc->nchpwq", h).reshape(n, -1, grid * p, grid * p)
+
+
+def test_original_dit_converts_to_the_same_function():
+    sd = original_dit_state_dict()
+    model = dit_from_original(sd, heads=HEADS).eval()
+    assert model.config.num_layers == DEPTH and model.config.out_channels == 2 * IN_CH
+    assert model.config.num_embeds_ada_norm == CLASSES and model.config.sample_size == SIZE
+    x = torch.randn(3, IN_CH, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
+    t, y = torch.tensor([999, 500, 3]), torch.tensor([0, 4, CLASSES])  # CLASSES = the null class
+    with torch.no_grad():
+        ours = model(x, timestep=t, class_labels=y).sample
+    assert torch.allclose(ours, original_forward(sd, x, t, y), atol=1e-4)
+
+
+def test_checkpoint_files_load_safely_or_say_why_not(tmp_path):
+    sd = original_dit_state_dict()
+    torch.save({"ema": sd, "model": {}}, tmp_path / "train.pt")  # a training checkpoint: EMA weights used
+    assert set(read_state_dict(tmp_path / "train.pt")) == set(sd)
+    torch.save({"model": sd, "args": argparse.Namespace(model="DiT-XL/2")}, tmp_path / "pickled.pt")
+    with pytest.raises(UserError, match="plain tensors only"):
+        read_state_dict(tmp_path / "pickled.pt")  # weights_only refuses the pickled Namespace
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match="not a loadable tensor checkpoint"):
+        read_state_dict(tmp_path / "junk.pt")
+    with pytest.raises(UserError, match="not an original DiT state dict"):
+        dit_from_original({"conv.weight": torch.zeros(1)}, where="x.pt")
+    with pytest.raises(UserError, match="--heads"):
+        dit_from_original(sd)  # width 32 is no published DiT size
+    broken = dict(sd, **{"blocks.1.mlp.fc1.weight": torch.zeros(3, 3)})
+    with pytest.raises(UserError, match="do not fit together"):
+        dit_from_original(broken, heads=HEADS)
+    moved = dict(sd, pos_embed=sd["pos_embed"] + 1)
+    with pytest.raises(UserError, match="positional embedding"):
+        dit_from_original(moved, heads=HEADS)
+
+
+def _tiny_vae(folder):
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 8), latent_channels=IN_CH,
+                        norm_num_groups=4, layers_per_block=1, scaling_factor=0.18215)
+    vae.save_pretrained(folder / "vae")  # a pipeline-style folder: vae/ inside
+    return vae
+
+
+def test_import_generator_from_original_pt_and_sample_a_class_subset(tmp_path):
+    torch.save(original_dit_state_dict(), tmp_path / "DiT-tiny.pt")
+    _tiny_vae(tmp_path / "sd-vae")
+    wnids = [f"n0000000{i}" for i in range(CLASSES)]
+    (tmp_path / "classes.txt").write_text("\n".join(wnids) + "\n")
+    out = tmp_path / "generator"
+    assert main(["import-generator", "--dit", str(tmp_path / "DiT-tiny.pt"), "--vae", str(tmp_path / "sd-vae"),
+                 "--classes", str(tmp_path / "classes.txt"), "--heads", str(HEADS), "--out", str(out)]) == 0
+    model = load_generator(out)
+    assert model.info["image_size"] == SIZE * 2 and model.info["class_ids"] == wnids
+    model.bind([wnids[3], wnids[1]], ["c", "a"])  # a two-class subset, e.g. ImageNette of ImageNet-1K
+    assert model.labels == [3, 1] and model.null_class == CLASSES
+    z = torch.randn(2, IN_CH, SIZE, SIZE)
+    with torch.no_grad():
+        eps = predict_noise(model, z, 10, 0, 1.0)  # cfg 1: the conditional prediction, label 3
+        direct = model.dit(z, timestep=torch.tensor([10, 10]), class_labels=torch.tensor([3, 3])).sample
+    assert eps.shape == z.shape and torch.allclose(eps, direct[:, :IN_CH], atol=1e-5)
+    with pytest.raises(UserError, match="knows no class n09999999"):
+        model.bind(["n09999999"], ["x"])
+    # the wrong class count for this DiT is refused before anything is written
+    (tmp_path / "three.txt").write_text("a\nb\nc\n")
+    assert main(["import-generator", "--dit", str(tmp_path / "DiT-tiny.pt"), "--vae", str(tmp_path / "sd-vae"),
+                 "--classes", str(tmp_path / "three.txt"), "--heads", str(HEADS), "--out", str(tmp_path / "g2")]) == 2
+    assert not (tmp_path / "g2").exists()
+
+
+def test_diffusers_dit_folders_load(tmp_path):
+    model = dit_from_original(original_dit_state_dict(), heads=HEADS)
+    model.save_pretrained(tmp_path / "pipe" / "transformer")
+    loaded = load_dit(tmp_path / "pipe")
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
+    with pytest.raises(UserError, match="not a diffusers DiT folder"):
+        load_dit(tmp_path)
+
+
+def test_import_torchvision_teacher_from_a_state_dict(tmp_path):
+    import torchvision
+
+    net = torchvision.models.resnet18(num_classes=10).eval()
+    torch.save(net.state_dict(), tmp_path / "resnet18.pth")
+    ids = [f"c{i}" for i in range(10)]
+    (tmp_path / "ids.txt").write_text("\n".join(ids))
+    assert main(["import-teacher", "--arch", "tv:resnet18", "--weights", str(tmp_path / "resnet18.pth"),
+                 "--classes", str(tmp_path / "ids.txt"), "--image-size", "32", "--out", str(tmp_path / "t")]) == 0
+    teacher, info = load_teacher(tmp_path / "t")
+    x = torch.rand(2, 3, 32, 32)
+    mean, std = torch.tensor(info["mean"]).view(1, 3, 1, 1), torch.tensor(info["std"]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        assert torch.allclose(teacher(x), net((x - mean) / std), atol=1e-5)
+    assert json.loads((tmp_path / "t" / "model.json").read_text())["class_ids"] == ids
+    (tmp_path / "ids12.txt").write_text("\n".join(f"c{i}" for i in range(12)))
+    assert main(["import-teacher", "--arch", "tv:resnet18", "--weights", str(tmp_path / "resnet18.pth"),
+                 "--classes", str(tmp_path / "ids12.txt"), "--out", str(tmp_path / "t12")]) == 2
