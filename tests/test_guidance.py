@@ -79,11 +79,13 @@ def test_non_finite_gradient_is_reported_not_written(setup):
 
 def test_pools_are_cached_and_kmeans_picks_real_latents(setup, digits, tmp_path):
     model, _, _ = setup
-    cache = tmp_path / "pool.safetensors"
-    a = real_latent_pools(model, digits, 10, "kmeans", 0, cache)
-    assert cache.is_file() and a[0].shape == (10, *model.latent_shape)
-    b = real_latent_pools(model, digits, 10, "kmeans", 0, cache)
+    a = real_latent_pools(model, digits, 10, "kmeans", 0, tmp_path)
+    files = sorted(tmp_path.glob("real-latents-kmeans-10-0-*.safetensors"))
+    assert len(files) == digits.num_classes and a[0].shape == (10, *model.latent_shape)
+    files[3].write_bytes(b"damaged")  # one unreadable class file is re-encoded, the rest are read
+    b = real_latent_pools(model, digits, 10, "kmeans", 0, tmp_path)
     assert all(torch.equal(a[c], b[c]) for c in a)
+    assert list(real_latent_pools(model, digits, 10, "kmeans", 0, tmp_path, classes=[2, 5])) == [2, 5]
     every = encode_all(model, digits.train, "cpu", digits.train.indices_of(0))
     assert all((every - z).abs().flatten(1).sum(1).min() < 1e-4 for z in a[0])  # each one is a real latent
     with pytest.raises(UserError, match="fewer than the real pool"):

@@ -118,7 +118,9 @@ def invoked_command() -> str | None:
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        # under torchrun each process takes the GPU of its local rank
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        return torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"device '{name}' was asked for but no CUDA GPU is visible; use --set device=cpu")
     return torch.device(name)

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from . import artifacts, report
+from . import artifacts, distributed, report
 from .config import Config, dump_config, fingerprint, from_dict, to_dict
 from .data import LabelledData, TensorImages, load_dataset
 from .errors import UserError
@@ -125,10 +125,13 @@ def sample_stage(cfg: Config, quiet: bool = False, data: LabelledData | None = N
     if cfg.sample.guidance.influence.weight > 0:
         ensure_surrogate(cfg, quiet=quiet, data=data)
     k = data.num_classes
-    terms = build_terms(cfg.sample.guidance, model, data, cache_dir=Path(cfg.output) / "cache", quiet=quiet)
+    rank = distributed.init()
+    classes = rank.mine(range(k))  # all of them in a single process
+    terms = build_terms(cfg.sample.guidance, model, data, cache_dir=Path(cfg.output) / "cache", quiet=quiet,
+                        classes=classes)
     window = tuple(cfg.sample.guidance.window)
     start = time.time()
-    for c in tqdm(range(k), desc="sample classes", disable=quiet):
+    for c in tqdm(classes, desc="sample classes", disable=quiet or not rank.main):
         folder = artifacts.class_folder(c, data.class_ids[c], k)
         if artifacts.class_done(root, folder, cfg.sample.ipc):
             continue
@@ -136,9 +139,17 @@ def sample_stage(cfg: Config, quiet: bool = False, data: LabelledData | None = N
         artifacts.write_class_images(root, folder, sample_class(model, c, cfg.sample, terms, window))
         log.info("sample: class %d/%d '%s' done, %d images in %.1f s", c + 1, k, data.class_names[c],
                  cfg.sample.ipc, time.time() - t)
+    # each rank records its share; the first merges them once every class is on disk
+    write_json(root / ".shards" / f"rank{rank.rank}.json", {
+        "world": rank.world, "classes": classes, "seconds": round(time.time() - start, 1),
+        "ot_seconds": round(sum(getattr(t, "seconds", 0.0) for t in terms), 3)})
+    distributed.barrier()
+    if not rank.main:
+        return root
+    shards = [read_json(root / ".shards" / f"rank{r}.json") for r in range(rank.world)]
     source = {"kind": "generated", "generator": cfg.generator.path, "guidance": [t.name for t in terms],
-              "sample_seconds": round(time.time() - start, 1),
-              "ot_seconds": round(sum(getattr(t, "seconds", 0.0) for t in terms), 3)}
+              "sample_seconds": max(s["seconds"] for s in shards), "ot_seconds": sum(s["ot_seconds"] for s in shards),
+              "ranks": rank.world}
     artifacts.write_manifest(
         root, ipc=cfg.sample.ipc, class_names=data.class_names, class_ids=data.class_ids, channels=data.channels,
         image_size=data.image_size, source=source, config=to_dict(cfg), seeds={"sample": cfg.sample.seed})
@@ -348,6 +359,8 @@ def run(cfg: Config, quiet: bool = False) -> dict:
     t = time.time()
     root = sample_stage(cfg, quiet=quiet, data=data)
     seconds["sample"] = time.time() - t
+    if not distributed.current().main:
+        return {}  # under torchrun the other ranks help with sampling only
     t = time.time()
     relabel_stage(root, cfg, quiet=quiet)
     seconds["relabel"] = time.time() - t

@@ -16,8 +16,8 @@ from .pool import real_latent_pools
 
 
 def build_terms(cfg: GuidanceConfig, model: LatentDiffusion, data: LabelledData, cache_dir: str | Path | None = None,
-                quiet: bool = True):
-    """The enabled terms (weight > 0), in the order they are applied."""
+                quiet: bool = True, classes: list[int] | None = None):
+    """The enabled terms (weight > 0), in the order they are applied, for `classes` (default all)."""
     terms = []
     if cfg.influence.weight > 0:
         device = next(model.dit.parameters()).device
@@ -30,8 +30,8 @@ def build_terms(cfg: GuidanceConfig, model: LatentDiffusion, data: LabelledData,
     if cfg.deviation.weight > 0:
         terms.append(DeviationGuidance(cfg.deviation))
     if cfg.ot.weight > 0:
-        cache = Path(cache_dir) / "real_latents.safetensors" if cache_dir else None
-        pools = real_latent_pools(model, data, cfg.ot.pool_size, cfg.ot.pool_select, cfg.ot.pool_seed, cache, quiet)
+        pools = real_latent_pools(model, data, cfg.ot.pool_size, cfg.ot.pool_select, cfg.ot.pool_seed, cache_dir,
+                                  classes, quiet)
         terms.append(OTGuidance(cfg.ot, pools))
     return terms
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
@@ -13,6 +15,8 @@ from ..errors import UserError
 from ..io import atomic_path, generator
 from ..models.generator import LatentDiffusion
 from ..train_generator import encode_all
+
+log = logging.getLogger(__name__)
 
 
 def _kmeans_pick(latents: torch.Tensor, size: int, seed: int) -> torch.Tensor:
@@ -30,18 +34,24 @@ def _kmeans_pick(latents: torch.Tensor, size: int, seed: int) -> torch.Tensor:
 
 
 def real_latent_pools(model: LatentDiffusion, data: LabelledData, size: int, select: str, seed: int,
-                      cache: str | Path | None = None, quiet: bool = True) -> dict[int, torch.Tensor]:
-    """{class index: (size, C, h, w) real latents}; read from `cache` when it holds this pool."""
-    key = f"{select}-{size}-{seed}"
-    if cache is not None and Path(cache).is_file():
-        stored = load_file(cache)
-        if all(f"{key}/{c}" in stored for c in range(data.num_classes)):
-            return {c: stored[f"{key}/{c}"] for c in range(data.num_classes)}
+                      cache_dir: str | Path | None = None, classes: list[int] | None = None,
+                      quiet: bool = True) -> dict[int, torch.Tensor]:
+    """{class index: (size, C, h, w) real latents} for `classes` (default all). Each class is
+    cached in its own file under cache_dir, so ranks that sample different classes encode
+    only theirs, and a damaged file costs one class's encoding."""
     if select not in ("random", "kmeans"):
         raise UserError(f"unknown pool selection '{select}'; use random or kmeans")
     device = next(model.autoencoder.parameters()).device
     pools = {}
-    for c in tqdm(range(data.num_classes), desc="encode real pools", disable=quiet, leave=False):
+    for c in tqdm(range(data.num_classes) if classes is None else classes, desc="encode real pools", disable=quiet,
+                  leave=False):
+        cached = Path(cache_dir) / f"real-latents-{select}-{size}-{seed}-{c}.safetensors" if cache_dir else None
+        if cached is not None and cached.is_file():
+            try:
+                pools[c] = load_file(cached)["latents"]
+                continue
+            except (SafetensorError, OSError, KeyError) as exc:
+                log.warning("re-encoding the real pool of class %d: %s is unreadable (%s)", c, cached, exc)
         idx = data.train.indices_of(c)
         if len(idx) < size:
             raise UserError(f"class '{data.class_names[c]}' has {len(idx)} training images, fewer than the real pool "
@@ -52,7 +62,7 @@ def real_latent_pools(model: LatentDiffusion, data: LabelledData, size: int, sel
         else:
             candidates = idx[torch.randperm(len(idx), generator=g)[:10 * size]].sort().values
             pools[c] = _kmeans_pick(encode_all(model, data.train, device, candidates), size, seed)
-    if cache is not None:
-        with atomic_path(cache) as tmp:
-            save_file({f"{key}/{c}": p.contiguous() for c, p in pools.items()}, tmp)
+        if cached is not None:
+            with atomic_path(cached) as tmp:
+                save_file({"latents": pools[c].contiguous()}, tmp)
     return pools
