@@ -189,3 +189,26 @@ def test_import_torchvision_teacher_from_a_state_dict(tmp_path):
     (tmp_path / "ids12.txt").write_text("\n".join(f"c{i}" for i in range(12)))
     assert main(["import-teacher", "--arch", "tv:resnet18", "--weights", str(tmp_path / "resnet18.pth"),
                  "--classes", str(tmp_path / "ids12.txt"), "--out", str(tmp_path / "t12")]) == 2
+
+
+def test_imagenette_recipe_binds_its_wnids_to_an_imagenet_generator(tmp_path):
+    """The subset recipes read wnid folders in the class-list order and sample each class with
+    the label the ImageNet DiT has for that wnid."""
+    from conftest import ROOT
+    from test_data import make_folder
+
+    from otdistill.config import load_config
+    from otdistill.data import load_dataset
+    from otdistill.models.generator import LatentDiffusion
+
+    wnids = [line.split()[0] for line in (ROOT / "configs/classes/imagenette.txt").read_text().splitlines()
+             if line and not line.startswith("#")]
+    make_folder(tmp_path / "train", wnids[::-1], per_class=2)  # folder order on disk does not matter
+    make_folder(tmp_path / "val", wnids, per_class=1)
+    cfg = load_config(ROOT / "configs/imagenette.yaml", [f"data.root={tmp_path}", "data.image_size=16"])
+    data = load_dataset(cfg.data)
+    assert data.class_ids == wnids and len(data.train) == 20 and len(data.test) == 10
+    imagenet = sorted(wnids + [f"n0{i:07d}" for i in range(30)])  # stands in for the 1000 sorted wnids
+    model = LatentDiffusion(None, None, {"class_names": imagenet, "class_ids": imagenet})  # bind reads info only
+    model.bind(data.class_ids, data.class_names)
+    assert [imagenet[i] for i in model.labels] == wnids

@@ -77,3 +77,13 @@ def test_ema_and_cutmix_run_in_fit():
     losses = fit(model, data, recipe, cross_entropy, lambda x, idx: labels[idx], g, "cpu", quiet=True)
     assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_student_image_size_crops_for_training_and_centres_for_testing():
+    from otdistill.train import center_view
+
+    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float).view(2, 3, 8, 8)
+    assert torch.equal(center_view(x, 6), x[..., 1:7, 1:7]) and center_view(x, None) is x
+    assert center_view(x, 12).shape == (2, 3, 12, 12)
+    out = Augment(0.5, True, size=6)(x, torch.Generator().manual_seed(0))
+    assert out.shape == (2, 3, 6, 6)

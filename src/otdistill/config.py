@@ -32,7 +32,9 @@ class DataConfig:
     image_size: int | None = None  # resize every image to this square size; None = native
     test_fraction: float = 0.2  # digits/imagefolder without a test folder: held-out share
     split_seed: int = 0  # seed of that held-out split
-    bad_files: str = "skip"  # unreadable or empty image files: skip (a warning names them) | stop
+    # unreadable or empty image files, found by opening each at load: skip (a warning names them) | stop;
+    # unchecked: no scan (fast on ImageNet's 1.3 M files), a bad file stops the stage that reads it
+    bad_files: str = "skip"
 
 
 @dataclass
@@ -200,6 +202,7 @@ class StudentConfig:
     soft_loss: SoftLossConfig = field(default_factory=SoftLossConfig)
     soft_labels: str = "online"  # online: teachers label each augmented view | stored: the artifact's logits
     crop_scale_min: float = 0.5  # RandomResizedCrop lower area bound
+    image_size: int | None = None  # training crop and test view side (ImageNet: 224 from 256); None = the set's
     flip: bool = True  # random horizontal flip
     cutmix: float = 0.0  # probability that a batch is CutMix-ed (the teachers label the mixed view)
     ema_decay: float = 0.0  # > 0: score an exponential moving average of the student's weights

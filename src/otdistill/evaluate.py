@@ -35,9 +35,10 @@ def train_student(ds: DistilledSet, test: ImageSet, cfg: StudentConfig, protocol
     images = TensorImages(ds.images, ds.hard)
     mean, std = channel_stats(images)
     torch.manual_seed(seed)
-    model = build_classifier(cfg.arch, ds.num_classes, ds.images.shape[1], ds.images.shape[-1], mean, std).to(device)
+    size = cfg.image_size or ds.images.shape[-1]
+    model = build_classifier(cfg.arch, ds.num_classes, ds.images.shape[1], size, mean, std).to(device)
     recipe = TrainRecipe(cfg.epochs, cfg.batch_size, cfg.optimizer, cfg.lr, cfg.weight_decay,
-                         Augment(cfg.crop_scale_min, cfg.flip), cfg.cutmix, cfg.ema_decay)
+                         Augment(cfg.crop_scale_min, cfg.flip, cfg.image_size), cfg.cutmix, cfg.ema_decay)
     hard = ds.hard.to(device)
     if protocol == "soft" and cfg.soft_labels == "stored":
         if ds.soft_logits is None:
@@ -67,12 +68,12 @@ def train_student(ds: DistilledSet, test: ImageSet, cfg: StudentConfig, protocol
 
     def on_epoch(epoch: int) -> None:
         if cfg.eval_every and epoch % cfg.eval_every == 0 and epoch != cfg.epochs:
-            scores[epoch] = accuracy(model, test, device, cfg.test_batch_size)
+            scores[epoch] = accuracy(model, test, device, cfg.test_batch_size, cfg.image_size)
             model.train()
 
     fit(model, images, recipe, loss, target_fn, generator(seed, "student", protocol), device, on_epoch,
         desc=f"{cfg.arch} {protocol} seed {seed}", quiet=quiet, checkpoint=checkpoint, extra=scores)
-    scores[cfg.epochs] = accuracy(model, test, device, cfg.test_batch_size)
+    scores[cfg.epochs] = accuracy(model, test, device, cfg.test_batch_size, cfg.image_size)
     return {"protocol": protocol, "seed": seed, "final": scores[cfg.epochs], "best_epoch": max(scores.values()),
             "scores": {str(k): v for k, v in sorted(scores.items())}, "seconds": round(time.time() - start, 1)}
 

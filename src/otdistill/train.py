@@ -19,8 +19,10 @@ from .io import atomic_path
 log = logging.getLogger(__name__)
 
 
-def random_resized_crop(x: torch.Tensor, scale_min: float, g: torch.Generator, ratio=(3 / 4, 4 / 3)) -> torch.Tensor:
-    """A different RandomResizedCrop per image, as one batched roi_align call."""
+def random_resized_crop(x: torch.Tensor, scale_min: float, g: torch.Generator, ratio=(3 / 4, 4 / 3),
+                        size: int | None = None) -> torch.Tensor:
+    """A different RandomResizedCrop per image, as one batched roi_align call; output `size`
+    (default the input's)."""
     n, _, h, w = x.shape
     area = torch.empty(n).uniform_(scale_min, 1.0, generator=g) * h * w
     log_r = torch.empty(n).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=g)
@@ -31,7 +33,19 @@ def random_resized_crop(x: torch.Tensor, scale_min: float, g: torch.Generator, r
     y0 = torch.rand(n, generator=g) * (h - ch)
     boxes = torch.stack([torch.arange(n, dtype=torch.float), x0, y0, x0 + cw, y0 + ch], dim=1).to(x)
     # crops are never larger than the image, so one bilinear sample per output pixel suffices
-    return roi_align(x, boxes, output_size=(h, w), spatial_scale=1.0, sampling_ratio=1, aligned=True)
+    return roi_align(x, boxes, output_size=(size or h, size or w), spatial_scale=1.0, sampling_ratio=1, aligned=True)
+
+
+def center_view(x: torch.Tensor, size: int | None) -> torch.Tensor:
+    """The test-time view at `size`: the central size x size pixels (ImageNet's resize-256 then
+    crop-224), or a resize when the images are smaller."""
+    h, w = x.shape[-2:]
+    if size is None or (h, w) == (size, size):
+        return x
+    if size <= min(h, w):
+        top, left = (h - size) // 2, (w - size) // 2
+        return x[..., top:top + size, left:left + size]
+    return torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
 
 
 def random_flip(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
@@ -43,27 +57,31 @@ def random_flip(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 class Augment:
     crop_scale_min: float = 0.5
     flip: bool = True
+    size: int | None = None  # output side; None = the images' own
 
     def __call__(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         if self.crop_scale_min < 1.0:
-            x = random_resized_crop(x, self.crop_scale_min, g)
+            x = random_resized_crop(x, self.crop_scale_min, g, size=self.size)
+        else:
+            x = center_view(x, self.size)
         if self.flip:
             x = random_flip(x, g)
         return x
 
 
 @torch.no_grad()
-def predict_logits(model: torch.nn.Module, images: ImageSet, device, batch_size: int = 1000) -> torch.Tensor:
+def predict_logits(model: torch.nn.Module, images: ImageSet, device, batch_size: int = 1000,
+                   size: int | None = None) -> torch.Tensor:
     model.eval()
     out = []
     for start in range(0, len(images), batch_size):
         idx = torch.arange(start, min(start + batch_size, len(images)))
-        out.append(model(images.get(idx).to(device, torch.float32) / 255.0).float().cpu())
+        out.append(model(center_view(images.get(idx).to(device, torch.float32) / 255.0, size)).float().cpu())
     return torch.cat(out)
 
 
-def accuracy(model: torch.nn.Module, images: ImageSet, device, batch_size: int = 1000) -> float:
-    logits = predict_logits(model, images, device, batch_size)
+def accuracy(model: torch.nn.Module, images: ImageSet, device, batch_size: int = 1000, size: int | None = None) -> float:
+    logits = predict_logits(model, images, device, batch_size, size)
     return (logits.argmax(1) == images.labels).float().mean().item()
 
 

@@ -85,8 +85,10 @@ class FolderImages(ImageSet):
 def readable_images(paths: list[Path], bad_files: str = "skip") -> list[Path]:
     """Keep the files PIL can open; the others are skipped with one warning naming them, or
     (bad_files="stop") stop the run with their names."""
-    if bad_files not in ("skip", "stop"):
-        raise UserError(f"data.bad_files must be skip or stop, got '{bad_files}'")
+    if bad_files not in ("skip", "stop", "unchecked"):
+        raise UserError(f"data.bad_files must be skip, stop or unchecked, got '{bad_files}'")
+    if bad_files == "unchecked":
+        return list(paths)
     good, bad = [], []
     for p in paths:
         try:
