@@ -173,3 +173,9 @@ def test_cell_names_cannot_escape_the_eval_folder(finished_run, tmp_path):
     with pytest.raises(UserError, match="unknown classifier"):
         evaluate_stage(reference / "distilled", cfg, tmp_path / "e.json", quiet=True)
     assert not (tmp_path.parent / "escape-hard-seed0.json").exists()
+
+
+def test_a_class_smaller_than_the_ipc_stops_before_writing(trained, tmp_path, capsys):
+    assert main(["select", str(TINY), "--set", "sample.ipc=1000", "--out", str(tmp_path / "real")]) == 2
+    assert "fewer than sample.ipc=1000; lower the IPC" in capsys.readouterr().err
+    assert not list((tmp_path / "real").glob("images/*"))
