@@ -2,6 +2,7 @@ import ot as pot
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import TINY
 
 from otdistill.config import SoftLossConfig
 from otdistill.errors import UserError
@@ -77,3 +78,35 @@ def test_schedule_is_clipped_and_validated():
         select_teachers(["a"], 10, [[1]])
     with pytest.raises(UserError, match="no teachers"):
         select_teachers([], 10, [[1, 1]])
+
+
+def test_entropy_rule_sizes_the_ensemble_from_the_images():
+    """Our LIA extension: images the first teacher finds as ambiguous as real ones get every
+    teacher; images it finds unambiguous get one."""
+    from otdistill.relabel import entropy_rule
+
+    class Fixed(torch.nn.Module):  # logits = the image's mean brightness per class channel
+        def forward(self, x):
+            return x.flatten(2).mean(2) * 20
+
+    real = torch.randint(0, 256, (40, 4, 2, 2), dtype=torch.uint8)
+    same = entropy_rule(Fixed(), real, real, 4, "cpu")
+    assert same["ratio"] == pytest.approx(1.0) and same["count"] == 4
+    sharp = torch.zeros(40, 4, 2, 2, dtype=torch.uint8)
+    sharp[:, 0] = 255  # one class lights up: a near one-hot label
+    crisp = entropy_rule(Fixed(), sharp, real, 4, "cpu")
+    assert crisp["ratio"] < 0.2 and crisp["count"] == 1
+
+
+def test_relabel_entropy_rule_is_recorded(finished_run, tmp_path):
+    import shutil
+
+    from otdistill.config import load_config
+    from otdistill.pipeline import relabel_stage
+
+    out, _ = finished_run
+    shutil.copytree(out / "distilled", tmp_path / "d")
+    cfg = load_config(TINY, ["relabel.rule=entropy", "relabel.real_per_class=5"])
+    manifest = relabel_stage(tmp_path / "d", cfg, quiet=True)
+    assert manifest["relabel"]["rule"] == "entropy" and manifest["relabel"]["count"] == len(manifest["teachers"]) == 1
+    assert manifest["relabel"]["entropy_real"] > 0

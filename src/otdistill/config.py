@@ -170,6 +170,10 @@ class RelabelConfig:
 
     # [[ipc, count], ...]: from this IPC on, the first count teachers
     schedule: list[list[int]] = field(default_factory=lambda: [[1, 1], [10, 2], [50, 4]])
+    # schedule (the paper's IPC rule above) | entropy (our extension: the count measured from the images,
+    # the first teacher's label entropy on them relative to real training images; see docs/lia.md)
+    rule: str = "schedule"
+    real_per_class: int = 50  # entropy rule: real training images per class it compares with
 
 
 @dataclass

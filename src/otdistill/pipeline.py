@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import re
 import time
 from pathlib import Path
@@ -37,7 +36,13 @@ from .io import (
 )
 from .metrics import features, held_out, set_metrics
 from .models.generator import LatentDiffusion, load_generator
-from .relabel import load_ensemble, select_teachers, soft_logits
+from .relabel import (
+    entropy_rule,
+    label_entropy,
+    load_ensemble,
+    select_teachers,
+    soft_logits,
+)
 from .sample import sample_class
 from .teachers import load_teacher, train_teacher
 from .train_generator import encode_all, train_generator
@@ -193,13 +198,30 @@ def _config_of(distilled: str | Path, cfg: Config | None) -> Config:
     return from_dict(read_json(manifest)["config"])
 
 
-def relabel_stage(distilled: str | Path, cfg: Config | None = None, quiet: bool = False) -> dict:
+def choose_teachers(cfg: Config, ds: artifacts.DistilledSet, device, data: LabelledData | None = None
+                    ) -> tuple[list[str], dict]:
+    """LIA's ensemble for this set: by the IPC schedule, or measured from its images."""
+    paths = [t.path for t in cfg.teachers]
+    if cfg.relabel.rule == "schedule":
+        chosen = select_teachers(paths, ds.ipc, cfg.relabel.schedule)
+        return chosen, {"rule": "schedule", "count": len(chosen)}
+    if cfg.relabel.rule != "entropy":
+        raise UserError(f"relabel.rule must be schedule or entropy, got '{cfg.relabel.rule}'")
+    data = data or load_dataset(cfg.data)
+    real = data.train.get(held_out(data.train, ds.num_classes, cfg.relabel.real_per_class, seed=0))
+    first, _ = load_teacher(paths[0], device)
+    measured = entropy_rule(first, ds.images, real, len(paths), device)
+    return paths[:measured["count"]], measured
+
+
+def relabel_stage(distilled: str | Path, cfg: Config | None = None, quiet: bool = False,
+                  data: LabelledData | None = None) -> dict:
     """Store the teacher ensemble's logits for every image; also measures how often the
     teachers agree with the class each image was generated for."""
     cfg = _config_of(distilled, cfg)
     device = resolve_device(cfg.device)
     ds = artifacts.read_distilled(distilled, labels=False)
-    paths = select_teachers([t.path for t in cfg.teachers], ds.ipc, cfg.relabel.schedule)
+    paths, rule = choose_teachers(cfg, ds, device, data)
     if ds.manifest.get("teachers") == paths:
         try:
             if artifacts.read_distilled(distilled).soft_logits is not None:
@@ -213,7 +235,7 @@ def relabel_stage(distilled: str | Path, cfg: Config | None = None, quiet: bool 
     artifacts.write_labels(ds.root, ds.hard, logits, paths)
     log.info("relabel: %d images labelled by %d teacher(s) %s; teacher agrees with the class on %.1f%%",
              len(ds.images), len(paths), paths, 100 * agree.mean().item())
-    return artifacts.update_manifest(ds.root, teachers=paths, teacher_agreement={
+    return artifacts.update_manifest(ds.root, teachers=paths, relabel=rule, teacher_agreement={
         "overall": agree.mean().item(), "per_class": dict(zip(ds.class_names, per_class))})
 
 
@@ -307,8 +329,7 @@ def inspect_text(distilled: str | Path) -> str:
     lines = [f"{distilled}: {m['num_classes']} classes x IPC {m['ipc']} = {len(ds.images)} images, "
              f"{m['channels']}x{m['image_size']}x{m['image_size']}, source {m['source'].get('kind')}"]
     if ds.soft_logits is not None:
-        p = ds.soft_logits.softmax(1)
-        ent = -(p * p.clamp_min(1e-12).log()).sum(1) / math.log(ds.num_classes)
+        ent = label_entropy(ds.soft_logits)
         lines.append(f"soft labels from {len(m['teachers'])} teacher(s); normalised label entropy "
                      f"mean {ent.mean():.3f}")
     metrics = {space: r for space, r in m.get("metrics", {}).items() if isinstance(r, dict) and "ot_distance" in r}
@@ -362,7 +383,7 @@ def run(cfg: Config, quiet: bool = False) -> dict:
     if not distributed.current().main:
         return {}  # under torchrun the other ranks help with sampling only
     t = time.time()
-    relabel_stage(root, cfg, quiet=quiet)
+    relabel_stage(root, cfg, quiet=quiet, data=data)
     seconds["relabel"] = time.time() - t
     t = time.time()
     metrics_stage(root, cfg, data=data)

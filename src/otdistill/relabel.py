@@ -7,6 +7,7 @@ so an IPC-dependent choice (LIA) plugs in without touching this module.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -54,3 +55,23 @@ def soft_logits(ensemble: TeacherEnsemble, images: torch.Tensor, device, batch_s
         x = images[start:start + batch_size].to(device, torch.float32) / 255.0
         out.append(ensemble(x).float().cpu())
     return torch.cat(out)
+
+
+def label_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Per-row entropy of softmax(logits), divided by log K (0 = one-hot, 1 = uniform)."""
+    p = logits.float().softmax(1)
+    return -(p * p.clamp_min(1e-12).log()).sum(1) / math.log(logits.shape[1])
+
+
+def entropy_rule(first: nn.Module, images: torch.Tensor, real: torch.Tensor, available: int, device) -> dict:
+    """Our extension to LIA, not the paper's: the ensemble size measured from the distilled
+    images themselves. The first teacher's mean label entropy on the images, relative to its
+    entropy on real training images, says how much ambiguity the images carry: prototypical
+    images (ratio near 0) get one teacher and simple labels, images as varied as real data
+    (ratio >= 1) get all `available` teachers, linearly in between."""
+    one = TeacherEnsemble([first], ["first"]).eval()
+    h_images = label_entropy(soft_logits(one, images, device)).mean().item()
+    h_real = label_entropy(soft_logits(one, real, device)).mean().item()
+    ratio = h_images / max(h_real, 1e-8)
+    count = max(1, min(available, 1 + round(ratio * (available - 1))))
+    return {"rule": "entropy", "entropy_images": h_images, "entropy_real": h_real, "ratio": ratio, "count": count}

@@ -12,7 +12,6 @@ import base64
 import html
 import io
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from .config import from_dict  # noqa: E402
 from .data import LabelledData, load_dataset  # noqa: E402
 from .errors import UserError  # noqa: E402
 from .io import atomic_path, write_text  # noqa: E402
+from .relabel import label_entropy  # noqa: E402
 
 MAX_GRID_CLASSES = 20  # ImageNet has 1000; a page shows the first ones
 MAX_GRID_IMAGES = 10
@@ -174,18 +174,15 @@ def ot_plot(entries: list[SetEntry], space: str) -> bytes | None:
     return _png(fig)
 
 
-def label_entropy(ds: artifacts.DistilledSet) -> float | None:
+def set_entropy(ds: artifacts.DistilledSet) -> float | None:
     """Mean entropy of the stored teacher labels, normalised by log K (0 = one-hot, 1 = uniform)."""
-    if ds.soft_logits is None:
-        return None
-    p = ds.soft_logits.float().softmax(1)
-    return float((-(p * p.clamp_min(1e-12).log()).sum(1) / math.log(ds.num_classes)).mean())
+    return None if ds.soft_logits is None else label_entropy(ds.soft_logits).mean().item()
 
 
 def entropy_plot(entries: list[SetEntry]) -> bytes | None:
     pts: dict[str, list] = {}
     for e in entries:
-        h = label_entropy(e.ds)
+        h = set_entropy(e.ds)
         if h is not None:
             pts.setdefault(e.method, []).append((e.ds.ipc, h, len(e.ds.manifest.get("teachers", []))))
     if not pts:
@@ -258,7 +255,7 @@ def build(run_dir: str | Path, data: LabelledData | None = None) -> Path:
         caption = f"{e.name}: {e.method}, IPC {e.ds.ipc}" + ("" if real else " (real images not on this machine)")
         figures.append((f"grid-{i:02d}.png", caption, class_grids(e, real)))
     timings = timing_rows(run_dir, entries)
-    sets = [(e.name, e.method, e.ds.ipc, len(e.ds.images), label_entropy(e.ds),
+    sets = [(e.name, e.method, e.ds.ipc, len(e.ds.images), set_entropy(e.ds),
              e.ds.manifest.get("metrics", {}).get("teacher_features", {})) for e in entries]
 
     md = _markdown(run_dir, rows, sets, timings, figures)
