@@ -41,9 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="draw sample.ipc images per class into OUTPUT/distilled")
     _config_args(p)
 
-    p = sub.add_parser("select", help="a real-image baseline set (random subset) in the distilled-set format")
+    p = sub.add_parser("select", help="a real-image baseline set (random, herding, k-means) in the distilled-set format")
     _config_args(p)
-    p.add_argument("--method", default="random", choices=["random"], help="how the real images are chosen")
+    p.add_argument("--method", default="random", choices=["random", "herding", "kmeans"],
+                   help="random subset; herding in the first teacher's features; nearest k-means centres of latents")
     p.add_argument("--out", required=True, help="folder to write the set to")
 
     p = sub.add_parser("relabel", help="store the teachers' soft logits for every distilled image")

@@ -27,7 +27,6 @@ from .errors import UserError
 from .evaluate import summarise, train_student
 from .guidance import build_terms
 from .io import (
-    generator,
     read_json,
     remove_stale_temporaries,
     resolve_device,
@@ -44,6 +43,7 @@ from .relabel import (
     soft_logits,
 )
 from .sample import sample_class
+from .selection import select_class
 from .teachers import load_teacher, train_teacher
 from .train_generator import encode_all, train_generator
 
@@ -164,27 +164,39 @@ def sample_stage(cfg: Config, quiet: bool = False, data: LabelledData | None = N
 
 
 def select_stage(cfg: Config, method: str, out: str | Path, quiet: bool = False, data: LabelledData | None = None) -> Path:
-    """A real-image baseline: sample.ipc random training images per class, same artifact format."""
+    """A real-image baseline in the distilled-set format: sample.ipc training images per class,
+    chosen at random, by herding in the first teacher's feature space, or nearest k-means
+    centres of the generator's latents (see selection.py)."""
     root = Path(out)
-    _claim(root, {"what": f"select {method}", "fingerprint": fingerprint(cfg.data, cfg.sample.ipc, cfg.sample.seed)})
+    used = {"herding": cfg.teachers[0].path if cfg.teachers else None, "kmeans": cfg.generator.path}.get(method)
+    inputs = (cfg.data, cfg.sample.ipc, cfg.sample.seed) + ((used,) if used else ())  # the model a method reads
+    _claim(root, {"what": f"select {method}", "fingerprint": fingerprint(*inputs)})
     if artifacts.verify_or_reset(root):
         return root
     remove_stale_temporaries(root)
     data = data or load_dataset(cfg.data)
+    device = resolve_device(cfg.device)
+    embed = None
+    if method == "herding":
+        teacher, _ = load_teacher(used, device)
+        embed = lambda x: features(teacher, x, device)  # noqa: E731
+    elif method == "kmeans":
+        model = ensure_generator(cfg, quiet=quiet, data=data)
+        embed = lambda x: encode_all(model, TensorImages(x, torch.zeros(len(x))), device)  # noqa: E731
     k = data.num_classes
+    start = time.time()
     for c in tqdm(range(k), desc=f"select {method}", disable=quiet):
-        idx = data.train.indices_of(c)
-        if len(idx) < cfg.sample.ipc:
-            raise UserError(f"class '{data.class_names[c]}' has {len(idx)} training images, fewer than "
-                            f"sample.ipc={cfg.sample.ipc}; lower the IPC")
-        pick = idx[torch.randperm(len(idx), generator=generator(cfg.sample.seed, "select", method, c))[:cfg.sample.ipc]]
+        if len(data.train.indices_of(c)) < cfg.sample.ipc:
+            raise UserError(f"class '{data.class_names[c]}' has {len(data.train.indices_of(c))} training images, "
+                            f"fewer than sample.ipc={cfg.sample.ipc}; lower the IPC")
         folder = artifacts.class_folder(c, data.class_ids[c], k)
         if not artifacts.class_done(root, folder, cfg.sample.ipc):
-            artifacts.write_class_images(root, folder, data.train.get(pick.sort().values))
+            pick = select_class(method, data.train, c, cfg.sample.ipc, cfg.sample.seed, embed)
+            artifacts.write_class_images(root, folder, data.train.get(pick))
     artifacts.write_manifest(
         root, ipc=cfg.sample.ipc, class_names=data.class_names, class_ids=data.class_ids, channels=data.channels,
-        image_size=data.image_size, source={"kind": f"real-{method}"}, config=to_dict(cfg),
-        seeds={"select": cfg.sample.seed})
+        image_size=data.image_size, source={"kind": f"real-{method}", "sample_seconds": round(time.time() - start, 1)},
+        config=to_dict(cfg), seeds={"select": cfg.sample.seed})
     return root
 
 

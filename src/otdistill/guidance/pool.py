@@ -14,23 +14,10 @@ from ..data import LabelledData
 from ..errors import UserError
 from ..io import atomic_path, generator
 from ..models.generator import LatentDiffusion
+from ..selection import kmeans_centres, nearest_distinct
 from ..train_generator import encode_all
 
 log = logging.getLogger(__name__)
-
-
-def _kmeans_pick(latents: torch.Tensor, size: int, seed: int) -> torch.Tensor:
-    """The real latent nearest each of `size` k-means centres (distinct latents)."""
-    from sklearn.cluster import KMeans
-
-    flat = latents.flatten(1).double().numpy()
-    centres = torch.from_numpy(KMeans(size, n_init=1, random_state=seed % 2**31).fit(flat).cluster_centers_)
-    dist = torch.cdist(centres, torch.from_numpy(flat))
-    chosen: list[int] = []
-    for row in dist:
-        order = row.argsort().tolist()
-        chosen.append(next(i for i in order if i not in chosen))
-    return latents[torch.tensor(chosen)]
 
 
 def real_latent_pools(model: LatentDiffusion, data: LabelledData, size: int, select: str, seed: int,
@@ -61,7 +48,8 @@ def real_latent_pools(model: LatentDiffusion, data: LabelledData, size: int, sel
             pools[c] = encode_all(model, data.train, device, idx[torch.randperm(len(idx), generator=g)[:size]].sort().values)
         else:
             candidates = idx[torch.randperm(len(idx), generator=g)[:10 * size]].sort().values
-            pools[c] = _kmeans_pick(encode_all(model, data.train, device, candidates), size, seed)
+            latents = encode_all(model, data.train, device, candidates)
+            pools[c] = latents[nearest_distinct(kmeans_centres(latents, size, seed), latents)]
         if cached is not None:
             with atomic_path(cached) as tmp:
                 save_file({"latents": pools[c].contiguous()}, tmp)
