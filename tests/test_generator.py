@@ -60,3 +60,15 @@ def test_bad_shapes_and_folders_give_clear_errors(tmp_path):
         build_autoencoder(AutoencoderConfig(block_out_channels=[8, 8, 8], norm_num_groups=4), 1, 10)
     with pytest.raises(UserError, match="train-generator"):
         load_generator(tmp_path)
+
+
+def test_d4m_prototype_start_stays_near_its_prototypes(trained):
+    """sample.init=prototypes: latents start from given prototypes noised part-way; with a small
+    init_strength the result stays much closer to them than a sample from pure noise does."""
+    model = load_generator(trained.generator.path)
+    cfg = dataclasses.replace(trained.sample, init_strength=0.2, steps=10)
+    proto = torch.randn(3, *model.latent_shape, generator=torch.Generator().manual_seed(5))
+    near = sample_latents(model, 1, 3, cfg, start=proto)
+    free = sample_latents(model, 1, 3, cfg)
+    assert (near - proto).norm() < 0.5 * (free - proto).norm()
+    assert torch.equal(near, sample_latents(model, 1, 3, cfg, start=proto))  # seeded

@@ -145,6 +145,11 @@ class SampleConfig:
     cfg_scale: float = 2.0  # classifier-free guidance scale (1 = none)
     batch_size: int = 50  # latents of one class per forward pass
     seed: int = 0  # per-class noise seeds derive from it
+    # noise | prototypes (D4M-style: each latent starts from a k-means centre of its class's real
+    # latents, noised to init_strength of the schedule, then denoised)
+    init: str = "noise"
+    init_strength: float = 0.7  # prototypes: share of the sampling steps run (1.0 = from pure noise)
+    prototype_candidates: int = 2000  # prototypes: real images per class the k-means sees
     # guidance terms added inside a window of steps (plain sampling when all weights are 0)
     guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
 

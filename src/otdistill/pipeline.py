@@ -26,13 +26,7 @@ from .data import LabelledData, TensorImages, load_dataset
 from .errors import UserError
 from .evaluate import summarise, train_student
 from .guidance import build_terms
-from .io import (
-    read_json,
-    remove_stale_temporaries,
-    resolve_device,
-    write_json,
-    write_text,
-)
+from .io import generator, read_json, remove_stale_temporaries, resolve_device, write_json, write_text
 from .metrics import features, held_out, set_metrics
 from .models.generator import LatentDiffusion, load_generator
 from .relabel import (
@@ -43,7 +37,7 @@ from .relabel import (
     soft_logits,
 )
 from .sample import sample_class
-from .selection import select_class
+from .selection import kmeans_centres, select_class
 from .teachers import load_teacher, train_teacher
 from .train_generator import encode_all, train_generator
 
@@ -115,6 +109,14 @@ def _claim(folder: Path, stamp: dict) -> None:
         write_json(f, stamp)
 
 
+def class_prototypes(model: LatentDiffusion, data: LabelledData, c: int, cfg) -> torch.Tensor:
+    """D4M's starting points: IPC k-means centres of real latents of class c."""
+    idx = data.train.indices_of(c)
+    idx = idx[torch.randperm(len(idx), generator=generator(cfg.seed, "prototypes", c))[:cfg.prototype_candidates]]
+    device = next(model.autoencoder.parameters()).device
+    return kmeans_centres(encode_all(model, data.train, device, idx.sort().values), cfg.ipc, cfg.seed)
+
+
 def sample_stage(cfg: Config, quiet: bool = False, data: LabelledData | None = None) -> Path:
     """Generate sample.ipc images per class into OUTPUT/distilled; finished classes are kept."""
     root = distilled_dir(cfg)
@@ -124,6 +126,8 @@ def sample_stage(cfg: Config, quiet: bool = False, data: LabelledData | None = N
         return root
     remove_stale_temporaries(root)
     check_model_paths(cfg)
+    if cfg.sample.init not in ("noise", "prototypes"):
+        raise UserError(f"sample.init must be noise or prototypes, got '{cfg.sample.init}'")
     data = data or load_dataset(cfg.data)
     model = ensure_generator(cfg, quiet=quiet, data=data)
     model.bind(data.class_ids, data.class_names)
@@ -141,7 +145,8 @@ def sample_stage(cfg: Config, quiet: bool = False, data: LabelledData | None = N
         if artifacts.class_done(root, folder, cfg.sample.ipc):
             continue
         t = time.time()
-        artifacts.write_class_images(root, folder, sample_class(model, c, cfg.sample, terms, window))
+        prototypes = class_prototypes(model, data, c, cfg.sample) if cfg.sample.init == "prototypes" else None
+        artifacts.write_class_images(root, folder, sample_class(model, c, cfg.sample, terms, window, prototypes))
         log.info("sample: class %d/%d '%s' done, %d images in %.1f s", c + 1, k, data.class_names[c],
                  cfg.sample.ipc, time.time() - t)
     # each rank records its share; the first merges them once every class is on disk

@@ -47,17 +47,25 @@ def predict_noise(model: LatentDiffusion, z: torch.Tensor, t, class_index: int, 
 
 def sample_latents(model: LatentDiffusion, class_index: int, n: int, cfg: SampleConfig,
                    terms: Sequence[GuidanceTerm] = (), window: tuple[int, int] | None = None,
-                   memory: torch.Tensor | None = None, chunk: int = 0) -> torch.Tensor:
+                   memory: torch.Tensor | None = None, chunk: int = 0, start: torch.Tensor | None = None) -> torch.Tensor:
     """Draw n latents of one class. Noise comes from a generator seeded by (seed, class, chunk),
-    so a class's latents do not depend on which other classes run, or where."""
+    so a class's latents do not depend on which other classes run, or where. With `start`
+    (n latents, e.g. D4M's prototypes), sampling begins from them noised to the step where
+    cfg.init_strength of the schedule remains."""
     device = next(model.dit.parameters()).device
     sched = model.noise_scheduler(cfg.scheduler)
     sched.set_timesteps(cfg.steps)
     g = generator(cfg.seed, "sample", class_index, chunk)
-    z = torch.randn((n, *model.latent_shape), generator=g).to(device) * sched.init_noise_sigma
+    noise = torch.randn((n, *model.latent_shape), generator=g).to(device)
+    first = 0
+    if start is None:
+        z = noise * sched.init_noise_sigma
+    else:
+        first = cfg.steps - max(1, round(cfg.steps * cfg.init_strength))
+        z = sched.add_noise(start.to(device), noise, sched.timesteps[first:first + 1])
     memory = memory if memory is not None else z.new_zeros((0, *model.latent_shape))
     lo, hi = window if window is not None else (0, cfg.steps)
-    for i, t in enumerate(sched.timesteps):
+    for i, t in enumerate(sched.timesteps[first:], start=first):
         with torch.no_grad():
             eps = predict_noise(model, z, t, class_index, cfg.cfg_scale)
             # DDPM draws its variance noise from `generator`; DDIM (eta=0) ignores it.
@@ -79,12 +87,14 @@ def latents_to_uint8(model: LatentDiffusion, latents: torch.Tensor) -> torch.Ten
 
 
 def sample_class(model: LatentDiffusion, class_index: int, cfg: SampleConfig,
-                 terms: Sequence[GuidanceTerm] = (), window: tuple[int, int] | None = None) -> torch.Tensor:
+                 terms: Sequence[GuidanceTerm] = (), window: tuple[int, int] | None = None,
+                 prototypes: torch.Tensor | None = None) -> torch.Tensor:
     """All IPC images of one class as uint8 (IPC, C, H, W); chunks of sample.batch_size, each
     chunk seeing the latents of the chunks before it as the class memory."""
     done = []
     for chunk, start in enumerate(range(0, cfg.ipc, cfg.batch_size)):
         n = min(cfg.batch_size, cfg.ipc - start)
         memory = torch.cat(done) if done else None
-        done.append(sample_latents(model, class_index, n, cfg, terms, window, memory, chunk))
+        init = prototypes[start:start + n] if prototypes is not None else None
+        done.append(sample_latents(model, class_index, n, cfg, terms, window, memory, chunk, init))
     return latents_to_uint8(model, torch.cat(done))
