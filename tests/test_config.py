@@ -63,6 +63,10 @@ def test_base_recipes_merge_and_cycles_are_refused(tmp_path):
     (tmp_path / "b.yaml").write_text("base: a.yaml\nsample:\n  ipc: 5\n")
     cfg = load_config(tmp_path / "b.yaml")
     assert (cfg.output, cfg.sample.ipc, cfg.sample.steps) == ("a", 5, 7)
+    (tmp_path / "d.yaml").write_text("output: d\nsample:\n  steps: 9\n  seed: 4\n")
+    (tmp_path / "e.yaml").write_text("base: [b.yaml, d.yaml]\nsample:\n  seed: 6\n")  # merged in order
+    cfg = load_config(tmp_path / "e.yaml")
+    assert (cfg.output, cfg.sample.ipc, cfg.sample.steps, cfg.sample.seed) == ("d", 5, 9, 6)
     (tmp_path / "c.yaml").write_text("base: c.yaml\n")
     with pytest.raises(UserError, match="includes itself"):
         load_config(tmp_path / "c.yaml")

@@ -347,8 +347,9 @@ def _merge(base: dict, top: dict) -> dict:
 
 
 def read_recipe(path: str | Path, _seen: tuple = ()) -> dict:
-    """A recipe's key tree; `base: other.yaml` (relative to the file) is read first and the
-    recipe's keys are merged over it, so variants state only what differs."""
+    """A recipe's key tree; `base: other.yaml` (relative to the file; a list merges several
+    in order) is read first and the recipe's keys are merged over it, so variants state only
+    what differs."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"config file {path} does not exist; recipes live in configs/ (e.g. configs/fashion-mnist.yaml)")
@@ -360,10 +361,11 @@ def read_recipe(path: str | Path, _seen: tuple = ()) -> dict:
         raise UserError(f"config file {path} is not valid YAML: {exc}") from None
     if not isinstance(tree, dict):
         raise UserError(f"config file {path} must hold a mapping of keys")
-    base = tree.pop("base", None)
-    if base is not None:
-        tree = _merge(read_recipe(path.parent / base, (*_seen, path.resolve())), tree)
-    return tree
+    bases = tree.pop("base", None)
+    merged: dict = {}
+    for base in [bases] if isinstance(bases, str) else bases or []:
+        merged = _merge(merged, read_recipe(path.parent / base, (*_seen, path.resolve())))
+    return _merge(merged, tree)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
