@@ -383,7 +383,24 @@ def dump_config(cfg: Config) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
 
+def _changed(obj):
+    """A config section as plain data without the fields left at their defaults, so a key added
+    in a later version (whose default keeps the old behaviour) does not orphan earlier outputs."""
+    if dataclasses.is_dataclass(obj):
+        out = {}
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            default = f.default if f.default is not dataclasses.MISSING else (
+                f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING)
+            if value != default:
+                out[f.name] = _changed(value)
+        return out
+    if isinstance(obj, (list, tuple)):
+        return [_changed(v) for v in obj]
+    return obj
+
+
 def fingerprint(*sections) -> str:
     """A short stable hash of config sections: a stage's output records the inputs that made it."""
-    blob = json.dumps([dataclasses.asdict(s) if dataclasses.is_dataclass(s) else s for s in sections], sort_keys=True)
+    blob = json.dumps([_changed(s) for s in sections], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
