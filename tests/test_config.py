@@ -92,3 +92,17 @@ def test_config_command_prints_the_effective_config(capsys):
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["sample"]["ipc"] == 7 and printed["data"]["name"] == "digits"
     assert main(["config", "--reference"]) == 0 and "`sample.guidance.ot.reg`" in capsys.readouterr().out
+
+
+def test_fingerprint_ignores_fields_left_at_their_defaults():
+    """A key added in a later version with a behaviour-preserving default must not orphan
+    earlier outputs: fields at their defaults do not enter the fingerprint."""
+    import dataclasses
+
+    from otdistill.config import SampleConfig
+
+    base = SampleConfig(ipc=7)
+    assert fingerprint(base) == fingerprint(dataclasses.replace(base, init="noise", init_strength=0.7))
+    assert fingerprint(base) != fingerprint(dataclasses.replace(base, init="prototypes"))
+    nested = dataclasses.replace(base, guidance=dataclasses.replace(base.guidance, window=[1, 2]))
+    assert fingerprint(base) != fingerprint(nested)
