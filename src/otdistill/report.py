@@ -149,7 +149,7 @@ def accuracy_plot(rows: list[dict]) -> bytes:
     ax.set_xlabel("images per class (IPC)")
     ax.set_ylabel("final-epoch test accuracy (%)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the plot, never over it
     return _png(fig)
 
 
@@ -170,7 +170,7 @@ def ot_plot(entries: list[SetEntry], space: str) -> bytes | None:
     ax.set_xticks([c + 0.4 - width / 2 for c in range(len(names))], [n[:10] for n in names], rotation=45, ha="right",
                   fontsize=8)
     ax.set_ylabel(f"OT distance to held-out real ({space})")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the plot, never over it
     return _png(fig)
 
 
@@ -198,7 +198,7 @@ def entropy_plot(entries: list[SetEntry]) -> bytes | None:
     ax.set_xlabel("images per class (IPC)")
     ax.set_ylabel("teacher-label entropy / log K")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the plot, never over it
     return _png(fig)
 
 
