@@ -80,3 +80,12 @@ def test_report_renders_in_headless_chromium(finished_run, tmp_path):
                    capture_output=True, timeout=120, check=True)
     with Image.open(shot) as im:
         assert im.size == (1200, 1600) and len(set(im.convert("L").getdata())) > 2  # not a blank page
+
+
+def test_report_skips_unreadable_json(finished_run, tmp_path):
+    out, _ = finished_run
+    shutil.copytree(out, tmp_path / "run")
+    (tmp_path / "run" / "timings.json").write_bytes(b"\xe0\x80 not json")
+    (tmp_path / "run" / "stray.json").write_bytes(b"\xff\xfe")
+    page = build(tmp_path / "run")
+    assert page.is_file() and "| distilled | plain | 2 | 20 |" in (page.parent / "report.md").read_text()

@@ -57,6 +57,14 @@ def method_label(source: dict) -> str:
     return "+".join(terms) or "plain"
 
 
+def _json_or_none(path: Path):
+    """A JSON file's content, or None when it is unreadable: a report shows what it can."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):  # ValueError covers bad JSON and non-UTF-8 bytes
+        return None
+
+
 def collect(run_dir: Path) -> list[SetEntry]:
     entries: dict[Path, SetEntry] = {}
     for manifest in sorted(run_dir.rglob("manifest.json")):
@@ -70,10 +78,7 @@ def collect(run_dir: Path) -> list[SetEntry]:
         name = str(root.relative_to(run_dir)) if root != run_dir else "."
         entries[root.resolve()] = SetEntry(name, method_label(ds.manifest["source"]), ds)
     for path in sorted(run_dir.rglob("*.json")):
-        try:
-            obj = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
+        obj = _json_or_none(path)
         if isinstance(obj, dict) and "protocols" in obj and "distilled" in obj:
             entry = entries.get(Path(obj["distilled"]).resolve())
             if entry is not None:
@@ -206,7 +211,8 @@ def timing_rows(run_dir: Path, entries: list[SetEntry]) -> list[tuple[str, str, 
     rows = []
     for path in sorted(run_dir.rglob("timings.json")):
         name = str(path.parent.relative_to(run_dir)) if path.parent != run_dir else "."
-        rows += [(name, stage, s) for stage, s in json.loads(path.read_text()).items()]
+        timings = _json_or_none(path)
+        rows += [(name, stage, s) for stage, s in timings.items()] if isinstance(timings, dict) else []
     if not rows:  # no `run` here; the sampling time is in each manifest
         rows = [(e.name, "sample", e.ds.manifest["source"]["sample_seconds"]) for e in entries
                 if "sample_seconds" in e.ds.manifest["source"]]
