@@ -50,12 +50,12 @@ def distilled_dir(cfg: Config) -> Path:
     return Path(cfg.output) / "distilled"
 
 
-def check_model_paths(cfg: Config) -> None:
+def check_model_paths(cfg: Config, teachers: bool = True) -> None:
     """`run` and `sample` train absent models, but only inside their output folder: a path in
     a config never makes them write elsewhere. Explicit train-* commands write where told."""
     out = Path(cfg.output).resolve()
     wanted = [("generator.path", cfg.generator.path, "train-generator")]
-    wanted += [(f"teachers.{i}.path", t.path, "train-teacher") for i, t in enumerate(cfg.teachers)]
+    wanted += [(f"teachers.{i}.path", t.path, "train-teacher") for i, t in enumerate(cfg.teachers) if teachers]
     if cfg.sample.guidance.influence.weight > 0:
         wanted.append(("sample.guidance.influence.surrogate", cfg.sample.guidance.influence.surrogate, "train-surrogate"))
     for key, path, command in wanted:
@@ -125,7 +125,7 @@ def sample_stage(cfg: Config, quiet: bool = False, data: LabelledData | None = N
     if artifacts.verify_or_reset(root):
         return root
     remove_stale_temporaries(root)
-    check_model_paths(cfg)
+    check_model_paths(cfg, teachers=False)  # sampling trains no teacher
     if cfg.sample.init not in ("noise", "prototypes"):
         raise UserError(f"sample.init must be noise or prototypes, got '{cfg.sample.init}'")
     data = data or load_dataset(cfg.data)
