@@ -141,6 +141,20 @@ def accuracy_rows(entries: list[SetEntry]) -> list[dict]:
     return rows
 
 
+def _legend(ax) -> None:
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the plot, never over it
+
+
+def _ipc_axes(ax, ylabel: str):
+    """The shared look of the plots against IPC; returns the figure."""
+    ax.set_xscale("log")
+    ax.set_xlabel("images per class (IPC)")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    _legend(ax)
+    return ax.figure
+
+
 def accuracy_plot(rows: list[dict]) -> bytes:
     fig, ax = plt.subplots(figsize=(6, 4))
     lines: dict[tuple, list] = {}
@@ -150,12 +164,7 @@ def accuracy_plot(rows: list[dict]) -> bytes:
         pts.sort()
         ax.errorbar([p[0] for p in pts], [100 * p[1] for p in pts], yerr=[100 * p[2] for p in pts],
                     marker="o", capsize=3, label=f"{method} / {student} / {labels}")
-    ax.set_xscale("log")
-    ax.set_xlabel("images per class (IPC)")
-    ax.set_ylabel("final-epoch test accuracy (%)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the plot, never over it
-    return _png(fig)
+    return _png(_ipc_axes(ax, "final-epoch test accuracy (%)"))
 
 
 def ot_plot(entries: list[SetEntry], space: str) -> bytes | None:
@@ -175,7 +184,7 @@ def ot_plot(entries: list[SetEntry], space: str) -> bytes | None:
     ax.set_xticks([c + 0.4 - width / 2 for c in range(len(names))], [n[:10] for n in names], rotation=45, ha="right",
                   fontsize=8)
     ax.set_ylabel(f"OT distance to held-out real ({space})")
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the plot, never over it
+    _legend(ax)
     return _png(fig)
 
 
@@ -199,12 +208,7 @@ def entropy_plot(entries: list[SetEntry]) -> bytes | None:
         for ipc, h, k in p:
             ax.annotate(f"{k} teacher{'s' if k != 1 else ''}", (ipc, h), fontsize=7, xytext=(3, 3),
                         textcoords="offset points")
-    ax.set_xscale("log")
-    ax.set_xlabel("images per class (IPC)")
-    ax.set_ylabel("teacher-label entropy / log K")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the plot, never over it
-    return _png(fig)
+    return _png(_ipc_axes(ax, "teacher-label entropy / log K"))
 
 
 def timing_rows(run_dir: Path, entries: list[SetEntry]) -> list[tuple[str, str, float]]:
