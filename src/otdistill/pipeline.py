@@ -186,7 +186,7 @@ def select_stage(cfg: Config, method: str, out: str | Path, quiet: bool = False,
         teacher, _ = load_teacher(used, device)
         embed = lambda x: features(teacher, x, device)  # noqa: E731
     elif method == "kmeans":
-        model = ensure_generator(cfg, quiet=quiet, data=data)
+        model = load_generator(cfg.generator.path, device)  # a baseline never trains one
         embed = lambda x: encode_all(model, TensorImages(x, torch.zeros(len(x))), device)  # noqa: E731
     k = data.num_classes
     start = time.time()
