@@ -110,3 +110,6 @@ def test_relabel_entropy_rule_is_recorded(finished_run, tmp_path):
     manifest = relabel_stage(tmp_path / "d", cfg, quiet=True)
     assert manifest["relabel"]["rule"] == "entropy" and manifest["relabel"]["count"] == len(manifest["teachers"]) == 1
     assert manifest["relabel"]["entropy_real"] > 0
+    from otdistill.pipeline import inspect_text
+
+    assert "chosen by the entropy rule" in inspect_text(tmp_path / "d")

@@ -347,7 +347,10 @@ def inspect_text(distilled: str | Path) -> str:
              f"{m['channels']}x{m['image_size']}x{m['image_size']}, source {m['source'].get('kind')}"]
     if ds.soft_logits is not None:
         ent = label_entropy(ds.soft_logits)
-        lines.append(f"soft labels from {len(m['teachers'])} teacher(s); normalised label entropy "
+        rule = m.get("relabel", {})
+        how = (f", chosen by the entropy rule (image/real entropy ratio {rule['ratio']:.2f})"
+               if rule.get("rule") == "entropy" else "")
+        lines.append(f"soft labels from {len(m['teachers'])} teacher(s){how}; normalised label entropy "
                      f"mean {ent.mean():.3f}")
     metrics = {space: r for space, r in m.get("metrics", {}).items() if isinstance(r, dict) and "ot_distance" in r}
     for space, r in metrics.items():
