@@ -59,7 +59,8 @@ def test_user_errors_exit_2_with_one_message(tmp_path, capsys):
     assert err.startswith("otdistill: error:") and "sample.ipc" in err and "Traceback" not in err
     assert main(["evaluate", str(tmp_path)]) == 2
     assert main(["run", str(TINY), "--set", f"output={tmp_path}/o", "--set", "data.name=fashion-mnist",
-                 "--set", f"data.root={tmp_path}"]) == 2
+                 "--set", f"data.root={tmp_path}", "--set", f"generator.path={tmp_path}/o/g",
+                 "--set", f"teachers.0.path={tmp_path}/o/t"]) == 2
     assert "dataset-fashion-mnist" in capsys.readouterr().err
 
 
