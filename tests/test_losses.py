@@ -98,7 +98,7 @@ def test_entropy_rule_sizes_the_ensemble_from_the_images():
     assert crisp["ratio"] < 0.2 and crisp["count"] == 1
 
 
-def test_relabel_entropy_rule_is_recorded(finished_run, tmp_path):
+def test_relabel_entropy_rule_is_recorded(finished_run, trained, tmp_path):
     import shutil
 
     from otdistill.config import load_config
@@ -106,7 +106,8 @@ def test_relabel_entropy_rule_is_recorded(finished_run, tmp_path):
 
     out, _ = finished_run
     shutil.copytree(out / "distilled", tmp_path / "d")
-    cfg = load_config(TINY, ["relabel.rule=entropy", "relabel.real_per_class=5"])
+    cfg = load_config(TINY, ["relabel.rule=entropy", "relabel.real_per_class=5",
+                             f"teachers.0.path={trained.teachers[0].path}"])
     manifest = relabel_stage(tmp_path / "d", cfg, quiet=True)
     assert manifest["relabel"]["rule"] == "entropy" and manifest["relabel"]["count"] == len(manifest["teachers"]) == 1
     assert manifest["relabel"]["entropy_real"] > 0
