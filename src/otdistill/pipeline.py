@@ -239,7 +239,7 @@ def relabel_stage(distilled: str | Path, cfg: Config | None = None, quiet: bool 
     device = resolve_device(cfg.device)
     ds = artifacts.read_distilled(distilled, labels=False)
     paths, rule = choose_teachers(cfg, ds, device, data)
-    if ds.manifest.get("teachers") == paths:
+    if ds.manifest.get("teachers") == paths and ds.manifest.get("relabel") == rule:
         try:
             if artifacts.read_distilled(distilled).soft_logits is not None:
                 return ds.manifest
