@@ -237,14 +237,14 @@ def relabel_stage(distilled: str | Path, cfg: Config | None = None, quiet: bool 
     teachers agree with the class each image was generated for."""
     cfg = _config_of(distilled, cfg)
     device = resolve_device(cfg.device)
-    ds = artifacts.read_distilled(distilled, labels=False)
+    try:  # one read (hashes, images) serves both the check and the relabelling
+        ds = artifacts.read_distilled(distilled)
+    except UserError as exc:
+        ds = artifacts.read_distilled(distilled, labels=False)  # still fails for damaged images
+        log.warning("relabelling %s: its labels are damaged (%s)", distilled, exc)
     paths, rule = choose_teachers(cfg, ds, device, data)
-    if ds.manifest.get("teachers") == paths and ds.manifest.get("relabel") == rule:
-        try:
-            if artifacts.read_distilled(distilled).soft_logits is not None:
-                return ds.manifest
-        except UserError as exc:
-            log.warning("relabelling %s: its labels are damaged (%s)", distilled, exc)
+    if ds.soft_logits is not None and ds.manifest.get("teachers") == paths and ds.manifest.get("relabel") == rule:
+        return ds.manifest
     ensemble = load_ensemble(paths, device)
     logits = soft_logits(ensemble, ds.images, device)
     agree = (logits.argmax(1) == ds.hard).float()
