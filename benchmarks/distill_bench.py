@@ -64,10 +64,30 @@ ROWS = {
 ABLATION = {"full": "otdistill", "no_lia": "no_lia", "no_otm_kl": "no_otm", "no_otm_ce_mse": "no_otm_ce_mse"}
 
 
+def epochs_for(spec: list[str], student: str, ipc: int | None) -> int:
+    """Student epochs from specs like `80`, `50=16` (IPC 50), `resnet18=20`, `resnet18/50=4`;
+    the most specific spec that matches wins."""
+    best, best_rank = None, -1
+    for item in spec:
+        target, _, value = item.rpartition("=")
+        if "/" in target:
+            arch, at_ipc = target.split("/", 1)
+        else:
+            arch, at_ipc = ("", target) if target.isdigit() else (target, "")
+        if (arch and arch != student) or (at_ipc and int(at_ipc) != ipc):
+            continue
+        rank = bool(arch) * 2 + bool(at_ipc)
+        if rank > best_rank:
+            best, best_rank = int(value), rank
+    if best is None:
+        raise SystemExit(f"--epochs {' '.join(spec)} gives no epochs for {student} at IPC {ipc}; add a plain number")
+    return best
+
+
 def row_config(method: str, ipc: int, args, work: Path):
     how, recipe, extra = ROWS[method]
     overrides = [f"output={work / 'rows' / f'{method}-ipc{ipc}'}", f"sample.ipc={ipc}",
-                 f"student.epochs={args.epochs}", *extra]
+                 f"student.protocols={json.dumps(args.protocols)}", *extra]
     if args.steps:
         overrides.append(f"sample.steps={args.steps}")
     return load_config(ROOT / "configs" / f"{recipe}.yaml", overrides)
@@ -105,18 +125,27 @@ def full_data_cells(cfg, data, students, seeds, epochs: int, work: Path) -> dict
     return cells
 
 
+def merged(result: Path, rows: list[dict]) -> list[dict]:
+    """This run's rows over the result file's: a run of some rows or students keeps the others."""
+    def key(r):
+        return r["method"], r["ipc"], r["student"], r["labels"]
+    fresh = {key(r) for r in rows}
+    old = read_json(result) if result.exists() else []
+    return [r for r in old if key(r) not in fresh] + rows
+
+
 def summary(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.pstdev(values) if len(values) > 1 else 0.0
 
 
 def render(rows: list[dict], args) -> str:
     lines = ["# otdistill benchmark: Fashion-MNIST", "",
-             f"Final-epoch test accuracy (%), mean +- std over seeds {args.seeds}; student recipe: "
-             f"{args.epochs} epochs, AdamW, RandomResizedCrop + flip; same for every row. "
+             f"Final-epoch test accuracy (%), mean +- std over seeds {args.seeds}; one student recipe "
+             "(AdamW + cosine, RandomResizedCrop + flip) and the same epochs for every row of an IPC and student. "
              "gen s = seconds to make the set on 2 CPU cores.", "",
-             "| method | IPC | student | labels | accuracy | gen s |", "|---|---|---|---|---|---|"]
+             "| method | IPC | student | labels | epochs | accuracy | gen s |", "|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (r["ipc"] or 0, r["student"], r["labels"], -r["acc_mean"])):
-        lines.append(f"| {r['method']} | {r['ipc'] or 'all'} | {r['student']} | {r['labels']} | "
+        lines.append(f"| {r['method']} | {r['ipc'] or 'all'} | {r['student']} | {r['labels']} | {r['epochs']} | "
                      f"{100 * r['acc_mean']:.2f} +- {100 * r['acc_std']:.2f} | "
                      f"{'-' if r['gen_seconds'] is None else round(r['gen_seconds'])} |")
     return "\n".join(lines) + "\n"
@@ -128,7 +157,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--students", nargs="+", default=["convnet3", "resnet18"])
     parser.add_argument("--methods", nargs="+", default=[*ROWS, "full_data"])
-    parser.add_argument("--epochs", type=int, default=80, help="student epochs, every row")
+    parser.add_argument("--epochs", nargs="+", default=["80"],
+                        help="student epochs: N, IPC=N, STUDENT=N or STUDENT/IPC=N (most specific wins)")
+    parser.add_argument("--protocols", nargs="+", default=["soft", "hard"], choices=["soft", "hard"])
     parser.add_argument("--full-epochs", type=int, default=3, help="epochs of the full-data reference")
     parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the recipes')")
     parser.add_argument("--quick", action="store_true", help="IPC 10, seed 0, ConvNet-3, 10 epochs, 25 steps")
@@ -136,7 +167,7 @@ def main() -> None:
     parser.add_argument("--result", default=str(ROOT / "benchmarks/results/bench-fashion-mnist.json"))
     args = parser.parse_args()
     if args.quick:
-        args.ipc, args.seeds, args.students, args.epochs, args.steps = [10], [0], ["convnet3"], 10, 25
+        args.ipc, args.seeds, args.students, args.epochs, args.steps = [10], [0], ["convnet3"], ["10"], 25
         args.methods = [m for m in args.methods if m != "full_data"]
         args.work = args.work + "-quick"
         args.result = args.result.replace(".json", "-quick.json")
@@ -153,13 +184,15 @@ def main() -> None:
             metrics = pipeline.metrics_stage(root, cfg, data=data)
             gen = read_json(root / "manifest.json")["source"].get("sample_seconds")
             for student in args.students:
-                scfg = dataclasses.replace(cfg, student=dataclasses.replace(cfg.student, arch=student, seeds=args.seeds))
+                epochs = epochs_for(args.epochs, student, ipc)
+                scfg = dataclasses.replace(cfg, student=dataclasses.replace(cfg.student, arch=student, seeds=args.seeds,
+                                                                            epochs=epochs))
                 result = pipeline.evaluate_stage(root, scfg, Path(cfg.output) / f"eval-{student}.json", quiet=True,
                                                  data=data)
                 for labels, r in result["protocols"].items():
                     rows.append({"method": method, "ipc": ipc, "student": student, "labels": labels,
                                  "acc_mean": r["final_mean"], "acc_std": r["final_std"], "seeds": r["seeds"],
-                                 "gen_seconds": gen, "acc": r["final"],
+                                 "gen_seconds": gen, "epochs": epochs, "acc": r["final"],
                                  "ot_distance": metrics["teacher_features"]["ot_distance"],
                                  "coverage": metrics["teacher_features"]["coverage"],
                                  "teachers": len(read_json(root / "manifest.json").get("teachers", []))})
@@ -173,9 +206,11 @@ def main() -> None:
             rows.append({"method": "full_data", "ipc": None, "student": student, "labels": "hard", "acc_mean": mean,
                          "acc_std": std, "seeds": args.seeds, "gen_seconds": None, "acc": accs,
                          "epochs": args.full_epochs})
+    rows = merged(Path(args.result), rows)
     Path(args.result).write_text(json.dumps(rows, indent=2) + "\n")
     ablation = [{"variant": v, "ipc": r["ipc"], "student": r["student"], "acc_mean": r["acc_mean"], "acc_std": r["acc_std"],
-                 "seeds": r["seeds"]} for v, m in ABLATION.items() for r in rows if r["method"] == m and r["labels"] == "soft"]
+                 "seeds": r["seeds"], "epochs": r["epochs"]}
+                for v, m in ABLATION.items() for r in rows if r["method"] == m and r["labels"] == "soft"]
     if ablation:
         Path(args.result.replace("bench-", "lia-otm-")).write_text(json.dumps(ablation, indent=2) + "\n")
     Path(args.result).with_suffix(".md").write_text(render(rows, args))

@@ -1,16 +1,42 @@
-"""The GPU check script must work when a GPU session finally runs it: its code path, at toy
-shapes on the CPU."""
+"""Benchmark scripts' own logic: the GPU check's code path at toy shapes on the CPU (it must
+work when a GPU session finally runs it), and the bench harness's epoch specs and result merging."""
 
 import importlib.util
+import json
 
+import pytest
 import torch
 from conftest import ROOT
 
 
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_epoch_specs_most_specific_wins():
+    bench = _script("distill_bench")
+    spec = ["80", "50=16", "resnet18=20", "resnet18/50=4"]
+    assert [bench.epochs_for(spec, s, i) for s, i in [("convnet3", 10), ("convnet3", 50), ("resnet18", 10),
+                                                       ("resnet18", 50), ("convnet3", None)]] == [80, 16, 20, 4, 80]
+    with pytest.raises(SystemExit, match="add a plain number"):
+        bench.epochs_for(["50=16"], "convnet3", 10)
+
+
+def test_bench_results_keep_rows_of_other_runs(tmp_path):
+    bench = _script("distill_bench")
+    result = tmp_path / "bench.json"
+    old = [{"method": "plain", "ipc": 10, "student": "convnet3", "labels": "soft", "acc_mean": 0.7},
+           {"method": "plain", "ipc": 10, "student": "resnet18", "labels": "soft", "acc_mean": 0.6}]
+    result.write_text(json.dumps(old))
+    new = [{"method": "plain", "ipc": 10, "student": "resnet18", "labels": "soft", "acc_mean": 0.65}]
+    assert bench.merged(result, new) == [old[0], new[0]]
+
+
 def test_gpu_check_runs_every_recipe_at_toy_shapes():
-    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu_check.py")
-    gpu_check = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gpu_check)
+    gpu_check = _script("gpu_check")
     cpu = torch.device("cpu")
     model = gpu_check.build(True, cpu)
     assert model.dit.config.out_channels == 8 and model.info["image_size"] == 16
