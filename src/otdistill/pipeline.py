@@ -242,18 +242,25 @@ def relabel_stage(distilled: str | Path, cfg: Config | None = None, quiet: bool 
     except UserError as exc:
         ds = artifacts.read_distilled(distilled, labels=False)  # still fails for damaged images
         log.warning("relabelling %s: its labels are damaged (%s)", distilled, exc)
+    rank = distributed.init()  # under torchrun the ranks share the labelling; the main one writes
     paths, rule = choose_teachers(cfg, ds, device, data)
-    if ds.soft_logits is not None and ds.manifest.get("teachers") == paths and ds.manifest.get("relabel") == rule:
+    current = ds.soft_logits is not None and ds.manifest.get("teachers") == paths and ds.manifest.get("relabel") == rule
+    if distributed.agree(current):
         return ds.manifest
     ensemble = load_ensemble(paths, device)
     logits = soft_logits(ensemble, ds.images, device)
+    if not rank.main:
+        distributed.barrier()
+        return read_json(ds.root / "manifest.json")
     agree = (logits.argmax(1) == ds.hard).float()
     per_class = [agree[ds.hard == c].mean().item() for c in range(ds.num_classes)]
     artifacts.write_labels(ds.root, ds.hard, logits, paths)
     log.info("relabel: %d images labelled by %d teacher(s) %s; teacher agrees with the class on %.1f%%",
              len(ds.images), len(paths), paths, 100 * agree.mean().item())
-    return artifacts.update_manifest(ds.root, teachers=paths, relabel=rule, teacher_agreement={
+    manifest = artifacts.update_manifest(ds.root, teachers=paths, relabel=rule, teacher_agreement={
         "overall": agree.mean().item(), "per_class": dict(zip(ds.class_names, per_class))})
+    distributed.barrier()
+    return manifest
 
 
 def metrics_stage(distilled: str | Path, cfg: Config | None = None, data: LabelledData | None = None) -> dict:
@@ -302,6 +309,7 @@ def evaluate_stage(distilled: str | Path, cfg: Config | None = None, out: str | 
     """Train cfg.student on the set for each protocol and seed; each cell is saved as it ends
     and reused on rerun, so an interrupted evaluation resumes."""
     cfg = _config_of(distilled, cfg)
+    rank = distributed.init()  # under torchrun each student trains data-parallel; the main rank writes
     device = resolve_device(cfg.device)
     ds = artifacts.read_distilled(distilled)
     data = data or load_dataset(cfg.data)
@@ -320,7 +328,7 @@ def evaluate_stage(distilled: str | Path, cfg: Config | None = None, out: str | 
         for seed in cfg.student.seeds:
             name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{cfg.student.arch}-{protocol}-seed{seed}")
             cell_file = cells_dir / f"{name}.json"
-            cached = _cached_cell(cell_file)
+            cached = distributed.agree(_cached_cell(cell_file))
             if cached.get("key") == key:
                 cells.append(cached)
                 continue
@@ -329,14 +337,17 @@ def evaluate_stage(distilled: str | Path, cfg: Config | None = None, out: str | 
             resume = cells_dir / f".{name}-{key}.resume.pt"
             cell = train_student(ds, data.test, cfg.student, protocol, seed, ensemble, device, quiet, resume)
             cell["key"] = key
-            write_json(cell_file, cell)
+            if rank.main:
+                write_json(cell_file, cell)
             log.info("evaluate: %s %s seed %d final-epoch accuracy %.4f (%.0f s)", cfg.student.arch, protocol,
                      seed, cell["final"], cell["seconds"])
             cells.append(cell)
     result = {"distilled": str(distilled), "student": cfg.student.arch, "epochs": cfg.student.epochs,
               "ipc": ds.ipc, "num_images": len(ds.images), "protocols": summarise(cells), "cells": cells,
               "student_config": dataclasses.asdict(cfg.student)}
-    write_json(out, result)
+    if rank.main:
+        write_json(out, result)
+    distributed.barrier()
     return result
 
 
@@ -400,18 +411,21 @@ def run(cfg: Config, quiet: bool = False) -> dict:
     t = time.time()
     root = sample_stage(cfg, quiet=quiet, data=data)
     seconds["sample"] = time.time() - t
-    if not distributed.current().main:
-        return {}  # under torchrun the other ranks help with sampling only
     t = time.time()
     relabel_stage(root, cfg, quiet=quiet, data=data)
     seconds["relabel"] = time.time() - t
     t = time.time()
-    metrics_stage(root, cfg, data=data)
+    main = distributed.current().main
+    if main:  # under torchrun the other ranks wait: the metrics are cheap
+        metrics_stage(root, cfg, data=data)
+    distributed.barrier()
     manifest = read_json(root / "manifest.json")
     seconds["metrics"] = time.time() - t
     t = time.time()
     result = evaluate_stage(root, cfg, out / "eval.json", quiet=quiet, data=data)
     seconds["evaluate"] = time.time() - t
+    if not main:
+        return result
     write_json(out / "timings.json", {k: round(v, 1) for k, v in seconds.items()})
     text = _summary(cfg, manifest, result, seconds)
     write_text(out / "summary.md", text)

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from . import distributed
 from .errors import UserError
 from .teachers import load_teacher
 
@@ -49,12 +50,15 @@ def load_ensemble(paths: list[str | Path], device="cpu") -> TeacherEnsemble:
 
 @torch.no_grad()
 def soft_logits(ensemble: TeacherEnsemble, images: torch.Tensor, device, batch_size: int = 500) -> torch.Tensor:
-    """Ensemble logits for uint8 (N, C, H, W) images, shown unaugmented."""
-    out = []
-    for start in range(0, len(images), batch_size):
-        x = images[start:start + batch_size].to(device, torch.float32) / 255.0
-        out.append(ensemble(x).float().cpu())
-    return torch.cat(out)
+    """Ensemble logits for uint8 (N, C, H, W) images, shown unaugmented. Under torchrun each
+    rank labels every world-th batch and all ranks get every row back."""
+    starts = list(range(0, len(images), batch_size))
+    mine = {}
+    for b in distributed.active().mine(range(len(starts))):
+        x = images[starts[b]:starts[b] + batch_size].to(device, torch.float32) / 255.0
+        mine[b] = ensemble(x).float().cpu()
+    done = distributed.gather_dict(mine)
+    return torch.cat([done[b] for b in range(len(starts))])
 
 
 def label_entropy(logits: torch.Tensor) -> torch.Tensor:

@@ -12,6 +12,7 @@ import torch
 from torchvision.ops import roi_align
 from tqdm.auto import tqdm
 
+from . import distributed
 from .data import ImageSet
 from .errors import UserError
 from .io import atomic_path
@@ -148,7 +149,13 @@ def fit(model: torch.nn.Module, images: ImageSet, recipe: TrainRecipe, loss_fn: 
     With `checkpoint`, the whole training state (weights, optimiser, schedule, EMA, random
     generator, and the caller's `extra` dict) is saved there after every epoch and resumed
     from on the next call, so a killed training continues with the same result; the file is
-    removed when training ends."""
+    removed when training ends.
+
+    Under torchrun (a joined process group) training is data-parallel: every rank draws the
+    same global batch and views from `g`, so checkpoints and resumption stay those of one
+    process, and trains on its share of the rows; only the main rank writes the checkpoint."""
+    rank = distributed.active()
+    net = distributed.data_parallel(model, device)
     n = len(images)
     steps_per_epoch = math.ceil(n / recipe.batch_size)
     opt, sched = make_optimizer(model, recipe, recipe.epochs * steps_per_epoch)
@@ -158,40 +165,44 @@ def fit(model: torch.nn.Module, images: ImageSet, recipe: TrainRecipe, loss_fn: 
     checkpoint = Path(checkpoint) if checkpoint is not None else None
     extra = {} if extra is None else extra
     first, losses = _resume(checkpoint, parts, g, extra)
-    bar = tqdm(total=recipe.epochs * steps_per_epoch, initial=first * steps_per_epoch, desc=desc, disable=quiet,
-               leave=False, unit="step")
+    bar = tqdm(total=recipe.epochs * steps_per_epoch, initial=first * steps_per_epoch, desc=desc,
+               disable=quiet or not rank.main, leave=False, unit="step")
     for epoch in range(first, recipe.epochs):
         model.train()
         perm = torch.randperm(n, generator=g)
-        total = 0.0
+        total, seen = 0.0, 0
         for start in range(0, n, recipe.batch_size):
             idx = perm[start:start + recipe.batch_size]
             x = images.get(idx).to(device, torch.float32) / 255.0
             x = recipe.augment(x, g)
+            partner, lam = None, 1.0
             if recipe.cutmix > 0 and torch.rand(1, generator=g).item() < recipe.cutmix:
                 x, partner, lam = cutmix(x, g)
-                out = model(x)
-                loss = lam * loss_fn(out, target_fn(x, idx)) + (1 - lam) * loss_fn(out, target_fn(x, idx[partner]))
-            else:
-                loss = loss_fn(model(x), target_fn(x, idx))
+            rows, weight = distributed.my_rows(len(idx), rank)
+            x, mine = x[rows.to(x.device)], idx[rows]
+            out = net(x)
+            loss = loss_fn(out, target_fn(x, mine))
+            if partner is not None:
+                loss = lam * loss + (1 - lam) * loss_fn(out, target_fn(x, idx[partner][rows]))
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss * weight).backward()
             opt.step()
             sched.step()
             if ema is not None:
                 ema.update_parameters(model)
-            total += loss.item() * len(idx)
+            total += loss.item() * len(mine) * (weight > 0)
+            seen += len(mine) * (weight > 0)
             bar.update()
-        losses.append(total / n)
+        losses.append(total / max(seen, 1))  # this rank's rows under torchrun
         bar.set_postfix(epoch=epoch + 1, loss=f"{losses[-1]:.4f}")
         if on_epoch is not None:
             on_epoch(epoch + 1)
-        if checkpoint is not None and epoch + 1 < recipe.epochs:
+        if checkpoint is not None and epoch + 1 < recipe.epochs and rank.main:
             with atomic_path(checkpoint) as tmp:
                 torch.save({"epoch": epoch + 1, "losses": losses, "generator": g.get_state(), "extra": extra,
                             **{name: part.state_dict() for name, part in parts.items()}}, tmp)
     bar.close()
-    if checkpoint is not None:
+    if checkpoint is not None and rank.main:
         checkpoint.unlink(missing_ok=True)
     if ema is not None:
         model.load_state_dict(ema.module.state_dict())
