@@ -144,6 +144,9 @@ class SampleConfig:
     scheduler: str = "ddim"  # ddim | ddpm
     cfg_scale: float = 2.0  # classifier-free guidance scale (1 = none)
     batch_size: int = 50  # latents of one class per forward pass
+    # classes sharing each DiT forward pass (fills a GPU at IPC 10); a class's bytes depend on
+    # it, since the shared batch changes the float arithmetic, so keep it when resuming
+    classes_per_pass: int = 1
     seed: int = 0  # per-class noise seeds derive from it
     # noise | prototypes (D4M-style: each latent starts from a k-means centre of its class's real
     # latents, noised to init_strength of the schedule, then denoised)

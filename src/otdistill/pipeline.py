@@ -36,7 +36,7 @@ from .relabel import (
     select_teachers,
     soft_logits,
 )
-from .sample import sample_class
+from .sample import sample_classes
 from .selection import kmeans_centres, select_class
 from .teachers import load_teacher, train_teacher
 from .train_generator import encode_all, train_generator
@@ -133,28 +133,39 @@ def sample_stage(cfg: Config, quiet: bool = False, data: LabelledData | None = N
     model.bind(data.class_ids, data.class_names)
     if cfg.sample.guidance.influence.weight > 0:
         ensure_surrogate(cfg, quiet=quiet, data=data)
-    k = data.num_classes
+    k, per_pass = data.num_classes, cfg.sample.classes_per_pass
+    if per_pass < 1:
+        raise UserError(f"sample.classes_per_pass must be at least 1, got {per_pass}")
+    groups = [list(range(s, min(s + per_pass, k))) for s in range(0, k, per_pass)]
     rank = distributed.init()
-    classes = rank.mine(range(k))  # all of them in a single process
+    groups = [groups[g] for g in rank.mine(range(len(groups)))]  # all of them in a single process
+    classes = [c for group in groups for c in group]
     terms = build_terms(cfg.sample.guidance, model, data, cache_dir=Path(cfg.output) / "cache", quiet=quiet,
                         classes=classes)
     window = tuple(cfg.sample.guidance.window)
     start = time.time()
-    for c in tqdm(classes, desc="sample classes", disable=quiet or not rank.main):
-        folder = artifacts.class_folder(c, data.class_ids[c], k)
-        if artifacts.class_done(root, folder, cfg.sample.ipc):
-            continue
-        t = time.time()
-        prototypes = class_prototypes(model, data, c, cfg.sample) if cfg.sample.init == "prototypes" else None
-        artifacts.write_class_images(root, folder, sample_class(model, c, cfg.sample, terms, window, prototypes))
-        log.info("sample: class %d/%d '%s' done, %d images in %.1f s", c + 1, k, data.class_names[c],
-                 cfg.sample.ipc, time.time() - t)
+    bar = tqdm(total=len(classes), desc="sample classes", unit="class", disable=quiet or not rank.main)
+    for group in groups:
+        folders = {c: artifacts.class_folder(c, data.class_ids[c], k) for c in group}
+        todo = [c for c in group if not artifacts.class_done(root, folders[c], cfg.sample.ipc)]
+        if todo:  # the whole group again: its classes' bytes depend on the batch they shared
+            t = time.time()
+            prototypes = ({c: class_prototypes(model, data, c, cfg.sample) for c in group}
+                          if cfg.sample.init == "prototypes" else None)
+            images = sample_classes(model, group, cfg.sample, terms, window, prototypes)
+            for c in todo:
+                artifacts.write_class_images(root, folders[c], images[c])
+                log.info("sample: class %d/%d '%s' done, %d images (%d class(es) per pass, %.1f s)", c + 1, k,
+                         data.class_names[c], cfg.sample.ipc, len(group), time.time() - t)
+        bar.update(len(group))
+    bar.close()
     # each rank records its share; the first merges them once every class is on disk
     write_json(root / ".shards" / f"rank{rank.rank}.json", {
         "world": rank.world, "classes": classes, "seconds": round(time.time() - start, 1),
         "ot_seconds": round(sum(getattr(t, "seconds", 0.0) for t in terms), 3)})
     distributed.barrier()
     if not rank.main:
+        distributed.barrier()  # until the main rank has written the manifest
         return root
     shards = [read_json(root / ".shards" / f"rank{r}.json") for r in range(rank.world)]
     source = {"kind": "generated", "generator": cfg.generator.path, "guidance": [t.name for t in terms],
@@ -165,6 +176,7 @@ def sample_stage(cfg: Config, quiet: bool = False, data: LabelledData | None = N
         image_size=data.image_size, source=source, config=to_dict(cfg), seeds={"sample": cfg.sample.seed})
     log.info("sample: %s finished in %.1f s (OT %.1f s), guidance %s", root, source["sample_seconds"],
              source["ot_seconds"], source["guidance"] or "none")
+    distributed.barrier()
     return root
 
 

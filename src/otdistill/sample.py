@@ -7,18 +7,21 @@ relative to the sampler's own update). The loop below never changes when a term 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import torch
 
 from .config import SampleConfig
+from .errors import UserError
 from .io import generator
 from .models.generator import LatentDiffusion
 
 
 @dataclass
 class SamplerState:
+    """What a guidance term sees: one class's latents at one step."""
+
     z: torch.Tensor  # current noisy latents z_t, (B, C, h, w)
     t: int  # diffusion timestep
     step_index: int  # position in the respaced schedule, 0 = noisiest
@@ -29,15 +32,21 @@ class SamplerState:
     class_index: int
     memory: torch.Tensor  # latents already generated for this class, (M, C, h, w)
     model: LatentDiffusion
+    # (term, step, class, all-finite flag) per guidance gradient, checked once after the loop:
+    # a check per step would be a GPU -> host sync per step
+    checks: list = field(default_factory=list)
 
 
 GuidanceTerm = Callable[[SamplerState], torch.Tensor]
 
 
-def predict_noise(model: LatentDiffusion, z: torch.Tensor, t, class_index: int, cfg_scale: float) -> torch.Tensor:
-    """The DiT's noise prediction with classifier-free guidance (one batched forward)."""
+def predict_noise(model: LatentDiffusion, z: torch.Tensor, t, class_index: int | Sequence[int],
+                  cfg_scale: float) -> torch.Tensor:
+    """The DiT's noise prediction with classifier-free guidance (one batched forward); one
+    class for all rows, or a class per row."""
     n = len(z)
-    labels = torch.tensor([model.label(class_index)] * n + [model.null_class] * n, device=z.device)
+    rows = [class_index] * n if isinstance(class_index, int) else list(class_index)
+    labels = torch.tensor([model.label(c) for c in rows] + [model.null_class] * n, device=z.device)
     timesteps = torch.full((2 * n,), int(t), device=z.device, dtype=torch.long)
     # a DiT trained with learned variance (DiT-XL/2) also outputs sigma channels: keep the noise
     eps = model.dit(torch.cat([z, z]), timestep=timesteps, class_labels=labels).sample[:, :z.shape[1]]
@@ -45,39 +54,67 @@ def predict_noise(model: LatentDiffusion, z: torch.Tensor, t, class_index: int, 
     return uncond + cfg_scale * (cond - uncond)
 
 
+def sample_group(model: LatentDiffusion, classes: Sequence[int], n: int, cfg: SampleConfig,
+                 terms: Sequence[GuidanceTerm] = (), window: tuple[int, int] | None = None,
+                 memories: Sequence[torch.Tensor | None] | None = None, chunk: int = 0,
+                 starts: Sequence[torch.Tensor | None] | None = None) -> list[torch.Tensor]:
+    """Draw n latents of each class in `classes` with one DiT forward pass per step for all of
+    them. Noise, the scheduler's variance noise and guidance stay per class (a generator seeded
+    by (seed, class, chunk)), so a class's latents do not depend on the other classes beyond
+    the float arithmetic of the shared forward pass. With a start (n latents, e.g. D4M's
+    prototypes), sampling begins from them noised to where cfg.init_strength of the schedule
+    remains."""
+    device = next(model.dit.parameters()).device
+    k = len(classes)
+    memories = memories or [None] * k
+    starts = starts or [None] * k
+    scheds, gens, zs = [], [], []
+    first = 0 if starts[0] is None else cfg.steps - max(1, round(cfg.steps * cfg.init_strength))
+    for c, start in zip(classes, starts):
+        sched = model.noise_scheduler(cfg.scheduler)  # one per class: a scheduler may keep state
+        sched.set_timesteps(cfg.steps)
+        g = generator(cfg.seed, "sample", c, chunk)
+        noise = torch.randn((n, *model.latent_shape), generator=g).to(device)
+        zs.append(noise * sched.init_noise_sigma if start is None
+                  else sched.add_noise(start.to(device), noise, sched.timesteps[first:first + 1]))
+        scheds.append(sched)
+        gens.append(g)
+    memories = [m if m is not None else zs[0].new_zeros((0, *model.latent_shape)) for m in memories]
+    rows = [c for c in classes for _ in range(n)]
+    lo, hi = window if window is not None else (0, cfg.steps)
+    checks: list = []
+    for i, t in enumerate(scheds[0].timesteps[first:], start=first):
+        with torch.no_grad():
+            eps = predict_noise(model, torch.cat(zs), t, rows, cfg.cfg_scale).split(n)
+        for j, (c, sched, g) in enumerate(zip(classes, scheds, gens)):
+            z = zs[j]
+            with torch.no_grad():
+                # DDPM draws its variance noise from `g`; DDIM (eta=0) ignores it.
+                out = sched.step(eps[j], t, z, generator=g, return_dict=True)
+            z_next = out.prev_sample
+            if terms and lo <= i < hi:
+                state = SamplerState(z, int(t), i, cfg.steps, out.pred_original_sample, z_next - z,
+                                     float(sched.alphas_cumprod[int(t)]), c, memories[j], model, checks)
+                for term in terms:
+                    z_next = z_next - term(state)
+            zs[j] = z_next
+    _raise_if_not_finite(checks)
+    return zs
+
+
+def _raise_if_not_finite(checks: list) -> None:
+    if not checks or bool(torch.stack([ok for *_, ok in checks]).all()):
+        return
+    name, step, c, _ = next(check for check in checks if not bool(check[3]))
+    raise UserError(f"{name} guidance produced a non-finite gradient at step {step} of class {c}; "
+                    "its regularisation is probably too small (raise it)")
+
+
 def sample_latents(model: LatentDiffusion, class_index: int, n: int, cfg: SampleConfig,
                    terms: Sequence[GuidanceTerm] = (), window: tuple[int, int] | None = None,
                    memory: torch.Tensor | None = None, chunk: int = 0, start: torch.Tensor | None = None) -> torch.Tensor:
-    """Draw n latents of one class. Noise comes from a generator seeded by (seed, class, chunk),
-    so a class's latents do not depend on which other classes run, or where. With `start`
-    (n latents, e.g. D4M's prototypes), sampling begins from them noised to the step where
-    cfg.init_strength of the schedule remains."""
-    device = next(model.dit.parameters()).device
-    sched = model.noise_scheduler(cfg.scheduler)
-    sched.set_timesteps(cfg.steps)
-    g = generator(cfg.seed, "sample", class_index, chunk)
-    noise = torch.randn((n, *model.latent_shape), generator=g).to(device)
-    first = 0
-    if start is None:
-        z = noise * sched.init_noise_sigma
-    else:
-        first = cfg.steps - max(1, round(cfg.steps * cfg.init_strength))
-        z = sched.add_noise(start.to(device), noise, sched.timesteps[first:first + 1])
-    memory = memory if memory is not None else z.new_zeros((0, *model.latent_shape))
-    lo, hi = window if window is not None else (0, cfg.steps)
-    for i, t in enumerate(sched.timesteps[first:], start=first):
-        with torch.no_grad():
-            eps = predict_noise(model, z, t, class_index, cfg.cfg_scale)
-            # DDPM draws its variance noise from `generator`; DDIM (eta=0) ignores it.
-            out = sched.step(eps, t, z, generator=g, return_dict=True)
-        z_next = out.prev_sample
-        if terms and lo <= i < hi:
-            state = SamplerState(z, int(t), i, cfg.steps, out.pred_original_sample, z_next - z,
-                                 float(sched.alphas_cumprod[int(t)]), class_index, memory, model)
-            for term in terms:
-                z_next = z_next - term(state)
-        z = z_next
-    return z
+    """n latents of one class (sample_group of one)."""
+    return sample_group(model, [class_index], n, cfg, terms, window, [memory], chunk, [start])[0]
 
 
 def latents_to_uint8(model: LatentDiffusion, latents: torch.Tensor) -> torch.Tensor:
@@ -86,15 +123,25 @@ def latents_to_uint8(model: LatentDiffusion, latents: torch.Tensor) -> torch.Ten
     return images.mul(255).round().clamp(0, 255).to(torch.uint8).cpu()
 
 
+def sample_classes(model: LatentDiffusion, classes: Sequence[int], cfg: SampleConfig,
+                   terms: Sequence[GuidanceTerm] = (), window: tuple[int, int] | None = None,
+                   prototypes: dict[int, torch.Tensor] | None = None) -> dict[int, torch.Tensor]:
+    """All IPC images of each class as uint8 (IPC, C, H, W), the classes sharing each forward
+    pass; chunks of sample.batch_size per class, each chunk seeing the latents of the chunks
+    before it as the class memory."""
+    done: dict[int, list[torch.Tensor]] = {c: [] for c in classes}
+    for chunk, start in enumerate(range(0, cfg.ipc, cfg.batch_size)):
+        n = min(cfg.batch_size, cfg.ipc - start)
+        memories = [torch.cat(done[c]) if done[c] else None for c in classes]
+        inits = [prototypes[c][start:start + n] for c in classes] if prototypes is not None else None
+        for c, z in zip(classes, sample_group(model, classes, n, cfg, terms, window, memories, chunk, inits)):
+            done[c].append(z)
+    return {c: latents_to_uint8(model, torch.cat(done[c])) for c in classes}
+
+
 def sample_class(model: LatentDiffusion, class_index: int, cfg: SampleConfig,
                  terms: Sequence[GuidanceTerm] = (), window: tuple[int, int] | None = None,
                  prototypes: torch.Tensor | None = None) -> torch.Tensor:
-    """All IPC images of one class as uint8 (IPC, C, H, W); chunks of sample.batch_size, each
-    chunk seeing the latents of the chunks before it as the class memory."""
-    done = []
-    for chunk, start in enumerate(range(0, cfg.ipc, cfg.batch_size)):
-        n = min(cfg.batch_size, cfg.ipc - start)
-        memory = torch.cat(done) if done else None
-        init = prototypes[start:start + n] if prototypes is not None else None
-        done.append(sample_latents(model, class_index, n, cfg, terms, window, memory, chunk, init))
-    return latents_to_uint8(model, torch.cat(done))
+    """All IPC images of one class (sample_classes of one)."""
+    protos = {class_index: prototypes} if prototypes is not None else None
+    return sample_classes(model, [class_index], cfg, terms, window, protos)[class_index]

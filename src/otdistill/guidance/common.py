@@ -20,10 +20,9 @@ def current_latent(state, which: str) -> torch.Tensor:
 def relative_step(grad: torch.Tensor, update: torch.Tensor, weight: float, name: str, state) -> torch.Tensor:
     """weight * |sampler update| * grad / |grad|, per latent: one weight then works across
     models, resolutions and steps. d x0 / d z_t is taken as the identity up to a scale, which
-    this normalisation absorbs."""
-    if not torch.isfinite(grad).all():
-        raise UserError(f"{name} guidance produced a non-finite gradient at step {state.step_index} of class "
-                        f"{state.class_index}; its regularisation is probably too small (raise it)")
+    this normalisation absorbs. A non-finite gradient is recorded in state.checks; the sampler
+    raises once its loop ends."""
+    state.checks.append((name, state.step_index, state.class_index, torch.isfinite(grad).all()))
     shape = (-1,) + (1,) * (grad.ndim - 1)
     g_norm = grad.flatten(1).norm(dim=1).view(shape)
     u_norm = update.flatten(1).norm(dim=1).view(shape)

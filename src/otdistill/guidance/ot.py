@@ -19,8 +19,7 @@ class OTGuidance:
         self.cfg = cfg
         self.pools = pools
         self.seconds = 0.0  # time spent inside OT, for the overhead measurement
-        self._warm = None
-        self._key = None
+        self._warm: dict[int, tuple] = {}  # class -> (memory size, batch size, step, potentials)
 
     def __call__(self, state) -> torch.Tensor:
         start = time.perf_counter()
@@ -31,15 +30,14 @@ class OTGuidance:
                                       warmstart=self._warm_start(state), max_iter=self.cfg.max_iter,
                                       tol=self.cfg.tol)
             grad, = torch.autograd.grad(value, current)
-        # Potentials of the previous step start the next solve; reset per class and chunk so a
-        # class's result never depends on which class ran before it.
-        self._warm = plan.potentials
+        # The potentials of a class's previous step start its next solve; anything else (another
+        # chunk, a new call) starts cold, so a class's result never depends on what ran before.
+        self._warm[state.class_index] = (len(state.memory), len(state.z), state.step_index, plan.potentials)
         delta = relative_step(grad, state.update, self.cfg.weight, "OT", state)
         self.seconds += time.perf_counter() - start
         return delta
 
     def _warm_start(self, state):
-        key = (state.class_index, len(state.memory), len(state.z))
-        if key != self._key:
-            self._key, self._warm = key, None
-        return self._warm
+        memory, batch, step, potentials = self._warm.get(state.class_index, (None, None, None, None))
+        same_run = (memory, batch, step) == (len(state.memory), len(state.z), state.step_index - 1)
+        return potentials if same_run else None
