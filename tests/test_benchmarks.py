@@ -46,3 +46,5 @@ def test_gpu_check_runs_every_recipe_at_toy_shapes():
 
     r = gpu_check.time_sampling(model, "igd+ot", 1, True, cpu, autocast)
     assert r["images_per_s"] > 0 and 0 < r["ot_share"] < 1
+    r = gpu_check.time_sampling(model, "ot", 1, True, cpu, autocast, per_pass=2)
+    assert r["images_per_s"] > 0 and 0 < r["ot_share"] < 1
