@@ -1,5 +1,6 @@
-"""The checkpoints shipped for the embedded default load, and the generator's images are
-recognised by the shipped teacher as the class they were generated for."""
+"""The checkpoints shipped for the embedded default load, the generator's images are
+recognised by the shipped teacher as the class they were generated for, and the four LIA
+teachers are four architectures that score what they record on real test images."""
 
 import dataclasses
 
@@ -43,3 +44,23 @@ def test_generated_images_are_recognised_as_their_class():
         pred = teacher(images.float() / 255).argmax(1)
     agreement = (pred == torch.arange(10).repeat_interleave(4)).float().mean().item()
     assert agreement >= 0.8, agreement
+
+
+def test_lia_teachers_are_four_architectures_that_score_what_they_record():
+    from otdistill.data import TensorImages, load_dataset
+    from otdistill.train import accuracy
+
+    lia = load_config(ROOT / "configs" / "lia.yaml")
+    test = load_dataset(lia.data).test
+    idx = torch.arange(0, len(test), 5)
+    subset = TensorImages(test.get(idx), test.labels[idx])
+    archs = []
+    for t in lia.teachers:
+        teacher, info = load_teacher(t.path)
+        assert info["arch"] == t.arch and info["class_names"] == CLASS_NAMES
+        assert info["command"] == "otdistill train-teacher configs/lia.yaml" or t.path == CFG.teachers[0].path
+        # the recorded figure is on all 10k test images; every 5th of them lands within 2 points
+        assert abs(accuracy(teacher, subset, "cpu") - info["test_accuracy"]) < 0.02
+        assert info["test_accuracy"] > 0.78
+        archs.append(info["arch"])
+    assert len(set(archs)) == len(archs) >= 4

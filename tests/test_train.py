@@ -56,6 +56,32 @@ def test_teacher_round_trip_and_bad_weights(tmp_path, digits):
         load_teacher(tmp_path / "missing")
 
 
+def test_resumed_teacher_reports_the_training_time_of_every_run(tmp_path, digits, monkeypatch):
+    import otdistill.teachers as teachers
+
+    real_fit = teachers.fit
+
+    def fit_killed_in_epoch_2(*args, **kwargs):  # after the checkpoint of epoch 1
+        def on_epoch(epoch):
+            args[7](epoch)  # the teacher's clock
+            if epoch == 2:
+                raise KeyboardInterrupt
+        return real_fit(*args[:7], on_epoch, *args[8:], **kwargs)
+
+    cfg = TeacherConfig(path=str(tmp_path / "t"), arch="convnet2", epochs=3, batch_size=128)
+    monkeypatch.setattr(teachers, "fit", fit_killed_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train_teacher(cfg, digits, "cpu", quiet=True)
+    monkeypatch.setattr(teachers, "fit", real_fit)
+    ckpt = next(tmp_path.glob(".t-*.resume.pt"))
+    state = torch.load(ckpt, weights_only=True)
+    assert state["extra"]["seconds"] > 0  # epoch 1's time, kept with the checkpoint
+    state["extra"]["seconds"] = 1000.0  # as if the first run had been long
+    torch.save(state, ckpt)
+    _, info = train_teacher(cfg, digits, "cpu", quiet=True)
+    assert 1000 < info["train_seconds"] < 1300  # the first run's time plus the resumed epochs
+
+
 def test_cutmix_pastes_a_box_and_reports_the_kept_share():
     from otdistill.train import cutmix
 

@@ -28,7 +28,6 @@ log = logging.getLogger(__name__)
 
 def train_teacher(cfg: TeacherConfig, data: LabelledData, device, quiet: bool = False) -> tuple[Classifier, dict]:
     """Train one teacher on the full training split and save it at cfg.path (atomically)."""
-    start = time.time()
     mean, std = channel_stats(data.train)
     torch.manual_seed(cfg.seed)  # the initial weights
     model = build_classifier(cfg.arch, data.num_classes, data.channels, data.image_size, mean, std).to(device)
@@ -36,14 +35,23 @@ def train_teacher(cfg: TeacherConfig, data: LabelledData, device, quiet: bool = 
     labels = data.train.labels.to(device)
     # per-epoch state beside the folder it will become, named for the exact settings
     resume = Path(cfg.path).parent / f".{Path(cfg.path).name}-{fingerprint(cfg, data.name)}.resume.pt"
+    clock = {"seconds": 0.0}  # training time, kept in the checkpoint so resumed runs add up
+    last = time.time()
+
+    def tick(epoch: int) -> None:
+        nonlocal last
+        clock["seconds"] += time.time() - last
+        last = time.time()
+
     fit(model, data.train, recipe, cross_entropy, lambda x, idx: labels[idx.to(device)],
-        generator(cfg.seed, "teacher", cfg.arch), device, desc=f"teacher {cfg.arch}", quiet=quiet, checkpoint=resume)
+        generator(cfg.seed, "teacher", cfg.arch), device, tick, desc=f"teacher {cfg.arch}", quiet=quiet,
+        checkpoint=resume, extra=clock)
     acc = accuracy(model, data.test, device)
     info = {
         "arch": cfg.arch, "num_classes": data.num_classes, "in_channels": data.channels,
         "image_size": data.image_size, "mean": mean, "std": std, "class_names": data.class_names,
         "dataset": data.name, "test_accuracy": acc, "epochs": cfg.epochs, "seed": cfg.seed,
-        "train_seconds": round(time.time() - start, 1),
+        "train_seconds": round(clock["seconds"], 1),  # summed over the runs a killed training resumed in
         "command": invoked_command(),
     }
     with atomic_path(cfg.path) as tmp:
