@@ -12,7 +12,8 @@ keeps its own labels). Every set, label and student cell is cached under --work,
 interrupted run resumes where it stopped.
 
 Usage: python benchmarks/distill_bench.py [--ipc 1 10 50] [--seeds 0 1 2] [--students convnet3 resnet18]
-       python benchmarks/distill_bench.py --quick     (IPC 10, seed 0, ConvNet-3, 10 epochs, 25 steps)
+       python benchmarks/distill_bench.py --quick     (IPC 10, seed 0, ConvNet-3, 10 epochs, 10 sampling
+                                                       steps, 2000 test images, no metrics: a smoke run)
 Writes benchmarks/results/bench-fashion-mnist.json (rows) and .md (the rendered table), and
 the LIA/OTM ablation rows as lia-otm-fashion-mnist.json.
 """
@@ -35,7 +36,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from otdistill import artifacts, pipeline  # noqa: E402
 from otdistill.config import fingerprint, load_config  # noqa: E402
-from otdistill.data import load_dataset  # noqa: E402
+from otdistill.data import TensorImages, load_dataset  # noqa: E402
 from otdistill.evaluate import train_student  # noqa: E402
 from otdistill.io import read_json, write_json  # noqa: E402
 
@@ -125,6 +126,12 @@ def full_data_cells(cfg, data, students, seeds, epochs: int, work: Path) -> dict
     return cells
 
 
+def every_nth(images, count: int) -> TensorImages:
+    """`count` images spread evenly over a split (the test split's order mixes the classes)."""
+    idx = torch.linspace(0, len(images) - 1, min(count, len(images))).long()
+    return TensorImages(images.get(idx), images.labels[idx])
+
+
 def merged(result: Path, rows: list[dict]) -> list[dict]:
     """This run's rows over the result file's: a run of some rows or students keeps the others."""
     def key(r):
@@ -162,12 +169,17 @@ def main() -> None:
     parser.add_argument("--protocols", nargs="+", default=["soft", "hard"], choices=["soft", "hard"])
     parser.add_argument("--full-epochs", type=int, default=3, help="epochs of the full-data reference")
     parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the recipes')")
-    parser.add_argument("--quick", action="store_true", help="IPC 10, seed 0, ConvNet-3, 10 epochs, 25 steps")
+    parser.add_argument("--test-subset", type=int, default=0,
+                        help="score students on this many test images (every n-th; 0 = all)")
+    parser.add_argument("--no-metrics", dest="metrics", action="store_false", help="skip the distribution metrics")
+    parser.add_argument("--quick", action="store_true",
+                        help="IPC 10, seed 0, ConvNet-3, 10 epochs, 10 steps, 2000 test images, no metrics")
     parser.add_argument("--work", default=str(ROOT / "runs" / "bench"))
     parser.add_argument("--result", default=str(ROOT / "benchmarks/results/bench-fashion-mnist.json"))
     args = parser.parse_args()
     if args.quick:
-        args.ipc, args.seeds, args.students, args.epochs, args.steps = [10], [0], ["convnet3"], ["10"], 25
+        args.ipc, args.seeds, args.students, args.epochs, args.steps = [10], [0], ["convnet3"], ["10"], 10
+        args.test_subset, args.metrics = 2000, False
         args.methods = [m for m in args.methods if m != "full_data"]
         args.work = args.work + "-quick"
         args.result = args.result.replace(".json", "-quick.json")
@@ -178,23 +190,26 @@ def main() -> None:
     for ipc in args.ipc:
         for method in [m for m in args.methods if m in ROWS]:
             cfg = row_config(method, ipc, args, work)
-            data = data or load_dataset(cfg.data)
+            if data is None:
+                data = load_dataset(cfg.data)
+                test_data = data if not args.test_subset else dataclasses.replace(data, test=every_nth(data.test, args.test_subset))
             root = build_set(method, cfg, data, work)
             pipeline.relabel_stage(root, cfg, quiet=True, data=data)
-            metrics = pipeline.metrics_stage(root, cfg, data=data)
+            metrics = pipeline.metrics_stage(root, cfg, data=data) if args.metrics else {}
             gen = read_json(root / "manifest.json")["source"].get("sample_seconds")
             for student in args.students:
                 epochs = epochs_for(args.epochs, student, ipc)
                 scfg = dataclasses.replace(cfg, student=dataclasses.replace(cfg.student, arch=student, seeds=args.seeds,
                                                                             epochs=epochs))
                 result = pipeline.evaluate_stage(root, scfg, Path(cfg.output) / f"eval-{student}.json", quiet=True,
-                                                 data=data)
+                                                 data=test_data)
                 for labels, r in result["protocols"].items():
                     rows.append({"method": method, "ipc": ipc, "student": student, "labels": labels,
                                  "acc_mean": r["final_mean"], "acc_std": r["final_std"], "seeds": r["seeds"],
                                  "gen_seconds": gen, "epochs": epochs, "acc": r["final"],
-                                 "ot_distance": metrics["teacher_features"]["ot_distance"],
-                                 "coverage": metrics["teacher_features"]["coverage"],
+                                 "ot_distance": metrics.get("teacher_features", {}).get("ot_distance"),
+                                 "coverage": metrics.get("teacher_features", {}).get("coverage"),
+                                 "test_images": len(test_data.test),
                                  "teachers": len(read_json(root / "manifest.json").get("teachers", []))})
                     print(json.dumps({k: rows[-1][k] for k in ("method", "ipc", "student", "labels", "acc_mean")}),
                           flush=True)
