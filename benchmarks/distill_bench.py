@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from otdistill import artifacts, pipeline  # noqa: E402
 from otdistill.config import fingerprint, load_config  # noqa: E402
-from otdistill.data import TensorImages, load_dataset  # noqa: E402
+from otdistill.data import SubsetImages, load_dataset  # noqa: E402
 from otdistill.evaluate import train_student  # noqa: E402
 from otdistill.io import read_json, write_json  # noqa: E402
 
@@ -126,16 +126,17 @@ def full_data_cells(cfg, data, students, seeds, epochs: int, work: Path) -> dict
     return cells
 
 
-def every_nth(images, count: int) -> TensorImages:
+def every_nth(images, count: int) -> SubsetImages:
     """`count` images spread evenly over a split (the test split's order mixes the classes)."""
-    idx = torch.linspace(0, len(images) - 1, min(count, len(images))).long()
-    return TensorImages(images.get(idx), images.labels[idx])
+    return SubsetImages(images, torch.linspace(0, len(images) - 1, min(count, len(images))).long())
 
 
-def merged(result: Path, rows: list[dict]) -> list[dict]:
+def bench_key(row: dict) -> tuple:
+    return row["method"], row["ipc"], row["student"], row["labels"]
+
+
+def merged(result: Path, rows: list[dict], key=bench_key) -> list[dict]:
     """This run's rows over the result file's: a run of some rows or students keeps the others."""
-    def key(r):
-        return r["method"], r["ipc"], r["student"], r["labels"]
     fresh = {key(r) for r in rows}
     old = read_json(result) if result.exists() else []
     return [r for r in old if key(r) not in fresh] + rows
@@ -201,7 +202,9 @@ def main() -> None:
                 epochs = epochs_for(args.epochs, student, ipc)
                 scfg = dataclasses.replace(cfg, student=dataclasses.replace(cfg.student, arch=student, seeds=args.seeds,
                                                                             epochs=epochs))
-                result = pipeline.evaluate_stage(root, scfg, Path(cfg.output) / f"eval-{student}.json", quiet=True,
+                # cells are cached per file, so students scored on a test subset get their own
+                scored = f"eval-{student}" + (f"-test{args.test_subset}" if args.test_subset else "")
+                result = pipeline.evaluate_stage(root, scfg, Path(cfg.output) / f"{scored}.json", quiet=True,
                                                  data=test_data)
                 for labels, r in result["protocols"].items():
                     rows.append({"method": method, "ipc": ipc, "student": student, "labels": labels,

@@ -35,6 +35,16 @@ def test_bench_results_keep_rows_of_other_runs(tmp_path):
     assert bench.merged(result, new) == [old[0], new[0]]
 
 
+def test_tune_candidates_name_their_weights(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # tune_otm imports distill_bench as its script does
+    tune = _script("tune_otm")
+    assert tune.weights_of("ce1+mse0.1+sd10") == {"kl": 0.0, "ce": 1.0, "mse": 0.1, "sd": 10.0}
+    assert tune.weights_of("kl1") == {"kl": 1.0, "ce": 0.0, "mse": 0.0, "sd": 0.0}
+    for bad in ("ce1+foo2", "kl", "sd1e"):
+        with pytest.raises(SystemExit, match="is not a term"):
+            tune.weights_of(bad)
+
+
 def test_gpu_check_runs_every_recipe_at_toy_shapes():
     gpu_check = _script("gpu_check")
     cpu = torch.device("cpu")

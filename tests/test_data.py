@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from otdistill.config import DataConfig
-from otdistill.data import load_dataset
+from otdistill.data import hold_out, load_dataset
 from otdistill.data.fashion_mnist import FILES
 from otdistill.errors import UserError
 
@@ -56,6 +56,22 @@ def test_digits_split_is_stratified_and_seeded():
     assert set(a.test.labels.tolist()) == set(range(10)) == set(a.train.labels.tolist())
     assert a.train.get([0]).shape == (1, 1, 16, 16)
     assert len(a.train) + len(a.test) == 1797
+
+
+def test_hold_out_carves_a_seeded_validation_split_from_train():
+    data = load_dataset(DataConfig(name="digits"))
+    val = hold_out(data, 20, seed=3)
+    assert torch.equal(torch.bincount(val.test.labels), torch.full((10,), 20))
+    assert len(val.train) + len(val.test) == len(data.train) and val.class_names == data.class_names
+    # disjoint, and every image is the training image it claims to be
+    held, kept = val.test.indices, val.train.indices
+    assert not set(held.tolist()) & set(kept.tolist())
+    assert torch.equal(val.test.get([0, 5]), data.train.get(held[[0, 5]]))
+    assert torch.equal(val.train.labels, data.train.labels[kept])
+    assert torch.equal(hold_out(data, 20, seed=3).test.indices, held)
+    assert not torch.equal(hold_out(data, 20, seed=4).test.indices, held)
+    with pytest.raises(UserError, match="choose a count in that range"):
+        hold_out(data, 1000, seed=0)
 
 
 def make_folder(root, classes, per_class=3, size=(20, 12)):

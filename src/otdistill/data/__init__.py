@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..config import DataConfig
 from ..errors import UserError
-from .base import FolderImages, ImageSet, LabelledData, TensorImages, resize_uint8
+from .base import FolderImages, ImageSet, LabelledData, SubsetImages, TensorImages, hold_out, resize_uint8
 from .digits import load_digits_data
 from .fashion_mnist import load_fashion_mnist
 from .imagefolder import load_imagefolder
@@ -22,4 +22,5 @@ def load_dataset(cfg: DataConfig) -> LabelledData:
     return ADAPTERS[cfg.name](cfg)
 
 
-__all__ = ["load_dataset", "LabelledData", "ImageSet", "TensorImages", "FolderImages", "resize_uint8", "ADAPTERS"]
+__all__ = ["load_dataset", "LabelledData", "ImageSet", "TensorImages", "FolderImages", "SubsetImages", "hold_out",
+           "resize_uint8", "ADAPTERS"]

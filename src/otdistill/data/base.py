@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import dataclasses
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,18 @@ class TensorImages(ImageSet):
 
     def get(self, indices) -> torch.Tensor:
         return self.images[torch.as_tensor(indices, dtype=torch.long)]
+
+
+class SubsetImages(ImageSet):
+    """Some images of another set, by index; nothing is copied (folder images stay on disk)."""
+
+    def __init__(self, parent: ImageSet, indices):
+        self.parent = parent
+        self.indices = torch.as_tensor(indices, dtype=torch.long)
+        self.labels = parent.labels[self.indices]
+
+    def get(self, indices) -> torch.Tensor:
+        return self.parent.get(self.indices[torch.as_tensor(indices, dtype=torch.long)])
 
 
 class FolderImages(ImageSet):
@@ -121,3 +134,20 @@ class LabelledData:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+
+def hold_out(data: LabelledData, per_class: int, seed: int) -> LabelledData:
+    """`data` whose test split is `per_class` seeded training images of each class, taken out of
+    its training split: a validation split to choose hyper-parameters on, so that the real test
+    split is only read for the final numbers."""
+    counts = torch.bincount(data.train.labels, minlength=data.num_classes)
+    if per_class < 1 or per_class >= int(counts.min()):
+        raise UserError(f"a validation split of {per_class} images per class needs 1 to {int(counts.min()) - 1} "
+                        f"(the smallest class has {int(counts.min())} training images); choose a count in that range")
+    g = torch.Generator().manual_seed(seed)
+    held = torch.cat([idx[torch.randperm(len(idx), generator=g)[:per_class]]
+                      for idx in (data.train.indices_of(c) for c in range(data.num_classes))]).sort().values
+    keep = torch.ones(len(data.train), dtype=torch.bool)
+    keep[held] = False
+    return dataclasses.replace(data, train=SubsetImages(data.train, torch.nonzero(keep).flatten()),
+                               test=SubsetImages(data.train, held))
