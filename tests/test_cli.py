@@ -95,3 +95,10 @@ def test_adding_seeds_reuses_the_cells_already_trained(finished_run, tmp_path):
     assert main([*base, "--set", "student.seeds=[0,1]"]) == 0
     assert cell.stat().st_mtime_ns == stamp and (tmp_path / "e" / "convnet2-hard-seed1.json").is_file()
     assert json.loads((tmp_path / "e.json").read_text())["protocols"]["hard"]["seeds"] == [0, 1]
+
+
+def test_other_ranks_print_warnings_only_marked_with_their_rank(monkeypatch, capsys):
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["run", str(TINY), "--set", "sample.ipcc=3"]) == 2
+    assert capsys.readouterr().err.startswith("[rank 1] otdistill: error:")

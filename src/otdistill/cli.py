@@ -132,15 +132,20 @@ def _log_folder(args) -> Path | None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    from .distributed import current
+
     root = logging.getLogger()
     root.setLevel(logging.INFO)
+    rank = current()
+    # under torchrun the other ranks would repeat rank 0's every line: they print warnings only,
+    # marked with their rank, and the run folder's log file is rank 0's
     console = logging.StreamHandler()
-    console.setLevel(logging.WARNING if args.quiet else logging.INFO)
-    console.setFormatter(logging.Formatter("%(message)s"))
+    console.setLevel(logging.WARNING if args.quiet or not rank.main else logging.INFO)
+    console.setFormatter(logging.Formatter("%(message)s" if rank.main else f"[rank {rank.rank}] %(message)s"))
     root.addHandler(console)
     handlers = [console]
     try:
-        folder = _log_folder(args)
+        folder = _log_folder(args) if rank.main else None
         if folder is not None:
             handlers.append(_log_to(folder, argv))
         return _dispatch(args) or 0

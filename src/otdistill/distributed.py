@@ -78,7 +78,7 @@ def gather_dict(part: dict) -> dict:
 
 def data_parallel(model: torch.nn.Module, device) -> torch.nn.Module:
     """DDP around `model` under torchrun (gradients averaged over ranks), else `model` itself."""
-    if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
+    if active().world == 1:
         return model
     ids = [device.index] if torch.device(device).type == "cuda" else None
     return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
