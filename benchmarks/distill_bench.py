@@ -142,6 +142,11 @@ def merged(result: Path, rows: list[dict], key=bench_key) -> list[dict]:
     return [r for r in old if key(r) not in fresh] + rows
 
 
+def loss_weights(student, labels: str) -> dict | None:
+    """The soft-label loss a row's students trained with (None under hard labels)."""
+    return {t: getattr(student.soft_loss, t) for t in ("kl", "ce", "mse", "sd")} if labels == "soft" else None
+
+
 def summary(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.pstdev(values) if len(values) > 1 else 0.0
 
@@ -152,14 +157,15 @@ def render(rows: list[dict], args) -> str:
              "(AdamW + cosine, RandomResizedCrop + flip) and the same epochs for every row of an IPC and student. "
              "gen s = seconds to make the set on 2 CPU cores; OT dist (lower is closer) and coverage (higher "
              "is better) compare the set with held-out real images in the first teacher's feature space.", "",
-             "| method | IPC | student | labels | epochs | accuracy | gen s | OT dist | coverage |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| method | IPC | student | labels | loss | epochs | accuracy | gen s | OT dist | coverage |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
 
     def cell(value, fmt):
         return "-" if value is None else format(value, fmt)
 
     for r in sorted(rows, key=lambda r: (r["ipc"] or 0, r["student"], r["labels"], -r["acc_mean"])):
-        lines.append(f"| {r['method']} | {r['ipc'] or 'all'} | {r['student']} | {r['labels']} | {r['epochs']} | "
+        loss = "+".join(f"{t}{w:g}" for t, w in (r.get("soft_loss") or {}).items() if w) or "ce"
+        lines.append(f"| {r['method']} | {r['ipc'] or 'all'} | {r['student']} | {r['labels']} | {loss} | {r['epochs']} | "
                      f"{100 * r['acc_mean']:.2f} +- {100 * r['acc_std']:.2f} | {cell(r['gen_seconds'], '.0f')} | "
                      f"{cell(r.get('ot_distance'), '.2f')} | {cell(r.get('coverage'), '.3f')} |")
     return "\n".join(lines) + "\n"
@@ -218,7 +224,7 @@ def main() -> None:
                                  "gen_seconds": gen, "epochs": epochs, "acc": r["final"],
                                  "ot_distance": metrics.get("teacher_features", {}).get("ot_distance"),
                                  "coverage": metrics.get("teacher_features", {}).get("coverage"),
-                                 "test_images": len(test_data.test),
+                                 "test_images": len(test_data.test), "soft_loss": loss_weights(scfg.student, labels),
                                  "teachers": len(read_json(root / "manifest.json").get("teachers", []))})
                     print(json.dumps({k: rows[-1][k] for k in ("method", "ipc", "student", "labels", "acc_mean")}),
                           flush=True)
@@ -232,10 +238,12 @@ def main() -> None:
                          "epochs": args.full_epochs})
     rows = merged(Path(args.result), rows)
     Path(args.result).write_text(json.dumps(rows, indent=2) + "\n")
+    # the ablation file is rewritten only by a run of all its variants, so that its rows
+    # always share one recipe (a rerun of `otdistill` alone after a recipe change would not)
     ablation = [{"variant": v, "ipc": r["ipc"], "student": r["student"], "acc_mean": r["acc_mean"], "acc_std": r["acc_std"],
-                 "seeds": r["seeds"], "epochs": r["epochs"]}
+                 "seeds": r["seeds"], "epochs": r["epochs"], "soft_loss": r.get("soft_loss")}
                 for v, m in ABLATION.items() for r in rows if r["method"] == m and r["labels"] == "soft"]
-    if ablation:
+    if ablation and set(ABLATION.values()) <= set(args.methods):
         Path(args.result.replace("bench-", "lia-otm-")).write_text(json.dumps(ablation, indent=2) + "\n")
     Path(args.result).with_suffix(".md").write_text(render(rows, args))
     print(f"{len(rows)} rows in {time.time() - start:.0f} s -> {args.result}")
