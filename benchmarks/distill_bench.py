@@ -142,9 +142,12 @@ def merged(result: Path, rows: list[dict], key=bench_key) -> list[dict]:
     return [r for r in old if key(r) not in fresh] + rows
 
 
+LOSS_TERMS = ("kl", "ce", "mse", "sd")  # the weights of student.soft_loss
+
+
 def loss_weights(student, labels: str) -> dict | None:
     """The soft-label loss a row's students trained with (None under hard labels)."""
-    return {t: getattr(student.soft_loss, t) for t in ("kl", "ce", "mse", "sd")} if labels == "soft" else None
+    return {t: getattr(student.soft_loss, t) for t in LOSS_TERMS} if labels == "soft" else None
 
 
 def summary(values: list[float]) -> tuple[float, float]:

@@ -21,12 +21,12 @@ import json
 import time
 from pathlib import Path
 
+from distill_bench import LOSS_TERMS as TERMS
 from distill_bench import ROOT, build_set, epochs_for, merged, row_config
 
 from otdistill import pipeline
 from otdistill.data import hold_out, load_dataset
 
-TERMS = ("kl", "ce", "mse", "sd")
 # the paper's OTM family (kappa_1 CE + kappa_2 MSE + beta_2 L_SD), the RDED/SRe2L KL, and our
 # extension KL + L_SD; L_SD lies in [0, 2], so it needs larger weights than the CE to matter
 CANDIDATES = ["kl1", "ce1+mse0.1+sd1", "ce1+mse0.1+sd10", "mse0.1+sd1", "ce1+mse1+sd1", "kl1+sd1", "kl1+sd10"]
