@@ -136,6 +136,21 @@ class LabelledData:
         return len(self.class_names)
 
 
+def stratified_split(labels: torch.Tensor, seed: int, *, fraction: float = 0.0, count: int = 0
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sorted indices (kept, held) of a seeded per-class split holding out `count` images of each
+    class, or else its `fraction` (at least one), so every class is in both parts."""
+    g = torch.Generator().manual_seed(seed)
+    kept, held = [], []
+    for c in labels.unique().tolist():
+        idx = torch.nonzero(labels == c).flatten()
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        n = count or max(1, round(len(idx) * fraction))
+        held.append(idx[:n])
+        kept.append(idx[n:])
+    return torch.cat(kept).sort().values, torch.cat(held).sort().values
+
+
 def hold_out(data: LabelledData, per_class: int, seed: int) -> LabelledData:
     """`data` whose test split is `per_class` seeded training images of each class, taken out of
     its training split: a validation split to choose hyper-parameters on, so that the real test
@@ -144,10 +159,5 @@ def hold_out(data: LabelledData, per_class: int, seed: int) -> LabelledData:
     if per_class < 1 or per_class >= int(counts.min()):
         raise UserError(f"a validation split of {per_class} images per class needs 1 to {int(counts.min()) - 1} "
                         f"(the smallest class has {int(counts.min())} training images); choose a count in that range")
-    g = torch.Generator().manual_seed(seed)
-    held = torch.cat([idx[torch.randperm(len(idx), generator=g)[:per_class]]
-                      for idx in (data.train.indices_of(c) for c in range(data.num_classes))]).sort().values
-    keep = torch.ones(len(data.train), dtype=torch.bool)
-    keep[held] = False
-    return dataclasses.replace(data, train=SubsetImages(data.train, torch.nonzero(keep).flatten()),
-                               test=SubsetImages(data.train, held))
+    kept, held = stratified_split(data.train.labels, seed, count=per_class)
+    return dataclasses.replace(data, train=SubsetImages(data.train, kept), test=SubsetImages(data.train, held))

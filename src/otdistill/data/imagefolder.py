@@ -8,8 +8,7 @@ import torch
 
 from ..config import DataConfig
 from ..errors import UserError
-from .base import FolderImages, LabelledData, readable_images
-from .digits import stratified_split
+from .base import FolderImages, LabelledData, readable_images, stratified_split
 
 EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 
@@ -62,7 +61,7 @@ def load_imagefolder(cfg: DataConfig) -> LabelledData:
         train = FolderImages(paths, labels, cfg.image_size, channels)
         test = FolderImages(test_paths, test_labels, cfg.image_size, channels)
     else:
-        tr, te = stratified_split(torch.tensor(labels), cfg.test_fraction, cfg.split_seed)
+        tr, te = stratified_split(torch.tensor(labels), cfg.split_seed, fraction=cfg.test_fraction)
         train = FolderImages([paths[i] for i in tr], [labels[i] for i in tr], cfg.image_size, channels)
         test = FolderImages([paths[i] for i in te], [labels[i] for i in te], cfg.image_size, channels)
     return LabelledData("imagefolder", train, test, list(classes), list(classes), channels, cfg.image_size)
