@@ -217,7 +217,8 @@ def main() -> None:
                 epochs = epochs_for(args.epochs, student, ipc)
                 scfg = dataclasses.replace(cfg, student=dataclasses.replace(cfg.student, arch=student, seeds=args.seeds,
                                                                             epochs=epochs))
-                # cells are cached per file, so students scored on a test subset get their own
+                # a cell remembers the images it was scored on; a test subset gets its own file so
+                # that its cells do not displace the full test split's
                 scored = f"eval-{student}" + (f"-test{args.test_subset}" if args.test_subset else "")
                 result = pipeline.evaluate_stage(root, scfg, Path(cfg.output) / f"{scored}.json", quiet=True,
                                                  data=test_data)

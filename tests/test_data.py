@@ -1,3 +1,4 @@
+import dataclasses
 import gzip
 
 import numpy as np
@@ -6,7 +7,7 @@ import torch
 from PIL import Image
 
 from otdistill.config import DataConfig
-from otdistill.data import hold_out, load_dataset
+from otdistill.data import TensorImages, hold_out, load_dataset
 from otdistill.data.fashion_mnist import FILES
 from otdistill.errors import UserError
 
@@ -73,6 +74,21 @@ def test_hold_out_carves_a_seeded_validation_split_from_train():
     with pytest.raises(UserError, match="choose a count in that range"):
         hold_out(data, 1000, seed=0)
 
+
+
+def test_content_id_names_the_images_and_labels_of_a_split(tmp_path):
+    data = load_dataset(DataConfig(name="digits"))
+    again = load_dataset(DataConfig(name="digits"))
+    assert data.test.content_id() == again.test.content_id() != data.train.content_id()
+    relabelled = TensorImages(data.test.images, data.test.labels.roll(1))
+    assert relabelled.content_id() != data.test.content_id()
+    val, val_again = hold_out(data, 20, seed=3).test, hold_out(data, 20, seed=3).test
+    assert val.content_id() == val_again.content_id() != hold_out(data, 20, seed=4).test.content_id()
+    make_folder(tmp_path / "f", ["a", "b"])
+    cfg = DataConfig(name="imagefolder", root=str(tmp_path / "f"), image_size=8, test_fraction=0.5)
+    folder = load_dataset(cfg)
+    assert folder.test.content_id() == load_dataset(cfg).test.content_id() != folder.train.content_id()
+    assert load_dataset(dataclasses.replace(cfg, image_size=6)).test.content_id() != folder.test.content_id()
 
 def make_folder(root, classes, per_class=3, size=(20, 12)):
     for c in classes:

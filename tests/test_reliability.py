@@ -1,6 +1,7 @@
 """Reliability: bad input, full or unwritable disks, kills at random points, damaged
 artifacts, determinism and where a run may write."""
 
+import dataclasses
 import errno
 import json
 import os
@@ -18,11 +19,12 @@ from conftest import TINY
 from PIL import Image
 from test_data import make_folder
 
-from otdistill import io
+from otdistill import io, pipeline
 from otdistill.cli import main
 from otdistill.config import DataConfig, load_config
-from otdistill.data import TensorImages, load_dataset
+from otdistill.data import SubsetImages, TensorImages, load_dataset
 from otdistill.errors import UserError
+from otdistill.evaluate import train_student
 from otdistill.losses import cross_entropy
 from otdistill.models.classifiers import build_classifier
 from otdistill.pipeline import evaluate_stage
@@ -174,6 +176,23 @@ def test_cell_names_cannot_escape_the_eval_folder(finished_run, tmp_path):
         evaluate_stage(reference / "distilled", cfg, tmp_path / "e.json", quiet=True)
     assert not (tmp_path.parent / "escape-hard-seed0.json").exists()
 
+
+
+def test_a_cached_student_cell_is_reused_only_on_the_split_it_was_scored_on(finished_run, tmp_path, monkeypatch):
+    reference, _ = finished_run
+    cfg = load_config(TINY, ["student.epochs=1", "student.protocols=[hard]", "student.seeds=[0]"])
+    data = load_dataset(cfg.data)
+    trainings = []
+    monkeypatch.setattr(pipeline, "train_student", lambda *a, **k: trainings.append(a[1]) or train_student(*a, **k))
+    out = tmp_path / "e.json"
+    first = evaluate_stage(reference / "distilled", cfg, out, quiet=True, data=data)
+    assert evaluate_stage(reference / "distilled", cfg, out, quiet=True, data=data) == first
+    assert len(trainings) == 1
+    # same recipe and set, other test images (a validation split, a subset): scored again
+    half = dataclasses.replace(data, test=SubsetImages(data.test, range(0, len(data.test), 2)))
+    again = evaluate_stage(reference / "distilled", cfg, out, quiet=True, data=half)
+    assert len(trainings) == 2 and trainings[-1] is half.test
+    assert again["cells"][0]["scored_on"] == half.test.content_id() != first["cells"][0]["scored_on"]
 
 def test_a_class_smaller_than_the_ipc_stops_before_writing(trained, tmp_path, capsys):
     assert main(["select", str(TINY), "--set", "sample.ipc=1000", "--out", str(tmp_path / "real")]) == 2

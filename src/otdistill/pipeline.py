@@ -331,9 +331,11 @@ def evaluate_stage(distilled: str | Path, cfg: Config | None = None, out: str | 
     out = Path(out) if out else Path(distilled).parent / "eval.json"
     cells_dir = out.with_suffix("") if out.suffix else out / "cells"
     remove_stale_temporaries(cells_dir)
-    # a cell depends on the recipe, not on which other seeds or protocols are listed beside it
+    # a cell depends on the recipe, not on which other seeds or protocols are listed beside it,
+    # and its scores on the images they were computed on
     recipe = dataclasses.replace(cfg.student, seeds=[], protocols=[])
     key = fingerprint(recipe, ds.manifest["files"], ds.manifest.get("teachers"))
+    scored_on = data.test.content_id()
     ensemble = None
     cells = []
     for protocol in cfg.student.protocols:
@@ -341,14 +343,14 @@ def evaluate_stage(distilled: str | Path, cfg: Config | None = None, out: str | 
             name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{cfg.student.arch}-{protocol}-seed{seed}")
             cell_file = cells_dir / f"{name}.json"
             cached = distributed.agree(_cached_cell(cell_file))
-            if cached.get("key") == key:
+            if (cached.get("key"), cached.get("scored_on")) == (key, scored_on):
                 cells.append(cached)
                 continue
             if ensemble is None and protocol == "soft" and ds.manifest.get("teachers"):
                 ensemble = load_ensemble(ds.manifest["teachers"], device)  # only when a cell must train
-            resume = cells_dir / f".{name}-{key}.resume.pt"
+            resume = cells_dir / f".{name}-{key}-{scored_on}.resume.pt"
             cell = train_student(ds, data.test, cfg.student, protocol, seed, ensemble, device, quiet, resume)
-            cell["key"] = key
+            cell.update(key=key, scored_on=scored_on)
             if rank.main:
                 write_json(cell_file, cell)
             log.info("evaluate: %s %s seed %d final-epoch accuracy %.4f (%.0f s)", cfg.student.arch, protocol,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import hashlib
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,15 +40,33 @@ class ImageSet(abc.ABC):
     def indices_of(self, class_index: int) -> torch.Tensor:
         return torch.nonzero(self.labels == class_index).flatten()
 
+    @abc.abstractmethod
+    def content_id(self) -> str:
+        """A short hash naming these images and labels, so that a cached score can tell which
+        split it was computed on."""
+
+
+def _digest(*parts) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part.numpy().tobytes() if isinstance(part, torch.Tensor) else str(part).encode())
+    return h.hexdigest()[:16]
+
 
 class TensorImages(ImageSet):
     def __init__(self, images: torch.Tensor, labels: torch.Tensor):
         assert images.dtype == torch.uint8 and images.ndim == 4 and len(images) == len(labels)
         self.images = images
         self.labels = labels.long()
+        self._content_id = None
 
     def get(self, indices) -> torch.Tensor:
         return self.images[torch.as_tensor(indices, dtype=torch.long)]
+
+    def content_id(self) -> str:
+        if self._content_id is None:  # hashed once: a 60k-image split takes ~0.1 s
+            self._content_id = _digest(self.images.contiguous(), self.labels)
+        return self._content_id
 
 
 class SubsetImages(ImageSet):
@@ -60,6 +79,9 @@ class SubsetImages(ImageSet):
 
     def get(self, indices) -> torch.Tensor:
         return self.parent.get(self.indices[torch.as_tensor(indices, dtype=torch.long)])
+
+    def content_id(self) -> str:
+        return _digest(self.parent.content_id(), self.indices)
 
 
 class FolderImages(ImageSet):
@@ -93,6 +115,10 @@ class FolderImages(ImageSet):
 
     def get(self, indices) -> torch.Tensor:
         return torch.stack([self._load(self.paths[int(i)]) for i in torch.as_tensor(indices).flatten()])
+
+    def content_id(self) -> str:
+        # the file names, not their bytes: hashing 50k JPEGs would cost minutes per evaluation
+        return _digest("\n".join(map(str, self.paths)), self.labels, self.size, self.channels)
 
 
 def readable_images(paths: list[Path], bad_files: str = "skip") -> list[Path]:
