@@ -105,8 +105,8 @@ def build_set(method: str, cfg, data, work: Path) -> Path:
     key = fingerprint(cfg.data, cfg.generator.path, cfg.sample)
     shared = dataclasses.replace(cfg, output=str(work / "sets" / key))
     made = pipeline.sample_stage(shared, quiet=True, data=data)
+    # the copy is relabelled for its row; relabel_stage redoes labels made by other teachers
     shutil.copytree(made, row_set, ignore=shutil.ignore_patterns(".shards"), dirs_exist_ok=True)
-    (row_set / "labels.safetensors").unlink(missing_ok=True)
     return row_set
 
 

@@ -2,12 +2,16 @@
 work when a GPU session finally runs it), and the bench harness's epoch specs and result merging."""
 
 import argparse
+import dataclasses
 import importlib.util
 import json
+import logging
 
 import pytest
 import torch
 from conftest import ROOT
+
+from otdistill import pipeline
 
 
 def _script(name: str):
@@ -35,6 +39,17 @@ def test_bench_results_keep_rows_of_other_runs(tmp_path):
     new = [{"method": "plain", "ipc": 10, "student": "resnet18", "labels": "soft", "acc_mean": 0.65}]
     assert bench.merged(result, new) == [old[0], new[0]]
 
+
+
+def test_rows_sampling_alike_share_one_set_and_relabel_it_cleanly(trained, digits, tmp_path, caplog):
+    bench = _script("distill_bench")
+    cfgs = [dataclasses.replace(trained, output=str(tmp_path / "rows" / row)) for row in ("otg", "otdistill")]
+    sets = [bench.build_set(row, cfg, digits, tmp_path) for row, cfg in zip(("otg", "otdistill"), cfgs)]
+    assert len(list((tmp_path / "sets").iterdir())) == 1  # sampled once
+    assert [p.name for p in sorted(sets[0].glob("images/*/*"))] == [p.name for p in sorted(sets[1].glob("images/*/*"))]
+    with caplog.at_level(logging.WARNING):
+        manifest = pipeline.relabel_stage(sets[0], cfgs[0], quiet=True, data=digits)
+    assert manifest["teachers"] == [trained.teachers[0].path] and not caplog.records
 
 def test_tune_candidates_name_their_weights(monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # tune_otm imports distill_bench as its script does
