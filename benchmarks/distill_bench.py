@@ -117,10 +117,10 @@ def full_data_cells(cfg, data, students, seeds, epochs: int, work: Path) -> dict
     ds = artifacts.DistilledSet(Path(work), {"num_classes": data.num_classes, "ipc": None}, images, train.labels, None)
     cells = {}
     for student in students:
-        for seed in seeds:
-            path = work / "full_data" / f"{student}-hard-seed{seed}-e{epochs}.json"
+        scfg = dataclasses.replace(cfg.student, arch=student, epochs=epochs, batch_size=128, seeds=[])
+        for seed in seeds:  # cached per recipe and test split, like pipeline.evaluate_stage's cells
+            path = work / "full_data" / f"{student}-hard-seed{seed}-{fingerprint(scfg, data.test.content_id())}.json"
             if not path.exists():
-                scfg = dataclasses.replace(cfg.student, arch=student, epochs=epochs, batch_size=128)
                 write_json(path, train_student(ds, data.test, scfg, "hard", seed, None, "cpu", quiet=True))
             cells.setdefault(student, []).append(read_json(path)["final"])
     return cells
