@@ -9,9 +9,11 @@ import logging
 
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, TINY
 
 from otdistill import pipeline
+from otdistill.config import load_config
+from otdistill.data import SubsetImages
 
 
 def _script(name: str):
@@ -50,6 +52,21 @@ def test_rows_sampling_alike_share_one_set_and_relabel_it_cleanly(trained, digit
     with caplog.at_level(logging.WARNING):
         manifest = pipeline.relabel_stage(sets[0], cfgs[0], quiet=True, data=digits)
     assert manifest["teachers"] == [trained.teachers[0].path] and not caplog.records
+
+
+def test_full_data_cells_are_reused_only_for_the_same_recipe(digits, tmp_path, monkeypatch):
+    bench = _script("distill_bench")
+    trainings = []
+    monkeypatch.setattr(bench, "train_student", lambda *a, **k: trainings.append(a[2]) or {"final": 0.5})
+    cfg = load_config(TINY)
+    small = dataclasses.replace(digits, train=SubsetImages(digits.train, range(50)))
+    assert bench.full_data_cells(cfg, small, ["convnet2"], [0, 1], 1, tmp_path) == {"convnet2": [0.5, 0.5]}
+    bench.full_data_cells(cfg, small, ["convnet2"], [0], 1, tmp_path)
+    assert len(trainings) == 2  # seed 0 came from its cell
+    bench.full_data_cells(cfg, small, ["convnet2"], [0], 2, tmp_path)
+    bench.full_data_cells(dataclasses.replace(cfg, student=dataclasses.replace(cfg.student, lr=0.1)), small,
+                          ["convnet2"], [0], 1, tmp_path)
+    assert len(trainings) == 4 and trainings[-1].lr == 0.1 and trainings[-2].epochs == 2
 
 def test_tune_candidates_name_their_weights(monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # tune_otm imports distill_bench as its script does
