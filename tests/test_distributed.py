@@ -1,12 +1,13 @@
 """torchrun over 2 CPU processes (gloo): sampling sharded by class writes the same bytes as
 one process, including the per-class real-latent pools of OT guidance; relabelling sharded by
-batch writes the same labels; data-parallel student training ends at the same weights."""
+batch writes the same labels (up to float summation order); data-parallel student training ends at the same weights."""
 
 import json
 import subprocess
 import sys
 
 import torch
+from safetensors.torch import load_file
 from conftest import TINY
 
 from otdistill.cli import main
@@ -77,8 +78,10 @@ def test_two_ranks_run_relabel_and_students_like_one_process(finished_run, tmp_p
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                            "-m", "otdistill.cli", "--quiet", *args], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
-    # relabelled in shards of batches: the same logits, to the byte
-    assert (two / "distilled" / "labels.safetensors").read_bytes() == (out / "distilled" / "labels.safetensors").read_bytes()
+    # relabelled in shards of the same batches: the same logits up to float summation order, which
+    # changes with the threads per process (byte-equal on some CPUs, not on others)
+    ours, theirs = (load_file(str(root / "distilled" / "labels.safetensors")) for root in (two, out))
+    assert ours.keys() == theirs.keys() and all(torch.allclose(ours[k], theirs[k], atol=1e-5) for k in ours)
     a, b = json.loads((out / "eval.json").read_text()), json.loads((two / "eval.json").read_text())
     for protocol in ("soft", "hard"):
         assert abs(a["protocols"][protocol]["final_mean"] - b["protocols"][protocol]["final_mean"]) < 0.01
