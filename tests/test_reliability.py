@@ -114,22 +114,30 @@ def _leftovers(out: Path) -> list[Path]:
     return [p for p in out.rglob("*") if p.name.endswith(".tmp") or p.name.endswith(".resume.pt")]
 
 
+def _entries(folder: Path) -> int:
+    return sum(len(dirs) + len(files) for _, dirs, files in os.walk(folder))  # os.walk skips entries that vanish
+
+
 def test_sigkill_at_random_points_then_rerun_gives_the_uninterrupted_result(finished_run, tmp_path):
     """Fault injection: `otdistill run` is SIGKILLed at random moments, then run again to the
-    end; the set, its labels and the accuracies equal those of the uninterrupted run."""
+    end; the set, its labels and the accuracies equal those of the uninterrupted run. The moments
+    are drawn in the run's progress (entries on disk), not in seconds, so that a fast machine
+    cannot finish before the first kill."""
     reference, args = finished_run
     out = tmp_path / "run"
     argv = [sys.executable, "-m", "otdistill.cli", "--quiet", *args, "--set", f"output={out}"]
     rng = random.Random(0)
     kills = 0
-    for _ in range(3):
+    for at in sorted(rng.sample(range(1, _entries(reference) * 3 // 4), 3)):
         proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(4.0, 12.0))
+        while proc.poll() is None and _entries(out) < at:
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.0, 0.1))
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             kills += 1
         proc.wait()
-    assert kills >= 1
+    assert kills == 3  # each run is stopped before it reaches its share of the entries
     done = subprocess.run(argv, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert _result(out) == _result(reference)
