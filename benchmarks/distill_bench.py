@@ -120,8 +120,11 @@ def full_data_cells(cfg, data, students, seeds, epochs: int, work: Path) -> dict
         scfg = dataclasses.replace(cfg.student, arch=student, epochs=epochs, batch_size=128, seeds=[])
         for seed in seeds:  # cached per recipe and test split, like pipeline.evaluate_stage's cells
             path = work / "full_data" / f"{student}-hard-seed{seed}-{fingerprint(scfg, data.test.content_id())}.json"
-            if not path.exists():
-                write_json(path, train_student(ds, data.test, scfg, "hard", seed, None, "cpu", quiet=True))
+            if not path.exists():  # a killed training resumes from its last finished epoch
+                path.parent.mkdir(parents=True, exist_ok=True)
+                resume = path.with_name(path.stem + ".resume.pt")
+                write_json(path, train_student(ds, data.test, scfg, "hard", seed, None, "cpu", quiet=True,
+                                               checkpoint=resume))
             cells.setdefault(student, []).append(read_json(path)["final"])
     return cells
 

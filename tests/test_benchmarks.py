@@ -56,12 +56,16 @@ def test_rows_sampling_alike_share_one_set_and_relabel_it_cleanly(trained, digit
 def test_full_data_cells_are_reused_only_for_the_same_recipe(digits, tmp_path, monkeypatch):
     bench = _script("distill_bench")
     trainings = []
-    monkeypatch.setattr(bench, "train_student", lambda *a, **k: trainings.append(a[2]) or {"final": 0.5})
+    resumes = []
+    monkeypatch.setattr(bench, "train_student",
+                        lambda *a, **k: trainings.append(a[2]) or resumes.append(k["checkpoint"]) or {"final": 0.5})
     cfg = load_config(TINY)
     small = dataclasses.replace(digits, train=SubsetImages(digits.train, range(50)))
     assert bench.full_data_cells(cfg, small, ["convnet2"], [0, 1], 1, tmp_path) == {"convnet2": [0.5, 0.5]}
     bench.full_data_cells(cfg, small, ["convnet2"], [0], 1, tmp_path)
     assert len(trainings) == 2  # seed 0 came from its cell
+    # each training keeps its own epoch checkpoint beside its cell (ResNet-18: ~45 min an epoch on 2 CPU cores)
+    assert len(set(resumes)) == 2 and all(r.parent == tmp_path / "full_data" and r.parent.is_dir() for r in resumes)
     bench.full_data_cells(cfg, small, ["convnet2"], [0], 2, tmp_path)
     bench.full_data_cells(dataclasses.replace(cfg, student=dataclasses.replace(cfg.student, lr=0.1)), small,
                           ["convnet2"], [0], 1, tmp_path)
