@@ -121,7 +121,6 @@ def full_data_cells(cfg, data, students, seeds, epochs: int, work: Path) -> dict
         for seed in seeds:  # cached per recipe and test split, like pipeline.evaluate_stage's cells
             path = work / "full_data" / f"{student}-hard-seed{seed}-{fingerprint(scfg, data.test.content_id())}.json"
             if not path.exists():  # a killed training resumes from its last finished epoch
-                path.parent.mkdir(parents=True, exist_ok=True)
                 resume = path.with_name(path.stem + ".resume.pt")
                 write_json(path, train_student(ds, data.test, scfg, "hard", seed, None, "cpu", quiet=True,
                                                checkpoint=resume))
