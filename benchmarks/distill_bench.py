@@ -188,7 +188,7 @@ def main() -> None:
                         help="student epochs: N, IPC=N, STUDENT=N or STUDENT/IPC=N (most specific wins)")
     parser.add_argument("--protocols", nargs="+", default=["soft", "hard"], choices=["soft", "hard"])
     parser.add_argument("--full-epochs", type=int, default=3,
-                        help="epochs of the full-data reference (an epoch on 2 CPU cores: ConvNet-3 ~4 min, ResNet-18 ~20 min)")
+                        help="epochs of the full-data reference (an epoch on 2 CPU cores: ConvNet-3 ~4 min, ResNet-18 ~22 min)")
     parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the recipes')")
     parser.add_argument("--test-subset", type=int, default=0,
                         help="score students on this many test images (every n-th; 0 = all)")

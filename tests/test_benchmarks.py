@@ -64,7 +64,7 @@ def test_full_data_cells_are_reused_only_for_the_same_recipe(digits, tmp_path, m
     assert bench.full_data_cells(cfg, small, ["convnet2"], [0, 1], 1, tmp_path) == {"convnet2": [0.5, 0.5]}
     bench.full_data_cells(cfg, small, ["convnet2"], [0], 1, tmp_path)
     assert len(trainings) == 2  # seed 0 came from its cell
-    # each training keeps its own epoch checkpoint beside its cell (ResNet-18: ~20 min an epoch on 2 CPU cores)
+    # each training keeps its own epoch checkpoint beside its cell (ResNet-18: ~22 min an epoch on 2 CPU cores)
     assert len(set(resumes)) == 2 and all(r.parent == tmp_path / "full_data" and r.parent.is_dir() for r in resumes)
     bench.full_data_cells(cfg, small, ["convnet2"], [0], 2, tmp_path)
     bench.full_data_cells(dataclasses.replace(cfg, student=dataclasses.replace(cfg.student, lr=0.1)), small,
