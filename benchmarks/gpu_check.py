@@ -25,13 +25,13 @@ from otdistill.config import DeviationConfig, InfluenceConfig, OTGuidanceConfig,
 from otdistill.guidance import DeviationGuidance, InfluenceGuidance, OTGuidance
 from otdistill.guidance.influence import _param_grads
 from otdistill.models.classifiers import build_classifier
-from otdistill.models.generator import LatentDiffusion
+from otdistill.models.generator import Generator
 from otdistill.sample import sample_classes
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def build(tiny: bool, device) -> LatentDiffusion:
+def build(tiny: bool, device) -> Generator:
     from diffusers import AutoencoderKL, DiTTransformer2DModel
 
     blocks = (8, 8) if tiny else (128, 256, 512, 512)
@@ -45,10 +45,10 @@ def build(tiny: bool, device) -> LatentDiffusion:
     size = 16 if tiny else 256
     info = {"class_names": [str(i) for i in range(1000)], "num_train_timesteps": 1000, "image_size": size,
             "channels": 3}
-    return LatentDiffusion(vae.eval().requires_grad_(False), dit.eval().requires_grad_(False), info).to(device)
+    return Generator(vae.eval().requires_grad_(False), dit.eval().requires_grad_(False), info).to(device)
 
 
-def terms_for(recipe: str, model: LatentDiffusion, tiny: bool, device, classes: list[int]) -> list:
+def terms_for(recipe: str, model: Generator, tiny: bool, device, classes: list[int]) -> list:
     c, s, _ = model.latent_shape
     terms = []
     if "igd" in recipe:

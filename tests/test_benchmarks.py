@@ -85,7 +85,7 @@ def test_gpu_check_runs_every_recipe_at_toy_shapes():
     gpu_check = _script("gpu_check")
     cpu = torch.device("cpu")
     model = gpu_check.build(True, cpu)
-    assert model.dit.config.out_channels == 8 and model.info["image_size"] == 16
+    assert model.denoiser.config.out_channels == 8 and model.info["image_size"] == 16
 
     def autocast():
         return torch.autocast("cpu", enabled=False)
@@ -109,3 +109,27 @@ def test_bench_table_lists_rows_best_first_with_their_metrics():
     assert body == ["| full_data | all | convnet3 | hard | ce | 3 | 0 | 90.00 +- 0.00 | - | - | - |",
                     "| otdistill | 10 | convnet3 | soft | ce1+mse0.1+sd1 | 80 | 0,1,2 | 75.00 +- 1.00 | 150 | 17.50 | 0.050 |",
                     "| plain | 10 | convnet3 | soft | ce1+mse0.1+sd1 | 80 | 0,1,2 | 70.00 +- 1.00 | 25 | 18.00 | 0.040 |"]
+
+
+def test_generator_quality_rows(trained, tmp_path):
+    """The generator benchmark on digits-tiny: the two real references and one generator at two
+    CFG scales, every key of the result rows, the validation split kept out of the references."""
+    bench = _script("generator_quality")
+    result = tmp_path / "gq.json"
+    args = ["--config", str(TINY), "--set", f"teachers.0.path={trained.teachers[0].path}",
+            "--generators", f"tiny={trained.generator.path}", "--cfg", "1", "2", "--per-class", "12",
+            "--val-per-class", "15", "--seeds", "0", "--work", str(tmp_path / "work"), "--result", str(result),
+            "--shipped", "tiny"]
+    bench.main(args)
+    rows = json.loads(result.read_text())
+    assert [(r["generator"], r["cfg_scale"]) for r in rows] == [("random_real", None), ("random_real_recon", None),
+                                                                ("tiny", 1.0), ("tiny", 2.0)]
+    keys = {"generator", "cfg_scale", "split", "fd_teacher", "precision", "recall", "density", "coverage",
+            "teacher_agreement", "acc_soft_mean", "acc_soft_std", "acc_hard_mean", "acc_hard_std", "seeds",
+            "train_cpu_hours", "shipped"}
+    assert all(keys <= r.keys() and r["split"] == "validation" for r in rows)
+    assert [r["shipped"] for r in rows] == [False, False, True, True]
+    assert rows[0]["fd_teacher"] < rows[2]["fd_teacher"]  # real images are closer to real ones than noise-like samples
+    bench.main(args)  # a rerun reads every cached sample and cell: the same rows
+    timeless = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+    assert timeless(json.loads(result.read_text())) == timeless(rows)

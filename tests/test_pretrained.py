@@ -14,7 +14,6 @@ from otdistill.cli import main
 from otdistill.errors import UserError
 from otdistill.models.generator import load_generator
 from otdistill.models.pretrained import dit_from_original, load_dit, read_state_dict
-from otdistill.sample import predict_noise
 from otdistill.teachers import load_teacher
 
 HIDDEN, HEADS, DEPTH, PATCH, IN_CH, CLASSES, SIZE = 32, 2, 2, 2, 4, 5, 4
@@ -150,9 +149,12 @@ def test_import_generator_from_original_pt_and_sample_a_class_subset(tmp_path):
     assert model.labels == [3, 1] and model.null_class == CLASSES
     z = torch.randn(2, IN_CH, SIZE, SIZE)
     with torch.no_grad():
-        eps = predict_noise(model, z, 10, 0, 1.0)  # cfg 1: the conditional prediction, label 3
-        direct = model.dit(z, timestep=torch.tensor([10, 10]), class_labels=torch.tensor([3, 3])).sample
-    assert eps.shape == z.shape and torch.allclose(eps, direct[:, :IN_CH], atol=1e-5)
+        eps = model.predict(z, 10, 0, 1.0)  # cfg 1: the conditional prediction, label 3
+        direct = model.forward(z, torch.tensor([10, 10]), torch.tensor([3, 3]))
+        guided = model.predict(z, 10, 0, 2.0)  # with its null-class branch: 2 * cond - uncond
+        uncond = model.forward(z, torch.tensor([10, 10]), torch.tensor([CLASSES, CLASSES]))
+    assert eps.shape == z.shape and torch.allclose(eps, direct, atol=1e-5)
+    assert torch.allclose(guided, 2 * direct - uncond, atol=1e-4)
     with pytest.raises(UserError, match="knows no class n09999999"):
         model.bind(["n09999999"], ["x"])
     # the wrong class count for this DiT is refused before anything is written
@@ -199,7 +201,7 @@ def test_imagenette_recipe_binds_its_wnids_to_an_imagenet_generator(tmp_path):
 
     from otdistill.config import load_config
     from otdistill.data import load_dataset
-    from otdistill.models.generator import LatentDiffusion
+    from otdistill.models.generator import Generator
 
     wnids = [line.split()[0] for line in (ROOT / "configs/classes/imagenette.txt").read_text().splitlines()
              if line and not line.startswith("#")]
@@ -209,6 +211,6 @@ def test_imagenette_recipe_binds_its_wnids_to_an_imagenet_generator(tmp_path):
     data = load_dataset(cfg.data)
     assert data.class_ids == wnids and len(data.train) == 20 and len(data.test) == 10
     imagenet = sorted(wnids + [f"n0{i:07d}" for i in range(30)])  # stands in for the 1000 sorted wnids
-    model = LatentDiffusion(None, None, {"class_names": imagenet, "class_ids": imagenet})  # bind reads info only
+    model = Generator(None, None, {"class_names": imagenet, "class_ids": imagenet})  # bind reads info only
     model.bind(data.class_ids, data.class_names)
     assert [imagenet[i] for i in model.labels] == wnids

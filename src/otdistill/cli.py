@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="the whole pipeline: generator, teachers, sample, relabel, evaluate")
     _config_args(p)
 
-    p = sub.add_parser("train-generator", help="train the autoencoder then the DiT; saves diffusers folders")
+    p = sub.add_parser("train-generator", help="train (or continue) the autoencoder then the denoiser; saves diffusers folders")
     _config_args(p)
     p.add_argument("--force", action="store_true", help="retrain even if generator.path exists")
 
@@ -168,7 +168,7 @@ def _dispatch(args) -> int | None:
     if args.command == "run":
         pipeline.run(_load(args), quiet=quiet)
     elif args.command == "train-generator":
-        pipeline.ensure_generator(_load(args), force=args.force, quiet=quiet)
+        pipeline.ensure_generator(_load(args), force=args.force, quiet=quiet, extend=True)
     elif args.command == "train-teacher":
         pipeline.ensure_teachers(_load(args), force=args.force, quiet=quiet)
     elif args.command == "train-surrogate":

@@ -50,30 +50,63 @@ class AutoencoderConfig:
     batch_size: int = 64  # images per step
     lr: float = 2e-3  # AdamW learning rate
     kl_weight: float = 1e-6  # weight of the KL term of the VAE loss
+    # a generator folder (or a diffusers AutoencoderKL folder) whose autoencoder is used as it
+    # is, scaling factor included, instead of training one; the keys above are then unused
+    pretrained: str | None = None
 
 
 @dataclass
 class DiTConfig:
-    """A diffusers DiTTransformer2DModel over the autoencoder's latents."""
+    """A diffusers DiTTransformer2DModel (generator.backend: dit)."""
 
     num_layers: int = 6  # transformer blocks
     num_attention_heads: int = 4  # heads per block
     attention_head_dim: int = 32  # channels per head (width = heads x dim)
     patch_size: int = 2  # latent patch side
-    steps: int = 5000  # training steps
+
+
+@dataclass
+class UNetConfig:
+    """A diffusers UNet2DModel with a class embedding (generator.backend: unet)."""
+
+    block_out_channels: list[int] = field(default_factory=lambda: [64, 128, 128])  # channels per resolution level
+    layers_per_block: int = 2  # ResNet blocks per level
+    attention: list[bool] = field(default_factory=lambda: [False, True, True])  # self-attention at each level
+    attention_head_dim: int = 32  # channels per attention head
+    norm_num_groups: int = 32  # GroupNorm groups
+
+
+@dataclass
+class DiffusionConfig:
+    """How the denoiser is trained; everything here is recorded in generator.json."""
+
+    steps: int = 5000  # training steps (raising it continues a finished training)
     batch_size: int = 128  # latents per step
-    lr: float = 3e-4  # AdamW learning rate
+    lr: float = 3e-4  # peak AdamW learning rate (linear warm-up, then cosine decay)
+    warmup_steps: int = 100  # steps of linear learning-rate warm-up
     ema_decay: float = 0.999  # EMA of weights kept for sampling
+    label_drop: float = 0.1  # share of training labels replaced by the null class (what CFG needs)
+    prediction: str = "epsilon"  # epsilon | v_prediction: the denoiser's target; the sampler follows it
+    loss_weighting: str = "none"  # none | min_snr (min-SNR-gamma weighting of the timesteps)
+    min_snr_gamma: float = 5.0  # gamma of min_snr
+    noise_schedule: str = "linear"  # linear (DiT's betas) | cosine (squared-cosine alpha_bar)
+    num_train_timesteps: int = 1000  # DDPM training timesteps
 
 
 @dataclass
 class GeneratorConfig:
     """Where the generator lives; `otdistill train-generator` makes it when absent."""
 
-    path: str = "checkpoints/fashion-mnist/generator"  # folder with autoencoder/ and dit/ (diffusers folders)
+    path: str = "checkpoints/fashion-mnist/generator"  # generator folder (diffusers save_pretrained parts + generator.json)
+    space: str = "latent"  # latent (denoise the autoencoder's latents) | pixel (denoise images; no autoencoder)
+    backend: str = "dit"  # dit | unet: the denoiser (see generator.dit / generator.unet)
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
     dit: DiTConfig = field(default_factory=DiTConfig)
-    num_train_timesteps: int = 1000  # DDPM training timesteps
+    unet: UNetConfig = field(default_factory=UNetConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    # full training state (weights, EMA, optimiser, RNG) saved atomically every N steps to
+    # PATH.training/, so a killed training resumes where it was; 0 = only at the end
+    checkpoint_every: int = 250
     seed: int = 0  # seed of generator training
 
 

@@ -5,8 +5,13 @@
 - density / coverage (Naeem et al., 2020): with k-NN balls around the real points,
   coverage = share of real points whose ball holds a distilled point (modes reached),
   density = mean number of balls a distilled point falls in, over k (realism).
-Both are computed in two spaces: the teacher's penultimate features and the generator's
-latent space.
+- precision / recall (Kynkaanniemi et al., 2019): share of generated points inside some real
+  point's k-NN ball, and share of real points inside some generated point's ball.
+- Frechet distance: between Gaussians fitted to two feature sets; in a teacher's penultimate
+  features it is the FID analogue (Inception weights cannot be fetched here). It depends on
+  the sample count, so compare values made with the same counts.
+Set metrics are computed in two spaces: the teacher's penultimate features and the
+generator's latent space.
 """
 
 from __future__ import annotations
@@ -27,6 +32,29 @@ def density_coverage(real: torch.Tensor, fake: torch.Tensor, k: int = 5) -> tupl
     coverage = inside.any(dim=0).double().mean().item()
     density = inside.sum().item() / (k * len(fake))
     return density, coverage
+
+
+def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 5) -> tuple[float, float]:
+    real, fake = real.flatten(1).double(), fake.flatten(1).double()
+    real_radii = torch.cdist(real, real).kthvalue(min(k, len(real) - 1) + 1, dim=1).values
+    fake_radii = torch.cdist(fake, fake).kthvalue(min(k, len(fake) - 1) + 1, dim=1).values
+    d = torch.cdist(fake, real)  # (fake, real)
+    precision = (d <= real_radii[None, :]).any(dim=1).double().mean().item()
+    recall = (d <= fake_radii[:, None]).any(dim=0).double().mean().item()
+    return precision, recall
+
+
+def frechet_distance(real: torch.Tensor, fake: torch.Tensor) -> float:
+    """||mu_r - mu_f||^2 + tr(S_r) + tr(S_f) - 2 tr((S_r^1/2 S_f S_r^1/2)^1/2). With S = A A^T
+    for centred features A / sqrt(n - 1), the last trace is the sum of the singular values of
+    A_r^T A_f: exact, symmetric (no sqrtm of a non-symmetric product) and sized by the sample
+    counts rather than the feature dimension."""
+    real, fake = real.flatten(1).double(), fake.flatten(1).double()
+    a_r = (real - real.mean(0)) / (len(real) - 1) ** 0.5
+    a_f = (fake - fake.mean(0)) / (len(fake) - 1) ** 0.5
+    cross = torch.linalg.svdvals(a_r @ a_f.T).sum()
+    mean_term = (real.mean(0) - fake.mean(0)).pow(2).sum()
+    return (mean_term + a_r.pow(2).sum() + a_f.pow(2).sum() - 2 * cross).item()
 
 
 def ot_distance(real: torch.Tensor, fake: torch.Tensor, reg: float = 0.05) -> float:

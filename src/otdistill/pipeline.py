@@ -28,7 +28,7 @@ from .evaluate import summarise, train_student
 from .guidance import build_terms
 from .io import generator, read_json, remove_stale_temporaries, resolve_device, write_json, write_text
 from .metrics import features, held_out, set_metrics
-from .models.generator import LatentDiffusion, load_generator
+from .models.generator import Generator, load_generator
 from .relabel import (
     entropy_rule,
     label_entropy,
@@ -39,7 +39,7 @@ from .relabel import (
 from .sample import sample_classes
 from .selection import kmeans_centres, select_class
 from .teachers import load_teacher, train_teacher
-from .train_generator import encode_all, train_generator
+from .train_generator import encode_all, needs_more_steps, train_generator
 
 log = logging.getLogger(__name__)
 
@@ -65,13 +65,16 @@ def check_model_paths(cfg: Config, teachers: bool = True) -> None:
                             f"inside {cfg.output}")
 
 
-def ensure_generator(cfg: Config, force: bool = False, quiet: bool = False, data: LabelledData | None = None) -> LatentDiffusion:
-    """Load the generator at generator.path, training it first when absent (or forced)."""
+def ensure_generator(cfg: Config, force: bool = False, quiet: bool = False, data: LabelledData | None = None,
+                     extend: bool = False) -> Generator:
+    """Load the generator at generator.path, training it first when absent (or forced); with
+    `extend` (the train-generator command) a generator this project trained with fewer steps
+    than the config asks is trained on from its saved state."""
     device = resolve_device(cfg.device)
-    if Path(cfg.generator.path).exists() and not force:
+    if Path(cfg.generator.path).exists() and not force and not (extend and needs_more_steps(cfg.generator)):
         return load_generator(cfg.generator.path, device)
     log.info("training the generator into %s", cfg.generator.path)
-    return train_generator(cfg.generator, data or load_dataset(cfg.data), device, quiet=quiet)
+    return train_generator(cfg.generator, data or load_dataset(cfg.data), device, quiet=quiet, force=force)
 
 
 def ensure_teachers(cfg: Config, force: bool = False, quiet: bool = False, data: LabelledData | None = None) -> None:
@@ -109,11 +112,11 @@ def _claim(folder: Path, stamp: dict) -> None:
         write_json(f, stamp)
 
 
-def class_prototypes(model: LatentDiffusion, data: LabelledData, c: int, cfg) -> torch.Tensor:
+def class_prototypes(model: Generator, data: LabelledData, c: int, cfg) -> torch.Tensor:
     """D4M's starting points: IPC k-means centres of real latents of class c."""
     idx = data.train.indices_of(c)
     idx = idx[torch.randperm(len(idx), generator=generator(cfg.seed, "prototypes", c))[:cfg.prototype_candidates]]
-    device = next(model.autoencoder.parameters()).device
+    device = model.device
     return kmeans_centres(encode_all(model, data.train, device, idx.sort().values), cfg.ipc, cfg.seed)
 
 

@@ -15,7 +15,7 @@ import torch
 from .config import SampleConfig
 from .errors import UserError
 from .io import generator
-from .models.generator import LatentDiffusion
+from .models.generator import Generator
 
 
 @dataclass
@@ -31,7 +31,7 @@ class SamplerState:
     alpha_bar: float
     class_index: int
     memory: torch.Tensor  # latents already generated for this class, (M, C, h, w)
-    model: LatentDiffusion
+    model: Generator
     # (term, step, class, all-finite flag) per guidance gradient, checked once after the loop:
     # a check per step would be a GPU -> host sync per step
     checks: list = field(default_factory=list)
@@ -40,31 +40,18 @@ class SamplerState:
 GuidanceTerm = Callable[[SamplerState], torch.Tensor]
 
 
-def predict_noise(model: LatentDiffusion, z: torch.Tensor, t, class_index: int | Sequence[int],
-                  cfg_scale: float) -> torch.Tensor:
-    """The DiT's noise prediction with classifier-free guidance (one batched forward); one
-    class for all rows, or a class per row."""
-    n = len(z)
-    rows = [class_index] * n if isinstance(class_index, int) else list(class_index)
-    labels = torch.tensor([model.label(c) for c in rows] + [model.null_class] * n, device=z.device)
-    timesteps = torch.full((2 * n,), int(t), device=z.device, dtype=torch.long)
-    # a DiT trained with learned variance (DiT-XL/2) also outputs sigma channels: keep the noise
-    eps = model.dit(torch.cat([z, z]), timestep=timesteps, class_labels=labels).sample[:, :z.shape[1]]
-    cond, uncond = eps.chunk(2)
-    return uncond + cfg_scale * (cond - uncond)
-
-
-def sample_group(model: LatentDiffusion, classes: Sequence[int], n: int, cfg: SampleConfig,
+def sample_group(model: Generator, classes: Sequence[int], n: int, cfg: SampleConfig,
                  terms: Sequence[GuidanceTerm] = (), window: tuple[int, int] | None = None,
                  memories: Sequence[torch.Tensor | None] | None = None, chunk: int = 0,
                  starts: Sequence[torch.Tensor | None] | None = None) -> list[torch.Tensor]:
     """Draw n latents of each class in `classes` with one DiT forward pass per step for all of
     them. Noise, the scheduler's variance noise and guidance stay per class (a generator seeded
     by (seed, class, chunk)), so a class's latents do not depend on the other classes beyond
-    the float arithmetic of the shared forward pass. With a start (n latents, e.g. D4M's
+    the float arithmetic of the shared forward pass. The scheduler reads the prediction as
+    the generator was trained to make it (noise or velocity). With a start (n latents, e.g. D4M's
     prototypes), sampling begins from them noised to where cfg.init_strength of the schedule
     remains."""
-    device = next(model.dit.parameters()).device
+    device = model.device
     k = len(classes)
     memories = memories or [None] * k
     starts = starts or [None] * k
@@ -85,12 +72,12 @@ def sample_group(model: LatentDiffusion, classes: Sequence[int], n: int, cfg: Sa
     checks: list = []
     for i, t in enumerate(scheds[0].timesteps[first:], start=first):
         with torch.no_grad():
-            eps = predict_noise(model, torch.cat(zs), t, rows, cfg.cfg_scale).split(n)
+            pred = model.predict(torch.cat(zs), t, rows, cfg.cfg_scale).split(n)
         for j, (c, sched, g) in enumerate(zip(classes, scheds, gens)):
             z = zs[j]
             with torch.no_grad():
                 # DDPM draws its variance noise from `g`; DDIM (eta=0) ignores it.
-                out = sched.step(eps[j], t, z, generator=g, return_dict=True)
+                out = sched.step(pred[j], t, z, generator=g, return_dict=True)
             z_next = out.prev_sample
             if terms and lo <= i < hi:
                 state = SamplerState(z, int(t), i, cfg.steps, out.pred_original_sample, z_next - z,
@@ -110,20 +97,20 @@ def _raise_if_not_finite(checks: list) -> None:
                     "its regularisation is probably too small (raise it)")
 
 
-def sample_latents(model: LatentDiffusion, class_index: int, n: int, cfg: SampleConfig,
+def sample_latents(model: Generator, class_index: int, n: int, cfg: SampleConfig,
                    terms: Sequence[GuidanceTerm] = (), window: tuple[int, int] | None = None,
                    memory: torch.Tensor | None = None, chunk: int = 0, start: torch.Tensor | None = None) -> torch.Tensor:
     """n latents of one class (sample_group of one)."""
     return sample_group(model, [class_index], n, cfg, terms, window, [memory], chunk, [start])[0]
 
 
-def latents_to_uint8(model: LatentDiffusion, latents: torch.Tensor) -> torch.Tensor:
+def latents_to_uint8(model: Generator, latents: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         images = model.decode(latents)
     return images.mul(255).round().clamp(0, 255).to(torch.uint8).cpu()
 
 
-def sample_classes(model: LatentDiffusion, classes: Sequence[int], cfg: SampleConfig,
+def sample_classes(model: Generator, classes: Sequence[int], cfg: SampleConfig,
                    terms: Sequence[GuidanceTerm] = (), window: tuple[int, int] | None = None,
                    prototypes: dict[int, torch.Tensor] | None = None) -> dict[int, torch.Tensor]:
     """All IPC images of each class as uint8 (IPC, C, H, W), the classes sharing each forward
@@ -139,7 +126,7 @@ def sample_classes(model: LatentDiffusion, classes: Sequence[int], cfg: SampleCo
     return {c: latents_to_uint8(model, torch.cat(done[c])) for c in classes}
 
 
-def sample_class(model: LatentDiffusion, class_index: int, cfg: SampleConfig,
+def sample_class(model: Generator, class_index: int, cfg: SampleConfig,
                  terms: Sequence[GuidanceTerm] = (), window: tuple[int, int] | None = None,
                  prototypes: torch.Tensor | None = None) -> torch.Tensor:
     """All IPC images of one class (sample_classes of one)."""

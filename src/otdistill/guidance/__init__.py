@@ -7,7 +7,7 @@ from pathlib import Path
 from ..config import GuidanceConfig
 from ..data import LabelledData
 from ..errors import UserError
-from ..models.generator import LatentDiffusion
+from ..models.generator import Generator
 from ..surrogate import load_trajectory
 from .deviation import DeviationGuidance
 from .influence import InfluenceGuidance, real_gradients
@@ -15,12 +15,12 @@ from .ot import OTGuidance
 from .pool import real_latent_pools
 
 
-def build_terms(cfg: GuidanceConfig, model: LatentDiffusion, data: LabelledData, cache_dir: str | Path | None = None,
+def build_terms(cfg: GuidanceConfig, model: Generator, data: LabelledData, cache_dir: str | Path | None = None,
                 quiet: bool = True, classes: list[int] | None = None):
     """The enabled terms (weight > 0), in the order they are applied, for `classes` (default all)."""
     terms = []
     if cfg.influence.weight > 0:
-        device = next(model.dit.parameters()).device
+        device = model.device
         surrogates, info = load_trajectory(cfg.influence.surrogate, device)
         if info["class_names"] != data.class_names:
             raise UserError(f"the surrogate in {cfg.influence.surrogate} was trained on other classes; "

@@ -13,14 +13,14 @@ from tqdm.auto import tqdm
 from ..data import LabelledData
 from ..errors import UserError
 from ..io import atomic_path, generator
-from ..models.generator import LatentDiffusion
+from ..models.generator import Generator
 from ..selection import kmeans_centres, nearest_distinct
 from ..train_generator import encode_all
 
 log = logging.getLogger(__name__)
 
 
-def real_latent_pools(model: LatentDiffusion, data: LabelledData, size: int, select: str, seed: int,
+def real_latent_pools(model: Generator, data: LabelledData, size: int, select: str, seed: int,
                       cache_dir: str | Path | None = None, classes: list[int] | None = None,
                       quiet: bool = True) -> dict[int, torch.Tensor]:
     """{class index: (size, C, h, w) real latents} for `classes` (default all). Each class is
@@ -28,7 +28,7 @@ def real_latent_pools(model: LatentDiffusion, data: LabelledData, size: int, sel
     only theirs, and a damaged file costs one class's encoding."""
     if select not in ("random", "kmeans"):
         raise UserError(f"unknown pool selection '{select}'; use random or kmeans")
-    device = next(model.autoencoder.parameters()).device
+    device = model.device
     pools = {}
     for c in tqdm(range(data.num_classes) if classes is None else classes, desc="encode real pools", disable=quiet,
                   leave=False):

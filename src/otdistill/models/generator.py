@@ -1,25 +1,35 @@
-"""The class-conditional latent diffusion generator, assembled from diffusers parts.
+"""The class-conditional diffusion generator: one interface over diffusers parts.
 
 On disk a generator is a folder:
-    autoencoder/   diffusers AutoencoderKL (save_pretrained)
-    dit/           diffusers DiTTransformer2DModel (save_pretrained); class index K is the
+    autoencoder/   diffusers AutoencoderKL (save_pretrained); absent in pixel space
+    dit/ | unet/   the denoiser (save_pretrained), named by its backend; class index K is the
                    null class used for classifier-free guidance
-    generator.json class names, image shape, noise schedule, how it was made
+    generator.json class names, image shape, backend, noise schedule, prediction type, how it
+                   was made (folders written before these keys existed read as a latent DiT
+                   predicting noise on the linear schedule, which is what they are)
+
+Nothing outside models/ reaches into the parts: the sampler, the guidance terms, the real-latent
+pools and the importers use `Generator`'s methods.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Sequence
 
 import torch
 
-from ..config import AutoencoderConfig, DiTConfig
+from ..config import AutoencoderConfig, GeneratorConfig
 from ..errors import UserError
 from ..io import read_json
 
-# DiT's noise schedule (linear betas); the sampler's scheduler is derived from it.
-SCHEDULE = {"beta_start": 1e-4, "beta_end": 0.02, "beta_schedule": "linear", "clip_sample": False}
+# Noise schedules by config name; DiT's linear betas are the default.
+SCHEDULES = {
+    "linear": {"beta_start": 1e-4, "beta_end": 0.02, "beta_schedule": "linear"},
+    "cosine": {"beta_schedule": "squaredcos_cap_v2"},
+}
+PREDICTIONS = ("epsilon", "v_prediction")
 
 
 def build_autoencoder(cfg: AutoencoderConfig, channels: int, image_size: int):
@@ -39,26 +49,133 @@ def build_autoencoder(cfg: AutoencoderConfig, channels: int, image_size: int):
     )
 
 
-def build_dit(cfg: DiTConfig, latent_channels: int, latent_size: int, num_classes: int):
+def load_autoencoder(path: str | Path):
+    """The AutoencoderKL of a generator folder, or a diffusers AutoencoderKL folder itself."""
+    from diffusers import AutoencoderKL
+
+    path = Path(path)
+    folder = path / "autoencoder" if (path / "autoencoder").is_dir() else path
+    if not (folder / "config.json").is_file():
+        raise UserError(f"{path} holds no autoencoder (no autoencoder/config.json or config.json); point "
+                        "generator.autoencoder.pretrained at a generator folder or a diffusers AutoencoderKL folder")
+    try:
+        ae = AutoencoderKL.from_pretrained(folder, use_safetensors=True, low_cpu_mem_usage=False)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise UserError(f"could not load the autoencoder in {folder}: {exc}") from None
+    return ae.eval().requires_grad_(False)
+
+
+# ---------------------------------------------------------------- denoiser backends
+
+
+@dataclass(frozen=True)
+class Backend:
+    """What the generator needs of one kind of denoiser."""
+
+    build: Callable[[GeneratorConfig, int, int, int], torch.nn.Module]  # (cfg, channels, size, classes)
+    load: Callable[[Path], torch.nn.Module]  # from its save_pretrained folder
+    forward: Callable[[torch.nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (m, z, t, labels)
+    null_class: Callable[[torch.nn.Module], int]  # the label CFG's unconditional branch uses
+
+
+BACKENDS: dict[str, Backend] = {}
+
+
+def register_backend(name: str, backend: Backend) -> None:
+    BACKENDS[name] = backend
+
+
+def _build_dit(cfg: GeneratorConfig, channels: int, size: int, num_classes: int):
+    from diffusers import DiTTransformer2DModel
+    from diffusers.models.embeddings import LabelEmbedding
+
+    d = cfg.dit
+    if size % d.patch_size:
+        raise UserError(f"latent size {size} is not divisible by generator.dit.patch_size={d.patch_size}")
+    dit = DiTTransformer2DModel(
+        num_attention_heads=d.num_attention_heads, attention_head_dim=d.attention_head_dim,
+        in_channels=channels, out_channels=channels, num_layers=d.num_layers,
+        sample_size=size, patch_size=d.patch_size, num_embeds_ada_norm=num_classes,
+    )
+    # diffusers gives every block its own label embedding, each dropping labels to the null
+    # class on its own in train mode, so the all-null input CFG samples with is never trained;
+    # the trainer drops labels once per sample instead (generator.diffusion.label_drop).
+    for m in dit.modules():
+        if isinstance(m, LabelEmbedding):
+            m.dropout_prob = 0.0
+    return dit
+
+
+def _load_dit(path: Path):
     from diffusers import DiTTransformer2DModel
 
-    if latent_size % cfg.patch_size:
-        raise UserError(f"latent size {latent_size} is not divisible by generator.dit.patch_size={cfg.patch_size}")
-    return DiTTransformer2DModel(
-        num_attention_heads=cfg.num_attention_heads, attention_head_dim=cfg.attention_head_dim,
-        in_channels=latent_channels, out_channels=latent_channels, num_layers=cfg.num_layers,
-        sample_size=latent_size, patch_size=cfg.patch_size, num_embeds_ada_norm=num_classes,
+    return DiTTransformer2DModel.from_pretrained(path, use_safetensors=True, low_cpu_mem_usage=False)
+
+
+def _forward_dit(m, z, t, labels):
+    # a DiT trained with learned variance (DiT-XL/2) also outputs sigma channels: keep the prediction
+    return m(z, timestep=t, class_labels=labels).sample[:, :z.shape[1]]
+
+
+def _build_unet(cfg: GeneratorConfig, channels: int, size: int, num_classes: int):
+    from diffusers import UNet2DModel
+
+    u = cfg.unet
+    if len(u.attention) != len(u.block_out_channels):
+        raise UserError(f"generator.unet.attention has {len(u.attention)} entries for {len(u.block_out_channels)} "
+                        "levels of generator.unet.block_out_channels; give one true/false per level")
+    if size % 2 ** (len(u.block_out_channels) - 1):
+        raise UserError(f"size {size} is not divisible by the UNet's downsampling factor "
+                        f"{2 ** (len(u.block_out_channels) - 1)}; use fewer levels in generator.unet.block_out_channels")
+    return UNet2DModel(
+        sample_size=size, in_channels=channels, out_channels=channels, layers_per_block=u.layers_per_block,
+        block_out_channels=tuple(u.block_out_channels), norm_num_groups=u.norm_num_groups,
+        down_block_types=tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in u.attention),
+        up_block_types=tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(u.attention)),
+        attention_head_dim=u.attention_head_dim, num_class_embeds=num_classes + 1,
     )
 
 
-@dataclass
-class LatentDiffusion:
-    """An autoencoder, a class-conditional DiT and the metadata tying them to a dataset."""
+def _load_unet(path: Path):
+    from diffusers import UNet2DModel
 
-    autoencoder: torch.nn.Module
-    dit: torch.nn.Module
-    info: dict
-    labels: list[int] | None = None  # the DiT label of each dataset class, set by bind()
+    return UNet2DModel.from_pretrained(path, use_safetensors=True, low_cpu_mem_usage=False)
+
+
+register_backend("dit", Backend(_build_dit, _load_dit, _forward_dit, lambda m: m.config.num_embeds_ada_norm))
+register_backend("unet", Backend(_build_unet, _load_unet,
+                                 lambda m, z, t, labels: m(z, t, class_labels=labels).sample,
+                                 lambda m: m.config.num_class_embeds - 1))
+
+
+def backend(name: str) -> Backend:
+    if name not in BACKENDS:
+        raise UserError(f"unknown generator backend '{name}'; generator.backend must be one of {', '.join(BACKENDS)}")
+    return BACKENDS[name]
+
+
+# ---------------------------------------------------------------- the generator
+
+
+class Generator:
+    """A class-conditional denoiser, optionally over an autoencoder's latents, with the
+    metadata tying it to a dataset. In pixel space (no autoencoder) the 'latents' are the
+    images scaled to [-1, 1]."""
+
+    def __init__(self, autoencoder: torch.nn.Module | None, denoiser: torch.nn.Module, info: dict):
+        self.autoencoder = autoencoder
+        self.denoiser = denoiser
+        self.info = info
+        self.labels: list[int] | None = None  # the denoiser's label of each dataset class, set by bind()
+        self._backend = backend(self.backend_name)
+
+    @property
+    def backend_name(self) -> str:
+        return self.info.get("backend", "dit")
+
+    @property
+    def prediction(self) -> str:
+        return self.info.get("prediction", "epsilon")
 
     @property
     def num_classes(self) -> int:
@@ -66,11 +183,21 @@ class LatentDiffusion:
 
     @property
     def null_class(self) -> int:
-        return self.dit.config.num_embeds_ada_norm  # the extra embedding row CFG conditions on
+        return self._backend.null_class(self.denoiser)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.denoiser.parameters()).device
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        c = self.denoiser.config.in_channels
+        s = self.denoiser.config.sample_size
+        return (c, s, s)
 
     def bind(self, class_ids: list[str], class_names: list[str]) -> None:
-        """Map a dataset's classes to the DiT's labels: the same classes, or a subset of them
-        (ImageNette from an ImageNet-1K DiT), matched by class id."""
+        """Map a dataset's classes to the denoiser's labels: the same classes, or a subset of
+        them (ImageNette from an ImageNet-1K DiT), matched by class id."""
         ids = self.info.get("class_ids") or self.info["class_names"]
         if list(class_names) == self.info["class_names"] and len(class_ids) == len(ids):
             self.labels = list(range(len(ids)))
@@ -85,15 +212,10 @@ class LatentDiffusion:
     def label(self, class_index: int) -> int:
         return self.labels[class_index] if self.labels is not None else class_index
 
-    @property
-    def latent_shape(self) -> tuple[int, int, int]:
-        c = self.dit.config.in_channels
-        s = self.dit.config.sample_size
-        return (c, s, s)
-
-    def to(self, device) -> "LatentDiffusion":
-        self.autoencoder.to(device)
-        self.dit.to(device)
+    def to(self, device) -> "Generator":
+        if self.autoencoder is not None:
+            self.autoencoder.to(device)
+        self.denoiser.to(device)
         return self
 
     def noise_scheduler(self, kind: str = "ddpm"):
@@ -102,17 +224,41 @@ class LatentDiffusion:
         classes = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler}
         if kind not in classes:
             raise UserError(f"unknown scheduler '{kind}'; sample.scheduler must be ddim or ddpm")
-        return classes[kind](num_train_timesteps=self.info["num_train_timesteps"], **SCHEDULE)
+        return classes[kind](num_train_timesteps=self.info["num_train_timesteps"], clip_sample=False,
+                             prediction_type=self.prediction, **SCHEDULES[self.info.get("noise_schedule", "linear")])
+
+    def forward(self, z: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The denoiser's raw prediction (noise or velocity, see `prediction`) for denoiser labels."""
+        return self._backend.forward(self.denoiser, z, t, labels)
+
+    def predict(self, z: torch.Tensor, t, class_index: int | Sequence[int], cfg_scale: float) -> torch.Tensor:
+        """The prediction with classifier-free guidance in one batched forward pass; one class
+        for all rows, or a class per row. At scale 1 the unconditional half is skipped."""
+        n = len(z)
+        rows = [class_index] * n if isinstance(class_index, int) else list(class_index)
+        labels = [self.label(c) for c in rows]
+        if cfg_scale != 1.0:
+            labels += [self.null_class] * n
+            z = torch.cat([z, z])
+        timesteps = torch.full((len(labels),), int(t), device=z.device, dtype=torch.long)
+        out = self.forward(z, timesteps, torch.tensor(labels, device=z.device))
+        if cfg_scale == 1.0:
+            return out
+        cond, uncond = out.chunk(2)
+        return uncond + cfg_scale * (cond - uncond)
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Images in [0, 1] -> scaled latents (posterior mean)."""
+        if self.autoencoder is None:
+            return images * 2 - 1
         dist = self.autoencoder.encode(images * 2 - 1).latent_dist
         return dist.mean * self.autoencoder.config.scaling_factor
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Scaled latents -> images in [0, 1] (differentiable, for guidance terms)."""
-        out = self.autoencoder.decode(latents / self.autoencoder.config.scaling_factor).sample
+        out = latents if self.autoencoder is None else \
+            self.autoencoder.decode(latents / self.autoencoder.config.scaling_factor).sample
         return ((out + 1) / 2).clamp(0, 1)
 
     def save(self, path: str | Path) -> None:
@@ -120,27 +266,30 @@ class LatentDiffusion:
         from ..io import write_json
 
         path = Path(path)
-        self.autoencoder.save_pretrained(path / "autoencoder")
-        self.dit.save_pretrained(path / "dit")
+        if self.autoencoder is not None:
+            self.autoencoder.save_pretrained(path / "autoencoder")
+        self.denoiser.save_pretrained(path / self.backend_name)
         write_json(path / "generator.json", self.info)
 
 
-def load_generator(path: str | Path, device="cpu") -> LatentDiffusion:
-    from diffusers import AutoencoderKL, DiTTransformer2DModel
-
+def load_generator(path: str | Path, device="cpu") -> Generator:
     path = Path(path)
-    for part in ("autoencoder", "dit", "generator.json"):
+    if not (path / "generator.json").exists():
+        raise UserError(f"{path} is not a generator folder (no generator.json); train one with "
+                        "`otdistill train-generator CONFIG`")
+    info = read_json(path / "generator.json")
+    name = info.get("backend", "dit")
+    parts = [name] + ([] if info.get("space") == "pixel" else ["autoencoder"])
+    for part in parts:
         if not (path / part).exists():
             raise UserError(f"{path} is not a generator folder (no {part}); train one with `otdistill train-generator CONFIG`")
-    info = read_json(path / "generator.json")
+    ae = None if info.get("space") == "pixel" else load_autoencoder(path)
     try:
-        ae = AutoencoderKL.from_pretrained(path / "autoencoder", use_safetensors=True, low_cpu_mem_usage=False)
-        dit = DiTTransformer2DModel.from_pretrained(path / "dit", use_safetensors=True, low_cpu_mem_usage=False)
+        denoiser = backend(name).load(path / name)
     except (OSError, ValueError, RuntimeError) as exc:
         raise UserError(f"could not load the generator in {path}: {exc}") from None
-    if dit.config.num_embeds_ada_norm != len(info["class_names"]):
-        raise UserError(f"generator in {path}: the DiT has {dit.config.num_embeds_ada_norm} classes but generator.json "
-                        f"lists {len(info['class_names'])}")
-    ae.eval().requires_grad_(False)
-    dit.eval().requires_grad_(False)
-    return LatentDiffusion(ae, dit, info).to(device)
+    model = Generator(ae, denoiser.eval().requires_grad_(False), info)
+    if model.null_class != model.num_classes:
+        raise UserError(f"generator in {path}: the {name} has {model.null_class} classes but generator.json "
+                        f"lists {model.num_classes}")
+    return model.to(device)

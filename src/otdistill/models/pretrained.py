@@ -150,7 +150,7 @@ def import_generator(dit_path: str | Path, vae_path: str | Path, class_ids: list
     """Convert a local DiT + VAE into an otdistill generator folder (autoencoder/, dit/,
     generator.json), written atomically; returns its path."""
     from ..io import atomic_path, invoked_command, sha256_file
-    from .generator import LatentDiffusion
+    from .generator import Generator
 
     dit, vae = load_dit(dit_path, heads), load_vae(vae_path)
     if vae.config.latent_channels != dit.config.in_channels:
@@ -164,7 +164,7 @@ def import_generator(dit_path: str | Path, vae_path: str | Path, class_ids: list
                 "dit": str(dit_path), "vae": str(vae_path),
                 "dit_sha256": sha256_file(dit_path) if Path(dit_path).is_file() else None},
             "command": invoked_command()}
-    model = LatentDiffusion(vae.eval(), dit.eval(), info)
+    model = Generator(vae.eval(), dit.eval(), info)
     with atomic_path(out) as tmp:
         model.save(tmp)
     return Path(out)
