@@ -36,7 +36,8 @@ def test_teacher_checkpoint_is_complete_and_accurate():
 
 def test_generated_images_are_recognised_as_their_class():
     model = load_generator(CFG.generator.path)
-    assert model.info["class_names"] == CLASS_NAMES and model.info["command"].startswith("otdistill train-generator")
+    assert model.info["class_names"] == CLASS_NAMES and "otdistill" in model.info["command"]
+    assert "train-generator" in model.info["command"]
     teacher, _ = load_teacher(CFG.teachers[0].path)
     cfg = dataclasses.replace(CFG.sample, ipc=4, batch_size=4, steps=25)
     images = torch.cat([sample_class(model, c, cfg) for c in range(10)])

@@ -63,6 +63,12 @@ def test_raising_the_steps_continues_a_finished_training(tmp_path, digits):
     assert not _same(before, after)
     assert load_generator(cfg.generator.path).info["recipe"]["diffusion"]["steps"] == 14
     assert torch.load(tg.training_dir(more.generator) / "denoiser.pt", weights_only=False)["step"] == 14
+    # without its saved state (a shipped checkpoint) it is not silently retrained from scratch
+    moved = tg.training_dir(more.generator).rename(tmp_path / "elsewhere")
+    longer = tiny_config(tmp_path, f"generator.path={tmp_path / 'g'}", "generator.diffusion.steps=18")
+    with pytest.raises(UserError, match="training state.*--force"):
+        ensure_generator(longer, quiet=True, data=digits, extend=True)
+    moved.rename(tg.training_dir(more.generator))
     # a different recipe cannot continue from that state
     other = tiny_config(tmp_path, f"generator.path={tmp_path / 'g'}", "generator.diffusion.steps=20",
                         "generator.diffusion.lr=0.01")

@@ -39,7 +39,7 @@ from .relabel import (
 from .sample import sample_classes
 from .selection import kmeans_centres, select_class
 from .teachers import load_teacher, train_teacher
-from .train_generator import encode_all, needs_more_steps, train_generator
+from .train_generator import encode_all, needs_more_steps, train_generator, training_dir
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +71,14 @@ def ensure_generator(cfg: Config, force: bool = False, quiet: bool = False, data
     `extend` (the train-generator command) a generator this project trained with fewer steps
     than the config asks is trained on from its saved state."""
     device = resolve_device(cfg.device)
-    if Path(cfg.generator.path).exists() and not force and not (extend and needs_more_steps(cfg.generator)):
+    exists = Path(cfg.generator.path).exists()
+    if exists and not force and not (extend and needs_more_steps(cfg.generator)):
         return load_generator(cfg.generator.path, device)
+    if exists and not force and not training_dir(cfg.generator).is_dir():
+        raise UserError(f"{cfg.generator.path} was trained with fewer steps than the config asks, but its training "
+                        f"state ({training_dir(cfg.generator)}) is not here to continue from (shipped checkpoints "
+                        "come without it); add --force to train it again from the start, or write it elsewhere "
+                        "with --set generator.path=...")
     log.info("training the generator into %s", cfg.generator.path)
     return train_generator(cfg.generator, data or load_dataset(cfg.data), device, quiet=quiet, force=force)
 
