@@ -38,7 +38,7 @@ def otdistill(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
 def result(out: Path) -> dict:
     d = out / "distilled"
     manifest = json.loads((d / "manifest.json").read_text())
-    ev = json.loads((out / "eval.json").read_text())
+    ev = json.loads((d / "eval.json").read_text())
     return {"files": manifest["files"], "labels": (d / "labels.safetensors").read_bytes().hex(),
             "finals": {p: r["final"] for p, r in ev["protocols"].items()}}
 

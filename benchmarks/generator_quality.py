@@ -43,10 +43,18 @@ from otdistill.config import load_config  # noqa: E402
 from otdistill.data import TensorImages, hold_out, load_dataset  # noqa: E402
 from otdistill.evaluate import train_student  # noqa: E402
 from otdistill.io import atomic_path, read_json, write_json  # noqa: E402
-from otdistill.metrics import density_coverage, features, frechet_distance, held_out, precision_recall  # noqa: E402
+from otdistill.metrics import (  # noqa: E402
+    density_coverage,
+    features,
+    frechet_distance,
+    held_out,
+    precision_recall,
+    teacher_agreement,
+)
 from otdistill.models.generator import load_generator  # noqa: E402
+from otdistill.readiness import plain_samples  # noqa: E402
 from otdistill.relabel import load_ensemble, select_teachers  # noqa: E402
-from otdistill.sample import latents_to_uint8, sample_classes  # noqa: E402
+from otdistill.sample import latents_to_uint8  # noqa: E402
 from otdistill.teachers import load_teacher  # noqa: E402
 from otdistill.train_generator import encode_all  # noqa: E402
 
@@ -73,13 +81,10 @@ def class_ordered(images: torch.Tensor, labels: torch.Tensor, per_class: int) ->
 
 def distribution_row(teacher, real_feats: torch.Tensor, images: torch.Tensor, labels: torch.Tensor, device) -> dict:
     feats = features(teacher, images, device)
-    with torch.no_grad():
-        agree = torch.cat([teacher(images[s:s + 500].to(device, torch.float32) / 255.0).argmax(1).cpu()
-                           for s in range(0, len(images), 500)]) == labels
     precision, recall = precision_recall(real_feats, feats)
     density, coverage = density_coverage(real_feats, feats)
     return {"fd_teacher": frechet_distance(real_feats, feats), "precision": precision, "recall": recall,
-            "density": density, "coverage": coverage, "teacher_agreement": agree.double().mean().item(),
+            "density": density, "coverage": coverage, "teacher_agreement": teacher_agreement(teacher, images, labels, device),
             "samples": len(images)}
 
 
@@ -100,12 +105,6 @@ def student_row(images: torch.Tensor, labels: torch.Tensor, cfg, data, seeds: li
         out[f"acc_{protocol}_std"] = statistics.pstdev(accs)
         out[f"acc_{protocol}"] = accs
     return out
-
-
-def generate(model, per_class: int, scale: float, cfg, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    scfg = dataclasses.replace(cfg.sample, ipc=per_class, batch_size=per_class, cfg_scale=scale)
-    images = sample_classes(model, list(range(num_classes)), scfg)
-    return torch.cat([images[c] for c in range(num_classes)]), torch.arange(num_classes).repeat_interleave(per_class)
 
 
 def merged(rows: list[dict], result: Path) -> list[dict]:
@@ -160,7 +159,8 @@ def main(argv: list[str] | None = None) -> None:
         model = load_generator(folder, device)
         for scale in args.cfg:
             sets.append((name, scale, hours, lambda m=model, s=scale, n=name: cached(
-                work / f"{n}-cfg{s}.pt", lambda: generate(m, args.per_class, s, cfg, data.num_classes))))
+                work / f"{n}-cfg{s}.pt", lambda: plain_samples(
+                    m, args.per_class, dataclasses.replace(cfg.sample, cfg_scale=s), data.num_classes))))
 
     rows = []
     for name, scale, hours, make in sets:

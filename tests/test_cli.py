@@ -11,7 +11,7 @@ def test_run_writes_every_artifact(finished_run, capsys):
     out, _ = finished_run
     assert (out / "config.yaml").is_file()
     assert (out / "distilled" / "manifest.json").is_file() and (out / "distilled" / "labels.safetensors").is_file()
-    result = json.loads((out / "eval.json").read_text())
+    result = json.loads((out / "distilled" / "eval.json").read_text())
     assert set(result["protocols"]) == {"soft", "hard"}
     for r in result["protocols"].values():
         assert 0.0 <= r["final_mean"] <= 1.0 and r["seeds"] == [0]
@@ -21,10 +21,10 @@ def test_run_writes_every_artifact(finished_run, capsys):
 def test_rerun_reuses_finished_stages(finished_run):
     out, args = finished_run
     stamp = {p: p.stat().st_mtime_ns for p in (out / "distilled").rglob("*.png")}
-    cells = {p: p.stat().st_mtime_ns for p in (out / "eval").glob("*.json")}
+    cells = {p: p.stat().st_mtime_ns for p in (out / "distilled" / "eval").glob("*.json")}
     assert main(["--quiet", *args]) == 0
     assert stamp == {p: p.stat().st_mtime_ns for p in (out / "distilled").rglob("*.png")}
-    assert cells == {p: p.stat().st_mtime_ns for p in (out / "eval").glob("*.json")}
+    assert cells == {p: p.stat().st_mtime_ns for p in (out / "distilled" / "eval").glob("*.json")}
 
 
 def test_changed_config_refuses_to_mix_outputs(finished_run, capsys):

@@ -90,11 +90,31 @@ def test_content_id_names_the_images_and_labels_of_a_split(tmp_path):
     assert folder.test.content_id() == load_dataset(cfg).test.content_id() != folder.train.content_id()
     assert load_dataset(dataclasses.replace(cfg, image_size=6)).test.content_id() != folder.test.content_id()
 
-def make_folder(root, classes, per_class=3, size=(20, 12)):
+def make_folder(root, classes, per_class=3, size=(20, 12), mode="RGB"):
     for c in classes:
         (root / c).mkdir(parents=True)
         for i in range(per_class):
-            Image.fromarray(np.full((size[1], size[0], 3), 40 * i, np.uint8)).save(root / c / f"{i}.jpg")
+            rgb = np.stack([np.full((size[1], size[0]), v, np.uint8) for v in (40 * i, 200 - 40 * i, 90)], -1)
+            Image.fromarray(rgb).convert(mode).save(root / c / f"{i}.png")
+
+
+@pytest.mark.parametrize("bad_files", ["skip", "unchecked"])
+def test_imagefolder_channels_follow_the_images(tmp_path, bad_files):
+    """Grayscale files load as 1 channel, colour ones (or a single colour file) as 3; data.channels overrides."""
+    make_folder(tmp_path / "gray", ["a", "b"], mode="L")
+    make_folder(tmp_path / "rgb", ["a", "b"])
+    make_folder(tmp_path / "mixed", ["a", "b"], mode="L")
+    Image.fromarray(np.full((12, 20, 3), (255, 0, 0), np.uint8)).save(tmp_path / "mixed" / "a" / "0.png")
+
+    def load(folder, channels="auto"):
+        return load_dataset(DataConfig(name="imagefolder", root=str(tmp_path / folder), image_size=8,
+                                       test_fraction=0.5, bad_files=bad_files, channels=channels))
+    gray = load("gray")
+    assert gray.channels == 1 and gray.train.get([0]).shape == (1, 1, 8, 8)
+    assert load("rgb").channels == 3 and load("rgb").train.get([0]).shape == (1, 3, 8, 8)
+    assert load("mixed").channels == 3  # the first image of class a is colour
+    assert load("gray", channels=3).train.get([0]).shape == (1, 3, 8, 8)
+    assert load("rgb", channels=1).channels == 1
 
 
 def test_imagefolder_with_class_list_and_val_split(tmp_path):
@@ -105,6 +125,7 @@ def test_imagefolder_with_class_list_and_val_split(tmp_path):
     assert data.class_ids == ["n03", "n01"]
     assert len(data.train) == 6 and len(data.test) == 2
     assert data.train.get([0, 5]).shape == (2, 3, 8, 8)
+    assert data.channels == 3
 
 
 def test_imagefolder_skips_corrupt_files_and_reports_missing_classes(tmp_path):

@@ -86,7 +86,8 @@ def test_two_ranks_run_relabel_and_students_like_one_process(finished_run, tmp_p
     # changes with the threads per process (byte-equal on some CPUs, not on others)
     ours, theirs = (read_distilled(root / "distilled") for root in (two, out))
     assert torch.equal(ours.hard, theirs.hard) and torch.allclose(ours.soft_logits, theirs.soft_logits, atol=1e-5)
-    a, b = json.loads((out / "eval.json").read_text()), json.loads((two / "eval.json").read_text())
+    a, b = json.loads((out / "distilled" / "eval.json").read_text()), json.loads(
+        (two / "distilled" / "eval.json").read_text())
     for protocol in ("soft", "hard"):
         assert abs(a["protocols"][protocol]["final_mean"] - b["protocols"][protocol]["final_mean"]) < 0.01
     assert (two / "summary.md").exists() and (two / "report" / "report.html").exists()

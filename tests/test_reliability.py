@@ -106,7 +106,7 @@ def test_killed_training_resumes_from_its_epoch_checkpoint_with_the_same_result(
 
 def _result(out: Path) -> tuple[dict, dict, bytes]:
     manifest = json.loads((out / "distilled" / "manifest.json").read_text())
-    finals = {p: r["final"] for p, r in json.loads((out / "eval.json").read_text())["protocols"].items()}
+    finals = {p: r["final"] for p, r in json.loads((out / "distilled" / "eval.json").read_text())["protocols"].items()}
     return manifest["files"], finals, (out / "distilled" / "labels.safetensors").read_bytes()
 
 
@@ -152,7 +152,7 @@ def test_damaged_artifacts_are_redone_on_rerun(finished_run, tmp_path):
     pngs[0].write_bytes(b"not a png")
     pngs[-1].unlink()
     (out / "distilled" / "labels.safetensors").write_bytes(b"\0" * 10)
-    next((out / "eval").glob("*.json")).write_text("{truncated")
+    next((out / "distilled" / "eval").glob("*.json")).write_text("{truncated")
     assert main(["--quiet", *args, "--set", f"output={out}"]) == 0
     files, finals, labels = _result(out)
     ref_files, ref_finals, ref_labels = _result(reference)
@@ -179,7 +179,10 @@ def test_a_run_never_writes_models_outside_its_folder(trained, tmp_path):
 
 def test_cell_names_cannot_escape_the_eval_folder(finished_run, tmp_path):
     reference, _ = finished_run
-    cfg = load_config(TINY, ["student.arch=../../escape", "student.epochs=1", "student.protocols=[hard]"])
+    with pytest.raises(UserError, match="student.arch: unknown classifier"):  # a recipe cannot even say it
+        load_config(TINY, ["student.arch=../../escape"])
+    cfg = load_config(TINY, ["student.epochs=1", "student.protocols=[hard]"])
+    cfg = dataclasses.replace(cfg, student=dataclasses.replace(cfg.student, arch="../../escape"))  # nor the API
     with pytest.raises(UserError, match="unknown classifier"):
         evaluate_stage(reference / "distilled", cfg, tmp_path / "e.json", quiet=True)
     assert not (tmp_path.parent / "escape-hard-seed0.json").exists()

@@ -114,9 +114,11 @@ def write_manifest(root: Path, *, ipc: int, class_names: list[str], class_ids: l
 
 
 def _hashes(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): sha256_file(p) for p in sorted(root.rglob("*"))
-            if p.is_file() and p.name != "manifest.json"
-            and not any(part.startswith(".") for part in p.relative_to(root).parts)}
+    """The set's own files (images, labels): what else lives in its folder, such as its
+    evaluations, may change without the set changing."""
+    files = [*(root / "images").rglob("*"), root / "labels.safetensors"]
+    return {str(p.relative_to(root)): sha256_file(p) for p in sorted(files)
+            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)}
 
 
 def update_manifest(root: Path, **entries) -> dict:

@@ -18,50 +18,60 @@ def _config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
                    help="override a config key, e.g. --set sample.ipc=50 (repeatable)")
 
 
+def _global_options(p: argparse.ArgumentParser, default) -> None:
+    p.add_argument("--quiet", action="store_true", default=default, help="no progress bars, warnings only")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="otdistill", description=__doc__)
-    parser.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
+    _global_options(parser, default=False)
+    # the same options after the sub-command; SUPPRESS keeps a sub-parser from resetting one given before it
+    common = argparse.ArgumentParser(add_help=False)
+    _global_options(common, default=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("run", help="the whole pipeline: generator, teachers, sample, relabel, evaluate")
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, parents=[common])
+
+    p = command("run", help="the whole pipeline: generator, teachers, sample, relabel, evaluate")
     _config_args(p)
 
-    p = sub.add_parser("train-generator", help="train (or continue) the autoencoder then the denoiser; saves diffusers folders")
+    p = command("train-generator", help="train (or continue) the autoencoder then the denoiser; saves diffusers folders")
     _config_args(p)
     p.add_argument("--force", action="store_true", help="retrain even if generator.path exists")
 
-    p = sub.add_parser("train-teacher", help="train the configured teacher classifiers on the real data")
+    p = command("train-teacher", help="train the configured teacher classifiers on the real data")
     _config_args(p)
     p.add_argument("--force", action="store_true", help="retrain even if the teacher folder exists")
 
-    p = sub.add_parser("train-surrogate", help="train the surrogate whose trajectory influence guidance reads")
+    p = command("train-surrogate", help="train the surrogate whose trajectory influence guidance reads")
     _config_args(p)
     p.add_argument("--force", action="store_true", help="retrain even if the surrogate folder exists")
 
-    p = sub.add_parser("sample", help="draw sample.ipc images per class into OUTPUT/distilled")
+    p = command("sample", help="draw sample.ipc images per class into OUTPUT/distilled")
     _config_args(p)
 
-    p = sub.add_parser("select", help="a real-image baseline set (random, herding, k-means) in the distilled-set format")
+    p = command("select", help="a real-image baseline set (random, herding, k-means) in the distilled-set format")
     _config_args(p)
     p.add_argument("--method", default="random", choices=["random", "herding", "kmeans"],
                    help="random subset; herding in the first teacher's features; nearest k-means centres of latents")
     p.add_argument("--out", required=True, help="folder to write the set to")
 
-    p = sub.add_parser("relabel", help="store the teachers' soft logits for every distilled image")
+    p = command("relabel", help="store the teachers' soft logits for every distilled image")
     p.add_argument("distilled", help="a distilled-set folder")
     _config_args(p, required=False)
 
-    p = sub.add_parser("evaluate", help="train students on a distilled set, report real test accuracy")
+    p = command("evaluate", help="train students on a distilled set, report real test accuracy")
     p.add_argument("distilled", help="a distilled-set folder")
     _config_args(p, required=False)
     p.add_argument("--out", help="result JSON (default: DISTILLED/../eval.json)")
 
-    p = sub.add_parser("export", help="write a distilled set in another tool's format")
+    p = command("export", help="write a distilled set in another tool's format")
     p.add_argument("distilled", help="a distilled-set folder")
     p.add_argument("--format", required=True, choices=["ddranking"])
     p.add_argument("--out", required=True, help="folder to write to")
 
-    p = sub.add_parser("import-generator", help="convert a local DiT (original .pt or diffusers) + VAE to a generator folder")
+    p = command("import-generator", help="convert a local DiT (original .pt or diffusers) + VAE to a generator folder")
     p.add_argument("--dit", required=True, help="DiT-XL-2-256x256.pt (facebookresearch format) or a diffusers folder")
     p.add_argument("--vae", required=True, help="diffusers AutoencoderKL folder, e.g. a local sd-vae-ft-ema")
     p.add_argument("--classes", required=True,
@@ -69,21 +79,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heads", type=int, help="attention heads, for a DiT width that is not a published size")
     p.add_argument("--out", required=True, help="generator folder to write (use it as generator.path)")
 
-    p = sub.add_parser("import-teacher", help="a torchvision classifier with local weights -> a teacher folder")
+    p = command("import-teacher", help="a torchvision classifier with local weights -> a teacher folder")
     p.add_argument("--arch", required=True, help="tv:<torchvision name>, e.g. tv:resnet18")
     p.add_argument("--weights", required=True, help="its state-dict file, e.g. resnet18-f37072fd.pth")
     p.add_argument("--classes", required=True, help="class ids in the model's output order (file or folder)")
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--out", required=True, help="teacher folder to write (use it as teachers.N.path)")
 
-    p = sub.add_parser("config", help="print the effective config of a recipe + overrides, or the key reference")
+    p = command("config", help="print the effective config of a recipe + overrides, or the key reference")
     _config_args(p, required=False)
     p.add_argument("--reference", action="store_true", help="every key with type, default and meaning (Markdown)")
 
-    p = sub.add_parser("report", help="HTML + Markdown report of a run folder (or a folder of runs)")
+    p = command("report", help="HTML + Markdown report of a run folder (or a folder of runs)")
     p.add_argument("run_dir", help="a run's output folder; every distilled set and evaluation under it is shown")
 
-    p = sub.add_parser("inspect", help="summarise a distilled set in the terminal")
+    p = command("inspect", help="summarise a distilled set in the terminal")
     p.add_argument("distilled", help="a distilled-set folder")
     return parser
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from . import config_rules
 from .errors import UserError
 
 
@@ -30,6 +31,9 @@ class DataConfig:
     root: str | None = None  # folder of the files; None = the adapter's default location
     class_list: str | None = None  # imagefolder: text file, one class folder per line
     image_size: int | None = None  # resize every image to this square size; None = native
+    # imagefolder: auto = 1 when every image is grayscale (with bad_files=unchecked: the first
+    # image of each class), else 3 | 1 | 3
+    channels: int | str = "auto"
     test_fraction: float = 0.2  # digits/imagefolder without a test folder: held-out share
     split_seed: int = 0  # seed of that held-out split
     # unreadable or empty image files, found by opening each at load: skip (a warning names them) | stop;
@@ -107,6 +111,9 @@ class GeneratorConfig:
     # full training state (weights, EMA, optimiser, RNG) saved atomically every N steps to
     # PATH.training/, so a killed training resumes where it was; 0 = only at the end
     checkpoint_every: int = 250
+    # also keep the EMA generator at these denoiser steps as PATH.training/step-N/, a loadable
+    # generator folder, to measure how quality grows along one training
+    snapshot_steps: list[int] = field(default_factory=list)
     seed: int = 0  # seed of generator training
 
 
@@ -266,7 +273,7 @@ class MetricsConfig:
 
 @dataclass
 class Config:
-    output: str = "runs/fashion-mnist"  # run folder; every stage writes under it (config.yaml, distilled/, eval/, report/)
+    output: str = "runs/fashion-mnist"  # run folder; every stage writes under it (config.yaml, distilled/, baselines/, report/)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     data: DataConfig = field(default_factory=DataConfig)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
@@ -275,6 +282,9 @@ class Config:
     relabel: RelabelConfig = field(default_factory=RelabelConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    # the real-image set `run` also evaluates with the same students, to answer "better than
+    # picking real images?" (made once into OUTPUT/baselines/): random | herding | kmeans | none
+    baseline: str = "random"
 
 
 # ---------------------------------------------------------------- conversion
@@ -298,7 +308,12 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _convert(value, inner[0], where)
+        for tp_ in inner[:-1]:  # the first type that takes the value; the last one's error otherwise
+            try:
+                return _convert(value, tp_, where)
+            except UserError:
+                pass
+        return _convert(value, inner[-1], where)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise UserError(f"config key '{where}' must be a mapping, got {value!r}")
@@ -341,8 +356,13 @@ def to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def from_dict(values: dict) -> Config:
-    return _build(Config, values or {})
+def from_dict(values: dict, check: bool = True) -> Config:
+    """A Config from a key tree; with `check`, every value is also checked against its
+    choices and range (config_rules), so a bad value stops before any work."""
+    cfg = _build(Config, values or {})
+    if check:
+        config_rules.check(cfg)
+    return cfg
 
 
 def _set_dotted(tree: dict, dotted: str, value: Any, defaults: dict) -> None:
@@ -407,8 +427,9 @@ def read_recipe(path: str | Path, _seen: tuple = ()) -> dict:
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Read a YAML recipe (or the defaults) and apply `key.path=value` overrides."""
     tree = read_recipe(path) if path is not None else {}
-    # Validate the file first, then expand it to a full tree so overrides can reach any key.
-    tree = to_dict(from_dict(tree))
+    # Validate the file's keys and types first, then expand it to a full tree so overrides can
+    # reach any key; values are checked once the overrides are in.
+    tree = to_dict(from_dict(tree, check=False))
     for text in overrides:
         key, value = parse_override(text)
         _set_dotted(tree, key, value, tree)

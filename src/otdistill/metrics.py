@@ -85,7 +85,44 @@ def held_out(images: ImageSet, num_classes: int, per_class: int, seed: int = 0) 
 
 
 @torch.no_grad()
+def teacher_agreement(model: torch.nn.Module, images_uint8: torch.Tensor, labels: torch.Tensor, device,
+                      batch_size: int = 500) -> float:
+    """Share of images a Classifier assigns to the class they were made for."""
+    predicted = torch.cat([model(images_uint8[s:s + batch_size].to(device, torch.float32) / 255.0).argmax(1).cpu()
+                           for s in range(0, len(images_uint8), batch_size)])
+    return (predicted == labels).double().mean().item()
+
+
+@torch.no_grad()
 def features(model: torch.nn.Module, images_uint8: torch.Tensor, device, batch_size: int = 500) -> torch.Tensor:
     """A Classifier's penultimate features for uint8 images."""
     return torch.cat([model.embed(images_uint8[s:s + batch_size].to(device, torch.float32) / 255.0).float().cpu()
                       for s in range(0, len(images_uint8), batch_size)])
+
+
+# A generated set this close to chance, or reaching no real mode at all, is noise to the teacher.
+FIX_GENERATOR = ("the generator is not trained enough: raise generator.diffusion.steps (and, for a latent "
+                 "generator trained here, generator.autoencoder.steps) and rerun `otdistill train-generator CONFIG` "
+                 "(docs/own-dataset.md: how to tell a generator is ready)")
+
+
+def near_chance(agreement: float, num_classes: int) -> bool:
+    """Teacher agreement with the intended classes within 2x of chance (or half-way to 1 for few classes)."""
+    return agreement < min(2 / num_classes, (1 + 1 / num_classes) / 2)
+
+
+def junk_warning(manifest: dict) -> str | None:
+    """What says a generated set is junk (agreement near chance, zero coverage), with the fix; None if nothing does."""
+    if manifest.get("source", {}).get("kind") != "generated":
+        return None
+    k, found = manifest["num_classes"], []
+    agreement = manifest.get("teacher_agreement", {}).get("overall")
+    if agreement is not None and near_chance(agreement, k):
+        found.append(f"the teacher agrees with the generated class on {100 * agreement:.0f}% of images "
+                     f"(chance: {100 / k:.0f}%)")
+    coverage = manifest.get("metrics", {}).get("teacher_features", {}).get("coverage")
+    if coverage is not None and coverage < 0.01:
+        found.append(f"coverage of held-out real images is {coverage:.3f}")
+    if not found:
+        return None
+    return f"the distilled images look like noise: {'; '.join(found)}. Its accuracies mean little: {FIX_GENERATOR}"

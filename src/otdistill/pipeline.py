@@ -3,9 +3,13 @@
 OUTPUT/
     config.yaml        the effective config of the run
     distilled/         the distilled set (artifacts.py); sample writes images, relabel labels
-    eval/              one JSON per (student, protocol, seed), reused on rerun
-    eval.json          the summary over seeds
+        eval/          one JSON per (student, protocol, seed), reused on rerun
+        eval.json      the summary over seeds
+    baselines/random/  the real-image set scored beside it (`baseline`), with its own eval/
     summary.md         what `run` printed
+
+An evaluation belongs to the set it scores and lives inside that set's folder, so scoring
+one set never touches another's results.
 """
 
 from __future__ import annotations
@@ -18,7 +22,6 @@ import time
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from . import artifacts, distributed, report
 from .config import Config, dump_config, fingerprint, from_dict, to_dict
@@ -27,18 +30,14 @@ from .errors import UserError
 from .evaluate import summarise, train_student
 from .guidance import build_terms
 from .io import generator, read_json, remove_stale_temporaries, resolve_device, write_json, write_text
-from .metrics import features, held_out, set_metrics
+from .metrics import features, held_out, junk_warning, set_metrics
 from .models.generator import Generator, load_generator
-from .relabel import (
-    entropy_rule,
-    label_entropy,
-    load_ensemble,
-    select_teachers,
-    soft_logits,
-)
+from .progress import progress
+from .readiness import check_generator
+from .relabel import entropy_rule, label_entropy, load_ensemble, select_teachers, soft_logits
 from .sample import sample_classes
 from .selection import kmeans_centres, select_class
-from .teachers import load_teacher, train_teacher
+from .teachers import full_data_reference, load_teacher, train_teacher
 from .train_generator import encode_all, needs_more_steps, train_generator, training_dir
 
 log = logging.getLogger(__name__)
@@ -80,7 +79,10 @@ def ensure_generator(cfg: Config, force: bool = False, quiet: bool = False, data
                         "come without it); add --force to train it again from the start, or write it elsewhere "
                         "with --set generator.path=...")
     log.info("training the generator into %s", cfg.generator.path)
-    return train_generator(cfg.generator, data or load_dataset(cfg.data), device, quiet=quiet, force=force)
+    data = data or load_dataset(cfg.data)
+    model = train_generator(cfg.generator, data, device, quiet=quiet, force=force)
+    check_generator(cfg, model, data, device)
+    return model
 
 
 def ensure_teachers(cfg: Config, force: bool = False, quiet: bool = False, data: LabelledData | None = None) -> None:
@@ -135,16 +137,12 @@ def sample_stage(cfg: Config, quiet: bool = False, data: LabelledData | None = N
         return root
     remove_stale_temporaries(root)
     check_model_paths(cfg, teachers=False)  # sampling trains no teacher
-    if cfg.sample.init not in ("noise", "prototypes"):
-        raise UserError(f"sample.init must be noise or prototypes, got '{cfg.sample.init}'")
     data = data or load_dataset(cfg.data)
     model = ensure_generator(cfg, quiet=quiet, data=data)
     model.bind(data.class_ids, data.class_names)
     if cfg.sample.guidance.influence.weight > 0:
         ensure_surrogate(cfg, quiet=quiet, data=data)
     k, per_pass = data.num_classes, cfg.sample.classes_per_pass
-    if per_pass < 1:
-        raise UserError(f"sample.classes_per_pass must be at least 1, got {per_pass}")
     groups = [list(range(s, min(s + per_pass, k))) for s in range(0, k, per_pass)]
     rank = distributed.init()
     groups = [groups[g] for g in rank.mine(range(len(groups)))]  # all of them in a single process
@@ -153,7 +151,7 @@ def sample_stage(cfg: Config, quiet: bool = False, data: LabelledData | None = N
                         classes=classes)
     window = tuple(cfg.sample.guidance.window)
     start = time.time()
-    bar = tqdm(total=len(classes), desc="sample classes", unit="class", disable=quiet or not rank.main)
+    bar = progress(total=len(classes), desc="sample classes", unit="class", disable=quiet or not rank.main)
     for group in groups:
         folders = {c: artifacts.class_folder(c, data.class_ids[c], k) for c in group}
         todo = [c for c in group if not artifacts.class_done(root, folders[c], cfg.sample.ipc)]
@@ -211,7 +209,7 @@ def select_stage(cfg: Config, method: str, out: str | Path, quiet: bool = False,
         embed = lambda x: encode_all(model, TensorImages(x, torch.zeros(len(x))), device)  # noqa: E731
     k = data.num_classes
     start = time.time()
-    for c in tqdm(range(k), desc=f"select {method}", disable=quiet):
+    for c in progress(range(k), desc=f"select {method}", disable=quiet):
         if len(data.train.indices_of(c)) < cfg.sample.ipc:
             raise UserError(f"class '{data.class_names[c]}' has {len(data.train.indices_of(c))} training images, "
                             f"fewer than sample.ipc={cfg.sample.ipc}; lower the IPC")
@@ -243,8 +241,6 @@ def choose_teachers(cfg: Config, ds: artifacts.DistilledSet, device, data: Label
     if cfg.relabel.rule == "schedule":
         chosen = select_teachers(paths, ds.ipc, cfg.relabel.schedule)
         return chosen, {"rule": "schedule", "count": len(chosen)}
-    if cfg.relabel.rule != "entropy":
-        raise UserError(f"relabel.rule must be schedule or entropy, got '{cfg.relabel.rule}'")
     data = data or load_dataset(cfg.data)
     real = data.train.get(held_out(data.train, ds.num_classes, cfg.relabel.real_per_class, seed=0))
     first, _ = load_teacher(paths[0], device)
@@ -337,7 +333,7 @@ def evaluate_stage(distilled: str | Path, cfg: Config | None = None, out: str | 
     if data.class_names != ds.class_names:
         raise UserError(f"{distilled} has classes {ds.class_names[:3]}... but data '{cfg.data.name}' has "
                         f"{data.class_names[:3]}...; evaluate with the config of the dataset the set came from")
-    out = Path(out) if out else Path(distilled).parent / "eval.json"
+    out = Path(out) if out else Path(distilled) / "eval.json"
     cells_dir = out.with_suffix("") if out.suffix else out / "cells"
     remove_stale_temporaries(cells_dir)
     # a cell depends on the recipe, not on which other seeds or protocols are listed beside it,
@@ -367,11 +363,29 @@ def evaluate_stage(distilled: str | Path, cfg: Config | None = None, out: str | 
             cells.append(cell)
     result = {"distilled": str(distilled), "student": cfg.student.arch, "epochs": cfg.student.epochs,
               "ipc": ds.ipc, "num_images": len(ds.images), "protocols": summarise(cells), "cells": cells,
-              "student_config": dataclasses.asdict(cfg.student)}
+              "student_config": dataclasses.asdict(cfg.student),
+              "full_data": full_data_reference(cfg.teachers, cfg.student.arch)}
     if rank.main:
         write_json(out, result)
+        warning = junk_warning(ds.manifest)
+        if warning:  # beside the accuracies it makes meaningless
+            log.warning("%s: %s", distilled, warning)
     distributed.barrier()
     return result
+
+
+def baseline_stage(cfg: Config, quiet: bool = False, data: LabelledData | None = None) -> dict | None:
+    """The real-image set of the same IPC that `run` scores beside the distilled one
+    (cfg.baseline: made once into OUTPUT/baselines/NAME, labelled by the same teachers and
+    evaluated with the same students); None when switched off."""
+    if cfg.baseline == "none":
+        return None
+    root = Path(cfg.output) / "baselines" / cfg.baseline
+    if distributed.current().main:
+        select_stage(cfg, cfg.baseline, root, quiet=quiet, data=data)
+    distributed.barrier()
+    relabel_stage(root, cfg, quiet=quiet, data=data)
+    return evaluate_stage(root, cfg, quiet=quiet, data=data)
 
 
 def inspect_text(distilled: str | Path) -> str:
@@ -399,25 +413,8 @@ def inspect_text(distilled: str | Path) -> str:
     return "\n".join(lines)
 
 
-def _summary(cfg: Config, m: dict, result: dict, seconds: dict) -> str:
-    lines = [f"# otdistill run: {cfg.output}", "",
-             f"dataset {cfg.data.name}, IPC {m['ipc']}, {result['num_images']} images, "
-             f"student {result['student']} ({result['epochs']} epochs)", "",
-             "| labels | final-epoch top-1 (mean +- std) | seeds |", "|---|---|---|"]
-    for protocol, r in result["protocols"].items():
-        lines.append(f"| {protocol} | {100 * r['final_mean']:.2f} +- {100 * r['final_std']:.2f} | {len(r['seeds'])} |")
-    if "teacher_agreement" in m:
-        lines += ["", f"teacher agrees with the generated class on {100 * m['teacher_agreement']['overall']:.1f}% of images"]
-    for space, r in m.get("metrics", {}).items():
-        if isinstance(r, dict) and "ot_distance" in r:
-            lines.append(f"{space}: OT distance to held-out real {r['ot_distance']:.3f}, coverage {r['coverage']:.3f}, "
-                         f"density {r['density']:.3f}")
-    lines += ["", "time per stage: " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items())]
-    return "\n".join(lines) + "\n"
-
-
 def run(cfg: Config, quiet: bool = False) -> dict:
-    """data -> generator -> teachers -> sample -> relabel -> evaluate -> summary."""
+    """data -> teachers -> generator -> sample -> relabel -> metrics -> evaluate -> baseline -> summary."""
     out = Path(cfg.output)
     check_model_paths(cfg)
     out.mkdir(parents=True, exist_ok=True)
@@ -428,8 +425,8 @@ def run(cfg: Config, quiet: bool = False) -> dict:
     data = load_dataset(cfg.data)
     seconds["data"] = time.time() - t
     t = time.time()
+    ensure_teachers(cfg, quiet=quiet, data=data)  # first: a newly trained generator is checked with the teacher
     ensure_generator(cfg, quiet=quiet, data=data)
-    ensure_teachers(cfg, quiet=quiet, data=data)
     seconds["models"] = time.time() - t
     t = time.time()
     root = sample_stage(cfg, quiet=quiet, data=data)
@@ -445,12 +442,16 @@ def run(cfg: Config, quiet: bool = False) -> dict:
     manifest = read_json(root / "manifest.json")
     seconds["metrics"] = time.time() - t
     t = time.time()
-    result = evaluate_stage(root, cfg, out / "eval.json", quiet=quiet, data=data)
+    result = evaluate_stage(root, cfg, quiet=quiet, data=data)
     seconds["evaluate"] = time.time() - t
+    t = time.time()
+    baseline = baseline_stage(cfg, quiet=quiet, data=data)
+    if baseline is not None:
+        seconds["baseline"] = time.time() - t
     if not main:
         return result
     write_json(out / "timings.json", {k: round(v, 1) for k, v in seconds.items()})
-    text = _summary(cfg, manifest, result, seconds)
+    text = report.summary_text(cfg.output, cfg.data.name, manifest, result, baseline, seconds)
     write_text(out / "summary.md", text)
     page = report.build(out, data=data)
     print(text + f"report: {page}")  # the result, on stdout even with --quiet; summary.md keeps it

@@ -27,6 +27,7 @@ from .config import from_dict  # noqa: E402
 from .data import LabelledData, load_dataset  # noqa: E402
 from .errors import UserError  # noqa: E402
 from .io import atomic_path, write_text  # noqa: E402
+from .metrics import junk_warning  # noqa: E402
 from .relabel import label_entropy  # noqa: E402
 
 MAX_GRID_CLASSES = 20  # ImageNet has 1000; a page shows the first ones
@@ -130,15 +131,79 @@ def class_grids(entry: SetEntry, real: LabelledData | None) -> bytes:
     return _png(fig)
 
 
+BASELINE = "real-random"  # the row every other is compared with (DD-Ranking's improvement over random)
+
+
 def accuracy_rows(entries: list[SetEntry]) -> list[dict]:
+    """One row per set, student and protocol; `ior`: the row's accuracy minus the random real
+    subset's in the same cell (when one was scored), `hlr`: for hard labels, the full-data
+    accuracy minus the row's (when known)."""
     rows = []
     for e in entries:
         for ev in e.evals:
+            full = (ev.get("full_data") or {}).get("accuracy")
             for protocol, r in ev["protocols"].items():
                 rows.append({"set": e.name, "method": e.method, "ipc": e.ds.ipc, "student": ev["student"],
                              "epochs": ev.get("epochs"), "labels": protocol, "mean": r["final_mean"],
-                             "std": r["final_std"], "seeds": len(r["seeds"])})
+                             "std": r["final_std"], "seeds": len(r["seeds"]),
+                             "hlr": full - r["final_mean"] if full is not None and protocol == "hard" else None})
+    cell = lambda r: (r["ipc"], r["student"], r["epochs"], r["labels"])  # noqa: E731
+    random_real = {cell(r): r["mean"] for r in rows if r["method"] == BASELINE}
+    for r in rows:
+        r["ior"] = r["mean"] - random_real[cell(r)] if cell(r) in random_real else None
     return rows
+
+
+def summary_text(output: str, dataset: str, manifest: dict, result: dict, baseline: dict | None,
+                 seconds: dict) -> str:
+    """What `run` prints: the distilled set's accuracy beside the real-image baseline's, the
+    difference (improvement over random), the hard-label gap to full data, and any warning."""
+    full = result.get("full_data")
+    lines = [f"# otdistill run: {output}", "",
+             f"dataset {dataset}, IPC {manifest['ipc']}, {result['num_images']} images, "
+             f"student {result['student']} ({result['epochs']} epochs), final-epoch top-1 (mean +- std over seeds)", ""]
+    header = ["labels", "distilled"]
+    if baseline is not None:
+        header += [f"{baseline_name(baseline)} (baseline)", "distilled - baseline"]
+    if full is not None:
+        header.append(f"full data ({100 * full['accuracy']:.2f}) - distilled")
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    diffs = {}
+    for protocol, r in result["protocols"].items():
+        cells = [protocol, f"{100 * r['final_mean']:.2f} +- {100 * r['final_std']:.2f} ({len(r['seeds'])})"]
+        if baseline is not None:
+            b = baseline["protocols"].get(protocol)
+            diff = None if b is None else 100 * (r["final_mean"] - b["final_mean"])
+            cells += ["-", "-"] if b is None else [f"{100 * b['final_mean']:.2f} +- {100 * b['final_std']:.2f} "
+                                                   f"({len(b['seeds'])})", f"{diff:+.2f}"]
+            if diff is not None:
+                diffs[protocol] = diff
+        if full is not None:
+            cells.append(f"{100 * (full['accuracy'] - r['final_mean']):.2f}" if protocol == "hard" else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    if diffs:
+        answer = "yes" if all(d > 0 for d in diffs.values()) else "no"
+        lines += ["", f"better than picking real images ({baseline_name(baseline)}, same students)? {answer}: "
+                      + ", ".join(f"{p} {d:+.2f}" for p, d in diffs.items()) + " points"]
+    if full is not None:
+        lines.append(f"full data: teacher {full['teacher']} ({result['student']} on the whole training split)")
+    if "teacher_agreement" in manifest:
+        lines += ["", f"teacher agrees with the generated class on {100 * manifest['teacher_agreement']['overall']:.1f}% "
+                      "of images"]
+    for space, r in manifest.get("metrics", {}).items():
+        if isinstance(r, dict) and "ot_distance" in r:
+            lines.append(f"{space}: OT distance to held-out real {r['ot_distance']:.3f}, coverage {r['coverage']:.3f}, "
+                         f"density {r['density']:.3f}")
+    warning = junk_warning(manifest)
+    if warning:
+        lines += ["", f"**WARNING**: {warning}"]
+    lines += ["", "time per stage: " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items())]
+    return "\n".join(lines) + "\n"
+
+
+def baseline_name(result: dict) -> str:
+    """`random real` for the evaluation of OUTPUT/baselines/random."""
+    return f"{Path(result['distilled']).name} real"
 
 
 def _legend(ax) -> None:
@@ -268,8 +333,9 @@ def build(run_dir: str | Path, data: LabelledData | None = None) -> Path:
     sets = [(e.name, e.method, e.ds.ipc, len(e.ds.images), set_entropy(e.ds),
              e.ds.manifest.get("metrics", {}).get("teacher_features", {})) for e in entries]
 
-    md = _markdown(run_dir, rows, sets, timings, figures)
-    page = _html(run_dir, rows, sets, timings, figures)
+    warnings = [f"{e.name}: {w}" for e in entries if (w := junk_warning(e.ds.manifest))]
+    md = _markdown(run_dir, rows, sets, timings, figures, warnings)
+    page = _html(run_dir, rows, sets, timings, figures, warnings)
     out = run_dir / "report"
     out.mkdir(exist_ok=True)
     for name, _, png in figures:
@@ -286,22 +352,25 @@ def _fmt(x: float | None, digits: int = 3) -> str:
 
 def _tables(rows, sets, timings) -> list[tuple[str, list[str], list[list[str]]]]:
     """(title, header, cells) of each table; the HTML and Markdown render the same ones."""
+    points = lambda x: "-" if x is None else f"{100 * x:+.2f}"  # noqa: E731
     acc = [[r["method"], str(r["ipc"]), r["student"], str(r["epochs"]), r["labels"],
-            f"{100 * r['mean']:.2f} +- {100 * r['std']:.2f}", str(r["seeds"]), r["set"]] for r in rows]
+            f"{100 * r['mean']:.2f} +- {100 * r['std']:.2f}", points(r["ior"]),
+            "-" if r["hlr"] is None else f"{100 * r['hlr']:.2f}", str(r["seeds"]), r["set"]] for r in rows]
     st = [[name, method, str(ipc), str(n), _fmt(h), _fmt(m.get("ot_distance")), _fmt(m.get("coverage")),
            _fmt(m.get("density"))] for name, method, ipc, n, h, m in sets]
     tm = [[name, stage, f"{s:.1f}"] for name, stage, s in timings]
     return [
         ("Accuracy (final epoch, mean +- std over seeds)",
-         ["method", "IPC", "student", "epochs", "labels", "top-1 %", "seeds", "set"], acc),
+         ["method", "IPC", "student", "epochs", "labels", "top-1 %", "vs random real (IOR)",
+          "full data - row (hard, HLR)", "seeds", "set"], acc),
         ("Distilled sets (teacher-feature metrics against held-out real images)",
          ["set", "method", "IPC", "images", "label entropy", "OT distance", "coverage", "density"], st),
         ("Time per stage", ["run", "stage", "seconds"], tm),
     ]
 
 
-def _markdown(run_dir, rows, sets, timings, figures) -> str:
-    lines = [f"# otdistill report: {run_dir}", ""]
+def _markdown(run_dir, rows, sets, timings, figures, warnings) -> str:
+    lines = [f"# otdistill report: {run_dir}", ""] + [f"**WARNING** {w}\n" for w in warnings]
     for title, header, cells in _tables(rows, sets, timings):
         lines += [f"## {title}", ""]
         if not cells:
@@ -315,13 +384,14 @@ def _markdown(run_dir, rows, sets, timings, figures) -> str:
     return "\n".join(lines)
 
 
-def _html(run_dir, rows, sets, timings, figures) -> str:
+def _html(run_dir, rows, sets, timings, figures, warnings) -> str:
     esc = html.escape
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>otdistill report: {esc(str(run_dir))}</title>",
              "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
              "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:3px 8px;"
              "text-align:right}th{background:#eee}figure{margin:1.5em 0}img{max-width:100%}</style></head><body>",
              f"<h1>otdistill report</h1><p>{esc(str(run_dir))}</p>"]
+    parts += [f"<p style='color:#a00'><b>WARNING</b> {esc(w)}</p>" for w in warnings]
     for title, header, cells in _tables(rows, sets, timings):
         parts.append(f"<h2>{esc(title)}</h2>")
         if not cells:

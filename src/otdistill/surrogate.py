@@ -22,8 +22,6 @@ from .train import Augment, TrainRecipe, channel_stats, fit
 
 
 def train_surrogate(cfg: SurrogateConfig, path: str | Path, data: LabelledData, device, quiet: bool = False) -> None:
-    if any(e < 0 or e > cfg.epochs for e in cfg.checkpoints):
-        raise UserError(f"surrogate checkpoints {cfg.checkpoints} must lie in 0..epochs={cfg.epochs}")
     g = generator(cfg.seed, "surrogate")
     idx = torch.randperm(len(data.train), generator=g)[:cfg.train_subset] if cfg.train_subset else torch.arange(len(data.train))
     subset = TensorImages(data.train.get(idx.sort().values), data.train.labels[idx.sort().values])

@@ -82,3 +82,15 @@ def load_teacher(path: str | Path, device="cpu") -> tuple[Classifier, dict]:
     info = read_json(path / "model.json")
     model = classifier_from(info, path / "model.safetensors")
     return model.to(device).eval().requires_grad_(False), info
+
+
+def full_data_reference(teachers: list[TeacherConfig], arch: str) -> dict | None:
+    """The test accuracy of a configured teacher of architecture `arch` (trained on the whole
+    training split): the full-data reference of a student of that architecture; None if none."""
+    for t in teachers:
+        info = Path(t.path) / "model.json"
+        if t.arch == arch and info.is_file():
+            acc = read_json(info).get("test_accuracy")
+            if acc is not None:
+                return {"accuracy": acc, "teacher": t.path}
+    return None

@@ -10,12 +10,12 @@ from typing import Callable
 
 import torch
 from torchvision.ops import roi_align
-from tqdm.auto import tqdm
 
 from . import distributed
 from .data import ImageSet
 from .errors import UserError
 from .io import atomic_path
+from .progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +165,7 @@ def fit(model: torch.nn.Module, images: ImageSet, recipe: TrainRecipe, loss_fn: 
     checkpoint = Path(checkpoint) if checkpoint is not None else None
     extra = {} if extra is None else extra
     first, losses = _resume(checkpoint, parts, g, extra)
-    bar = tqdm(total=recipe.epochs * steps_per_epoch, initial=first * steps_per_epoch, desc=desc,
+    bar = progress(total=recipe.epochs * steps_per_epoch, initial=first * steps_per_epoch, desc=desc,
                disable=quiet or not rank.main, leave=False, unit="step")
     for epoch in range(first, recipe.epochs):
         model.train()

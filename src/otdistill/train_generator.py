@@ -18,21 +18,19 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from .config import GeneratorConfig, fingerprint
 from .data import ImageSet, LabelledData
 from .errors import UserError
 from .io import atomic_path, generator, invoked_command, read_json
 from .models.generator import (
-    PREDICTIONS,
-    SCHEDULES,
     Generator,
     backend,
     build_autoencoder,
     load_autoencoder,
     load_generator,
 )
+from .progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +119,7 @@ class Resumable:
 def _loop(name: str, total: int, state: Resumable, step_fn, quiet: bool) -> float:
     """Run step_fn from the saved step to `total`; returns the training's seconds in all."""
     start = state.restore()
-    bar = tqdm(range(start, total), total=total, initial=start, desc=name, disable=quiet)
+    bar = progress(range(start, total), total=total, initial=start, desc=name, disable=quiet)
     for step in bar:
         bar.set_postfix(loss=f"{step_fn(step):.4f}")
         state.after_step(step + 1, total)
@@ -165,7 +163,7 @@ def encode_all(model: Generator, images: ImageSet, device, indices: torch.Tensor
     """Scaled latents of `images` (or of those at `indices`), in batches, on the CPU; a progress
     bar when `desc` is given."""
     indices = torch.arange(len(images)) if indices is None else indices
-    starts = tqdm(range(0, len(indices), batch_size), desc=desc, unit="batch", disable=desc is None, leave=False)
+    starts = progress(range(0, len(indices), batch_size), desc=desc, unit="batch", disable=desc is None, leave=False)
     return torch.cat([model.encode(to_unit(images.get(indices[s:s + batch_size]), device)).cpu() for s in starts])
 
 
@@ -198,7 +196,7 @@ def train_denoiser(cfg: GeneratorConfig, model: Generator, latents: torch.Tensor
     T = noise_sched.config.num_train_timesteps
     null = model.null_class
 
-    def step(_):
+    def step(i):
         idx = stream.next()
         z0 = latents[idx].to(device)
         y = labels[idx].clone()
@@ -217,27 +215,23 @@ def train_denoiser(cfg: GeneratorConfig, model: Generator, latents: torch.Tensor
         with torch.no_grad():
             for pe, p in zip(ema.parameters(), net.parameters()):
                 pe.lerp_(p, 1 - d.ema_decay)
+        if i + 1 in cfg.snapshot_steps:
+            snapshot(cfg, model, ema, i + 1, state.seconds())
         return loss.item()
 
     seconds = _loop(cfg.backend, d.steps, state, step, quiet)
     return ema, seconds
 
 
-def check_recipe(cfg: GeneratorConfig) -> None:
-    """Refuse an unknown choice before any training starts."""
-    choices = {"generator.space": (cfg.space, ("latent", "pixel")),
-               "generator.diffusion.prediction": (cfg.diffusion.prediction, PREDICTIONS),
-               "generator.diffusion.loss_weighting": (cfg.diffusion.loss_weighting, WEIGHTINGS),
-               "generator.diffusion.noise_schedule": (cfg.diffusion.noise_schedule, tuple(SCHEDULES))}
-    for key, (value, valid) in choices.items():
-        if value not in valid:
-            raise UserError(f"{key} must be one of {', '.join(valid)}, got '{value}'")
-    backend(cfg.backend)
+def snapshot(cfg: GeneratorConfig, model: Generator, ema, step: int, seconds: float) -> None:
+    """Save the EMA denoiser at this step as a generator folder beside the training state."""
+    info = {**model.info, "snapshot": {"step": step, "train_seconds": seconds}}
+    with atomic_path(training_dir(cfg) / f"step-{step}") as tmp:
+        Generator(model.autoencoder, ema, info).save(tmp)
 
 
 def train_generator(cfg: GeneratorConfig, data: LabelledData, device, quiet=False, force=False) -> Generator:
     """Train (or continue) both parts and save the generator folder at cfg.path (atomically)."""
-    check_recipe(cfg)
     if force:
         shutil.rmtree(training_dir(cfg), ignore_errors=True)
     info = {

@@ -121,20 +121,19 @@ class FolderImages(ImageSet):
         return _digest("\n".join(map(str, self.paths)), self.labels, self.size, self.channels)
 
 
-def readable_images(paths: list[Path], bad_files: str = "skip") -> list[Path]:
-    """Keep the files PIL can open; the others are skipped with one warning naming them, or
-    (bad_files="stop") stop the run with their names."""
-    if bad_files not in ("skip", "stop", "unchecked"):
-        raise UserError(f"data.bad_files must be skip, stop or unchecked, got '{bad_files}'")
+def readable_images(paths: list[Path], bad_files: str = "skip") -> dict[Path, str | None]:
+    """The files PIL can open, each with its image mode (None when unchecked: not opened); the
+    others are skipped with one warning naming them, or (bad_files="stop") stop the run with their names."""
     if bad_files == "unchecked":
-        return list(paths)
-    good, bad = [], []
+        return dict.fromkeys(paths)
+    good, bad = {}, []
     for p in paths:
         try:
             with Image.open(p) as im:
+                good[p] = im.mode
                 im.verify()
-            good.append(p)
         except (UnidentifiedImageError, OSError, SyntaxError):
+            good.pop(p, None)
             bad.append(p)
     if bad and bad_files == "stop":
         raise UserError(f"{len(bad)} unreadable image file(s): {', '.join(map(str, bad[:5]))}"

@@ -5,12 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 from ..config import DataConfig
 from ..errors import UserError
 from .base import FolderImages, LabelledData, readable_images, stratified_split
 
 EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
+GRAY_MODES = {"1", "L", "LA", "I", "I;16", "F"}  # PIL modes without colour
 
 
 def read_class_list(path: str) -> list[str]:
@@ -23,14 +25,15 @@ def read_class_list(path: str) -> list[str]:
     return names
 
 
-def scan(root: Path, classes: list[str], bad_files: str = "skip") -> tuple[list[Path], list[int]]:
+def scan(root: Path, classes: list[str], bad_files: str = "skip") -> tuple[list[Path], list[int], dict]:
+    """The readable images of each class folder, their labels, and {path: PIL mode} (None: not opened)."""
     candidates = {}
     for cls in classes:
         folder = root / cls
         if not folder.is_dir():
             raise UserError(f"class folder {folder} is missing; check data.root and data.class_list")
         candidates[cls] = sorted(p for p in folder.iterdir() if p.suffix.lower() in EXTENSIONS)
-    readable = set(readable_images([p for files in candidates.values() for p in files], bad_files))
+    readable = readable_images([p for files in candidates.values() for p in files], bad_files)
     paths, labels = [], []
     for index, cls in enumerate(classes):
         files = [p for p in candidates[cls] if p in readable]
@@ -38,7 +41,21 @@ def scan(root: Path, classes: list[str], bad_files: str = "skip") -> tuple[list[
             raise UserError(f"class folder {root / cls} holds no readable images ({', '.join(sorted(EXTENSIONS))})")
         paths += files
         labels += [index] * len(files)
-    return paths, labels
+    return paths, labels, readable
+
+
+def channels_of(setting: int | str, modes: dict, paths: list[Path], labels: list[int]) -> int:
+    """data.channels: 1 or 3 as given; auto = 1 when every image is grayscale. Unopened
+    files (bad_files=unchecked) are judged by the first image of each class."""
+    if setting != "auto":
+        return int(setting)
+    if any(m is None for m in modes.values()):
+        firsts = {label: p for p, label in reversed(list(zip(paths, labels)))}
+        modes = {}
+        for p in firsts.values():
+            with Image.open(p) as im:
+                modes[p] = im.mode
+    return 1 if all(m in GRAY_MODES for m in modes.values()) else 3
 
 
 def load_imagefolder(cfg: DataConfig) -> LabelledData:
@@ -54,10 +71,10 @@ def load_imagefolder(cfg: DataConfig) -> LabelledData:
     classes = read_class_list(cfg.class_list) if cfg.class_list else sorted(p.name for p in train_root.iterdir() if p.is_dir())
     if not classes:
         raise UserError(f"{train_root} has no class sub-folders")
-    paths, labels = scan(train_root, classes, cfg.bad_files)
-    channels = 3
+    paths, labels, modes = scan(train_root, classes, cfg.bad_files)
+    channels = channels_of(cfg.channels, modes, paths, labels)
     if test_root is not None:
-        test_paths, test_labels = scan(test_root, classes, cfg.bad_files)
+        test_paths, test_labels, _ = scan(test_root, classes, cfg.bad_files)
         train = FolderImages(paths, labels, cfg.image_size, channels)
         test = FolderImages(test_paths, test_labels, cfg.image_size, channels)
     else:

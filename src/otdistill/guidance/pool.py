@@ -8,12 +8,12 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-from tqdm.auto import tqdm
 
 from ..data import LabelledData
 from ..errors import UserError
 from ..io import atomic_path, generator
 from ..models.generator import Generator
+from ..progress import progress
 from ..selection import kmeans_centres, nearest_distinct
 from ..train_generator import encode_all
 
@@ -30,7 +30,7 @@ def real_latent_pools(model: Generator, data: LabelledData, size: int, select: s
         raise UserError(f"unknown pool selection '{select}'; use random or kmeans")
     device = model.device
     pools = {}
-    for c in tqdm(range(data.num_classes) if classes is None else classes, desc="encode real pools", disable=quiet,
+    for c in progress(range(data.num_classes) if classes is None else classes, desc="encode real pools", disable=quiet,
                   leave=False):
         cached = Path(cache_dir) / f"real-latents-{select}-{size}-{seed}-{c}.safetensors" if cache_dir else None
         if cached is not None and cached.is_file():

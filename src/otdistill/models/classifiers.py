@@ -8,6 +8,7 @@ normalises them itself, so a saved checkpoint is self-describing.
 
 from __future__ import annotations
 
+import difflib
 import re
 from typing import Callable
 
@@ -168,6 +169,29 @@ def _parse_options(arch: str, kwargs: dict) -> tuple[str, dict]:
             raise UserError(f"unknown option '{opt}' in classifier name '{arch}'; options are w<width>, "
                             f"{', '.join(NORMS)}, avg, max (e.g. convnet3-w64-batchnorm)")
     return base, kwargs
+
+
+def arch_problem(arch: str) -> str | None:
+    """Why `arch` names no classifier, or None; checked without building it (configs do this
+    when they load)."""
+    try:
+        base, _ = _parse_options(arch, {})
+    except UserError as exc:
+        return str(exc)
+    if re.fullmatch(r"convnet\d+", base) or base in _REGISTRY:
+        return None
+    if base.startswith("tv:"):
+        import torchvision
+
+        names = torchvision.models.list_models(module=torchvision.models)
+        if base[3:] in names:
+            return None
+        close = difflib.get_close_matches(base[3:], names, n=1)
+        return (f"torchvision has no classification model '{base[3:]}'"
+                + (f"; did you mean 'tv:{close[0]}'?" if close else "; see torchvision.models.list_models()"))
+    close = difflib.get_close_matches(arch, ["convnet3", *_REGISTRY], n=1)
+    return (f"unknown classifier '{arch}'; available: {', '.join(available())}"
+            + (f"; did you mean '{close[0]}'?" if close else ""))
 
 
 def build_classifier(arch: str, num_classes: int, in_channels: int, image_size: int,

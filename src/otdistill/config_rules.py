@@ -1,0 +1,298 @@
+"""What each config key accepts beyond its type: one of a few names, or a range.
+
+`check(cfg)` runs when a config is loaded, on every key whatever else is switched on, so a
+wrong value stops the command before any work instead of hours later in the stage that
+reads it. Names that a registry owns (datasets, generator backends, ground costs, ...) are
+read from it, lazily: this module must not pull the models in when a config is merely printed.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+from .errors import UserError
+
+Problem = str | None  # what is wrong with a value, or None when it is fine
+
+
+@dataclass(frozen=True)
+class OneOf:
+    names: tuple | Callable[[], Iterable]
+
+    def options(self) -> list:
+        return list(self.names() if callable(self.names) else self.names)
+
+    def problem(self, value, cfg) -> Problem:
+        options = self.options()
+        if value in options:
+            return None
+        close = difflib.get_close_matches(str(value), [str(o) for o in options], n=1, cutoff=0)
+        return (f"must be one of {', '.join(map(str, options))}, got {value!r}"
+                + (f"; did you mean '{close[0]}'?" if close else ""))
+
+    def invalid(self, cfg) -> Any:
+        return "no-such-choice"
+
+
+@dataclass(frozen=True)
+class Range:
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False  # low itself is excluded
+    open_high: bool = False
+
+    def problem(self, value, cfg) -> Problem:
+        below = self.low is not None and (value <= self.low if self.open_low else value < self.low)
+        above = self.high is not None and (value >= self.high if self.open_high else value > self.high)
+        if not (below or above):
+            return None
+        lo = "" if self.low is None else f"{self.low:g} {'<' if self.open_low else '<='} "
+        hi = "" if self.high is None else f" {'<' if self.open_high else '<='} {self.high:g}"
+        return f"must satisfy {lo}value{hi}, got {value!r}"
+
+    def invalid(self, cfg) -> Any:
+        return self.low - 1 if self.low is not None else self.high + 1
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A check that needs the whole config or a structure: `fn(value, cfg)` returns the problem."""
+
+    fn: Callable[[Any, Any], Problem]
+    bad: Callable[[Any], Any]  # an invalid value for the walk in the tests
+
+    def problem(self, value, cfg) -> Problem:
+        return self.fn(value, cfg)
+
+    def invalid(self, cfg) -> Any:
+        return self.bad(cfg)
+
+
+POSITIVE = Range(0, open_low=True)
+NON_NEGATIVE = Range(0)
+AT_LEAST_1 = Range(1)
+SHARE = Range(0, 1)  # a probability or fraction, both ends allowed
+DECAY = Range(0, 1, open_high=True)
+
+
+def _datasets():
+    from .data import ADAPTERS
+
+    return ADAPTERS
+
+
+def _backends():
+    from .models.generator import BACKENDS
+
+    return BACKENDS
+
+
+def _predictions():
+    from .models.generator import PREDICTIONS
+
+    return PREDICTIONS
+
+
+def _schedules():
+    from .models.generator import SCHEDULES
+
+    return SCHEDULES
+
+
+def _weightings():
+    from .train_generator import WEIGHTINGS
+
+    return WEIGHTINGS
+
+
+def _costs():
+    from .ot import COSTS
+
+    return COSTS
+
+
+def _selections():
+    from .selection import METHODS
+
+    return METHODS
+
+
+def _arch(value, cfg) -> Problem:
+    from .models.classifiers import arch_problem
+
+    return arch_problem(value)
+
+
+def _device(value, cfg) -> Problem:
+    if re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+        return None
+    return f"must be auto, cpu, cuda or cuda:N, got {value!r}"
+
+
+def _non_empty(value, cfg) -> Problem:
+    return None if value else "must list at least one entry"
+
+
+def _window(value, cfg) -> Problem:
+    steps = cfg.sample.steps
+    if len(value) == 2 and 0 <= value[0] < value[1] and value[0] < steps:
+        return None
+    return (f"must be [start, stop] with 0 <= start < stop and start < sample.steps={steps} (a stop past the "
+            f"last step means to the end), got {value}")
+
+
+def _snapshots(value, cfg) -> Problem:
+    steps = cfg.generator.diffusion.steps
+    bad = [s for s in value if not 1 <= s <= steps]
+    return f"steps {bad} lie outside 1..generator.diffusion.steps={steps}" if bad else None
+
+
+def _checkpoints(value, cfg) -> Problem:
+    epochs = cfg.sample.guidance.surrogate.epochs
+    if value and all(0 <= e <= epochs for e in value):
+        return None
+    return f"must list epochs in 0..sample.guidance.surrogate.epochs={epochs}, got {value}"
+
+
+def _schedule(value, cfg) -> Problem:
+    if value and all(len(pair) == 2 and pair[0] >= 1 and pair[1] >= 1 for pair in value):
+        return None
+    return f"must be a list of [ipc, count] pairs with ipc >= 1 and count >= 1, got {value}"
+
+
+# Dotted keys; N stands for every index of a list.
+RULES: dict[str, OneOf | Range | Rule] = {
+    "device": Rule(_device, lambda cfg: "gpu"),
+    "baseline": OneOf(lambda: ("none", *_selections())),
+    "data.name": OneOf(_datasets),
+    "data.channels": OneOf(("auto", 1, 3)),
+    "data.image_size": AT_LEAST_1,
+    "data.test_fraction": Range(0, 1, open_low=True, open_high=True),
+    "data.bad_files": OneOf(("skip", "stop", "unchecked")),
+    "generator.space": OneOf(("latent", "pixel")),
+    "generator.backend": OneOf(_backends),
+    "generator.checkpoint_every": NON_NEGATIVE,
+    "generator.snapshot_steps": Rule(_snapshots, lambda cfg: [0]),
+    "generator.autoencoder.block_out_channels.N": AT_LEAST_1,
+    "generator.autoencoder.layers_per_block": AT_LEAST_1,
+    "generator.autoencoder.latent_channels": AT_LEAST_1,
+    "generator.autoencoder.norm_num_groups": AT_LEAST_1,
+    "generator.autoencoder.steps": AT_LEAST_1,
+    "generator.autoencoder.batch_size": AT_LEAST_1,
+    "generator.autoencoder.lr": POSITIVE,
+    "generator.autoencoder.kl_weight": NON_NEGATIVE,
+    "generator.dit.num_layers": AT_LEAST_1,
+    "generator.dit.num_attention_heads": AT_LEAST_1,
+    "generator.dit.attention_head_dim": AT_LEAST_1,
+    "generator.dit.patch_size": AT_LEAST_1,
+    "generator.unet.block_out_channels.N": AT_LEAST_1,
+    "generator.unet.layers_per_block": AT_LEAST_1,
+    "generator.unet.attention_head_dim": AT_LEAST_1,
+    "generator.unet.norm_num_groups": AT_LEAST_1,
+    "generator.diffusion.steps": AT_LEAST_1,
+    "generator.diffusion.batch_size": AT_LEAST_1,
+    "generator.diffusion.lr": POSITIVE,
+    "generator.diffusion.warmup_steps": NON_NEGATIVE,
+    "generator.diffusion.ema_decay": DECAY,
+    "generator.diffusion.label_drop": DECAY,
+    "generator.diffusion.prediction": OneOf(_predictions),
+    "generator.diffusion.loss_weighting": OneOf(_weightings),
+    "generator.diffusion.min_snr_gamma": POSITIVE,
+    "generator.diffusion.noise_schedule": OneOf(_schedules),
+    "generator.diffusion.num_train_timesteps": AT_LEAST_1,
+    "sample.ipc": AT_LEAST_1,
+    "sample.steps": AT_LEAST_1,
+    "sample.scheduler": OneOf(("ddim", "ddpm")),
+    "sample.cfg_scale": NON_NEGATIVE,
+    "sample.batch_size": AT_LEAST_1,
+    "sample.classes_per_pass": AT_LEAST_1,
+    "sample.init": OneOf(("noise", "prototypes")),
+    "sample.init_strength": Range(0, 1, open_low=True),
+    "sample.prototype_candidates": AT_LEAST_1,
+    "sample.guidance.window": Rule(_window, lambda cfg: [cfg.sample.steps, cfg.sample.steps + 1]),
+    "sample.guidance.ot.weight": NON_NEGATIVE,
+    "sample.guidance.ot.reg": POSITIVE,
+    "sample.guidance.ot.cost": OneOf(_costs),
+    "sample.guidance.ot.pool_size": AT_LEAST_1,
+    "sample.guidance.ot.pool_select": OneOf(("random", "kmeans")),
+    "sample.guidance.ot.input": OneOf(("x0", "zt")),
+    "sample.guidance.ot.max_iter": AT_LEAST_1,
+    "sample.guidance.ot.tol": POSITIVE,
+    "sample.guidance.deviation.weight": NON_NEGATIVE,
+    "sample.guidance.deviation.memory_size": AT_LEAST_1,
+    "sample.guidance.deviation.input": OneOf(("x0", "zt")),
+    "sample.guidance.influence.weight": NON_NEGATIVE,
+    "sample.guidance.influence.real_per_class": AT_LEAST_1,
+    "sample.guidance.surrogate.arch": Rule(_arch, lambda cfg: "convnet3-wide"),
+    "sample.guidance.surrogate.epochs": AT_LEAST_1,
+    "sample.guidance.surrogate.checkpoints": Rule(_checkpoints, lambda cfg: [-1]),
+    "sample.guidance.surrogate.train_subset": NON_NEGATIVE,
+    "sample.guidance.surrogate.batch_size": AT_LEAST_1,
+    "sample.guidance.surrogate.lr": POSITIVE,
+    "teachers": Rule(_non_empty, lambda cfg: []),
+    "teachers.N.arch": Rule(_arch, lambda cfg: "resnet19"),
+    "teachers.N.epochs": AT_LEAST_1,
+    "teachers.N.batch_size": AT_LEAST_1,
+    "teachers.N.lr": POSITIVE,
+    "teachers.N.weight_decay": NON_NEGATIVE,
+    "relabel.schedule": Rule(_schedule, lambda cfg: [[10, 0]]),
+    "relabel.rule": OneOf(("schedule", "entropy")),
+    "relabel.real_per_class": AT_LEAST_1,
+    "student.arch": Rule(_arch, lambda cfg: "tv:no_such_net"),
+    "student.protocols": Rule(_non_empty, lambda cfg: []),
+    "student.protocols.N": OneOf(("soft", "hard")),
+    "student.seeds": Rule(_non_empty, lambda cfg: []),
+    "student.epochs": AT_LEAST_1,
+    "student.batch_size": AT_LEAST_1,
+    "student.optimizer": OneOf(("adamw", "sgd")),
+    "student.lr": POSITIVE,
+    "student.weight_decay": NON_NEGATIVE,
+    "student.soft_loss.kl": NON_NEGATIVE,
+    "student.soft_loss.ce": NON_NEGATIVE,
+    "student.soft_loss.mse": NON_NEGATIVE,
+    "student.soft_loss.sd": NON_NEGATIVE,
+    "student.soft_loss.temperature": POSITIVE,
+    "student.soft_loss.sd_temperature": POSITIVE,
+    "student.soft_loss.sd_eps": POSITIVE,
+    "student.soft_loss.sd_iterations": AT_LEAST_1,
+    "student.soft_labels": OneOf(("online", "stored")),
+    "student.crop_scale_min": Range(0, 1, open_low=True),
+    "student.image_size": AT_LEAST_1,
+    "student.cutmix": SHARE,
+    "student.ema_decay": DECAY,
+    "student.eval_every": NON_NEGATIVE,
+    "student.test_batch_size": AT_LEAST_1,
+    "metrics.per_class": AT_LEAST_1,
+    "metrics.k": AT_LEAST_1,
+}
+
+
+def values(cfg, key: str) -> list[tuple[str, Any]]:
+    """(concrete key, value) for a rule's dotted key; N expands to each list index."""
+    found = [("", cfg)]
+    for part in key.split("."):
+        step = []
+        for where, node in found:
+            if part == "N":
+                step += [(f"{where}{i}.", v) for i, v in enumerate(node)]
+            else:
+                step.append((f"{where}{part}.", getattr(node, part)))
+        found = step
+    return [(where[:-1], v) for where, v in found]
+
+
+def check(cfg) -> None:
+    """Raise one UserError naming every key whose value is not accepted."""
+    problems = []
+    for key, rule in RULES.items():
+        for where, value in values(cfg, key):
+            if value is None:  # an optional key left unset
+                continue
+            problem = rule.problem(value, cfg)
+            if problem:
+                problems.append(f"{where}: {problem}")
+    if problems:
+        raise UserError("config: " + "; ".join(problems))

@@ -1,0 +1,109 @@
+"""A first run tells the truth: junk is called junk, the random real row stands beside ours,
+results never overwrite each other, global flags work anywhere, logs off a terminal stay short."""
+
+import json
+import logging
+
+import torch
+from conftest import TINY, tiny_config
+
+from otdistill import artifacts, progress
+from otdistill.cli import build_parser, main
+from otdistill.config import to_dict
+from otdistill.data import load_dataset
+from otdistill.models.generator import load_generator
+from otdistill.pipeline import ensure_generator, evaluate_stage, metrics_stage, relabel_stage, select_stage
+from otdistill.readiness import check_generator
+from otdistill.report import build, summary_text
+
+
+def _cfg(trained, tmp_path, *overrides):
+    return tiny_config(tmp_path, f"generator.path={trained.generator.path}",
+                       f"teachers.0.path={trained.teachers[0].path}", "student.epochs=1", *overrides)
+
+
+def _noise_set(root, data, cfg, ipc=3):
+    g = torch.Generator().manual_seed(0)
+    k = data.num_classes
+    for c in range(k):
+        noise = torch.randint(0, 256, (ipc, data.channels, data.image_size, data.image_size), generator=g,
+                              dtype=torch.uint8)
+        artifacts.write_class_images(root, artifacts.class_folder(c, data.class_ids[c], k), noise)
+    artifacts.write_manifest(root, ipc=ipc, class_names=data.class_names, class_ids=data.class_ids,
+                             channels=data.channels, image_size=data.image_size,
+                             source={"kind": "generated", "generator": "noise"}, config=to_dict(cfg), seeds={})
+    return root
+
+
+def test_junk_is_called_junk_and_a_real_subset_is_not(trained, tmp_path, caplog):
+    cfg = _cfg(trained, tmp_path, "sample.ipc=3")
+    data = load_dataset(cfg.data)
+    sets = {"noise": _noise_set(tmp_path / "noise", data, cfg),
+            "real": select_stage(cfg, "random", tmp_path / "real", quiet=True, data=data)}
+    warned = {}
+    for name, root in sets.items():
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            relabel_stage(root, cfg, quiet=True, data=data)
+            metrics_stage(root, cfg, data=data)
+            result = evaluate_stage(root, cfg, quiet=True, data=data)
+        manifest = json.loads((root / "manifest.json").read_text())
+        text = summary_text(cfg.output, "digits", manifest, result, None, {})
+        # the log line and the summary say it, and name the fix
+        warned[name] = ("look like noise" in caplog.text, "WARNING" in text, "generator.diffusion.steps" in text)
+    assert warned == {"noise": (True, True, True), "real": (False, False, False)}
+    report = build(tmp_path).with_suffix(".md").read_text()
+    assert report.count("**WARNING**") == 1 and "noise: the distilled images look like noise" in report
+
+
+def test_a_generator_check_follows_train_generator(trained, tmp_path, caplog):
+    cfg = _cfg(trained, tmp_path, f"generator.path={tmp_path / 'g'}", "generator.diffusion.steps=3")
+    with caplog.at_level(logging.INFO):
+        ensure_generator(cfg, quiet=True, extend=True)
+    quality = json.loads((tmp_path / "g" / "quality.json").read_text())
+    assert quality["samples"] == 500 and 0 <= quality["teacher_agreement"] <= 1
+    # 3 steps of training are noise: far from real, and said so before any sampling
+    assert quality["fd_teacher"] > quality["fd_teacher_real_vs_real"] and not quality["ready"]
+    assert "generator check" in caplog.text and "is not ready" in caplog.text
+    assert check_generator(tiny_config(tmp_path, "teachers.0.path=/nowhere"), load_generator(tmp_path / "g"),
+                           load_dataset(cfg.data), "cpu") is None
+
+
+def test_run_summary_carries_the_random_real_row(finished_run):
+    out, _ = finished_run
+    summary = (out / "summary.md").read_text()
+    assert "random real (baseline)" in summary and "distilled - baseline" in summary
+    assert "better than picking real images" in summary and "full data" in summary
+    baseline = json.loads((out / "baselines" / "random" / "eval.json").read_text())
+    ours = json.loads((out / "distilled" / "eval.json").read_text())
+    assert baseline["student_config"] == ours["student_config"] and baseline["full_data"]["accuracy"] > 0
+    report = (out / "report" / "report.md").read_text()
+    assert "vs random real (IOR)" in report and "baselines/random" in report
+
+
+def test_two_sets_in_one_folder_keep_their_own_results(trained, tmp_path):
+    cfg = _cfg(trained, tmp_path, "sample.ipc=2", "student.protocols=[hard]")
+    data = load_dataset(cfg.data)
+    a = select_stage(cfg, "random", tmp_path / "sets" / "random", quiet=True, data=data)
+    b = select_stage(cfg, "herding", tmp_path / "sets" / "herding", quiet=True, data=data)
+    first = evaluate_stage(a, cfg, quiet=True, data=data)
+    files = {p: p.read_bytes() for p in (tmp_path / "sets").rglob("*.json")}
+    second = evaluate_stage(b, cfg, quiet=True, data=data)
+    assert all(p.read_bytes() == content for p, content in files.items())  # nothing of a's was touched
+    assert json.loads((a / "eval.json").read_text()) == first and json.loads((b / "eval.json").read_text()) == second
+    assert first["distilled"] != second["distilled"] and (b / "eval").is_dir()
+
+
+def test_global_options_before_or_after_the_command():
+    parse = build_parser().parse_args
+    assert parse(["--quiet", "run", str(TINY)]).quiet and parse(["run", str(TINY), "--quiet"]).quiet
+    assert not parse(["run", str(TINY)]).quiet
+    assert main(["config", str(TINY), "--quiet"]) == 0
+
+
+def test_progress_off_a_terminal_is_a_few_plain_lines(capsys):
+    bar = progress.progress(range(2000), desc="steps")
+    for _ in bar:
+        bar.set_postfix(loss=1.0)
+    err = capsys.readouterr().err
+    assert "\r" not in err and 1 <= len(err.splitlines()) <= 3 and "2000/2000" in err.splitlines()[-1]
