@@ -38,19 +38,18 @@ from otdistill import artifacts, pipeline  # noqa: E402
 from otdistill.config import fingerprint, load_config  # noqa: E402
 from otdistill.data import SubsetImages, load_dataset  # noqa: E402
 from otdistill.evaluate import train_student  # noqa: E402
+from otdistill.guidance import off_overrides  # noqa: E402
 from otdistill.io import read_json, write_json  # noqa: E402
+from otdistill.selection import SELECTIONS  # noqa: E402
 
 KL_ONLY = ["student.soft_loss.kl=1.0", "student.soft_loss.ce=0.0", "student.soft_loss.mse=0.0",
            "student.soft_loss.sd=0.0"]
-NO_GUIDANCE = ["sample.guidance.ot.weight=0.0", "sample.guidance.influence.weight=0.0",
-               "sample.guidance.deviation.weight=0.0"]
+NO_GUIDANCE = off_overrides()  # every registered term off
 ONE_TEACHER = ["relabel.schedule=[[1,1]]"]
 CE_MSE = ["student.soft_loss.sd=0.0"]  # otdistill.yaml's CE + MSE without the Sinkhorn term
 # method -> (how the set is made, recipe in configs/, overrides)
 ROWS = {
-    "random": ("select", "fashion-mnist", []),
-    "herding": ("select", "fashion-mnist", []),
-    "kmeans": ("select", "fashion-mnist", []),
+    **{name: ("select", "fashion-mnist", []) for name in SELECTIONS},  # every real-image selection
     "plain": ("sample", "plain", []),
     "d4m": ("sample", "plain", ["sample.init=prototypes"]),
     "igd": ("sample", "igd", []),

@@ -154,7 +154,8 @@ def main(argv: list[str] | None = None) -> None:
             ("random_real_recon", None, None, lambda: (recon, real_labels))]
     for name, folder in generators.items():
         info = read_json(Path(folder) / "generator.json")
-        hours = info.get("train_seconds")
+        # a finished generator records its training seconds, a snapshot those up to its step
+        hours = info.get("train_seconds") or info.get("snapshot", {}).get("train_seconds")
         hours = (hours["total"] if isinstance(hours, dict) else hours) / 3600 if hours else None
         model = load_generator(folder, device)
         for scale in args.cfg:

@@ -23,7 +23,7 @@ import torch
 
 from otdistill.config import DeviationConfig, InfluenceConfig, OTGuidanceConfig, SampleConfig
 from otdistill.guidance import DeviationGuidance, InfluenceGuidance, OTGuidance
-from otdistill.guidance.influence import _param_grads
+from otdistill.guidance.influence import param_grads
 from otdistill.models.classifiers import build_classifier
 from otdistill.models.generator import Generator
 from otdistill.sample import sample_classes
@@ -58,7 +58,7 @@ def terms_for(recipe: str, model: Generator, tiny: bool, device, classes: list[i
         x = torch.rand(8 if tiny else 50, 3, size, size, device=device)
         y = torch.zeros(len(x), dtype=torch.long, device=device)
         with torch.enable_grad():
-            grads = [[g.detach() for g in _param_grads(n, x, y, False)] for n in nets]
+            grads = [[g.detach() for g in param_grads(n, x, y, False)] for n in nets]
         real = {k: grads for k in classes}
         terms.append(InfluenceGuidance(InfluenceConfig(weight=0.3), nets, real))
         terms.append(DeviationGuidance(DeviationConfig(weight=0.1)))
@@ -83,7 +83,7 @@ def time_sampling(model, recipe: str, ipc: int, tiny: bool, device, autocast, pe
         images = sample_classes(model, classes, cfg, terms, (4, 20))
     sync(device)
     seconds = time.perf_counter() - start
-    ot_seconds = sum(getattr(t, "seconds", 0.0) for t in terms)
+    ot_seconds = sum(t.seconds for t in terms if t.name == "ot")
     assert all(x.shape[0] == ipc for x in images.values())
     n = ipc * per_pass
     return {"seconds": round(seconds, 2), "images_per_s": round(n / seconds, 3), "ot_share": round(ot_seconds / seconds, 4)}

@@ -1,4 +1,5 @@
 import dataclasses
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -101,6 +102,31 @@ def test_build_terms_follows_the_config(trained, digits, setup):
     assert [t.name for t in build_terms(g, model, digits)] == ["deviation", "ot"]
 
 
+def test_terms_come_from_the_registry_and_so_do_their_listings(trained, digits, setup, monkeypatch):
+    """The pipeline builds whatever the registry holds; the report's names and the bench's
+    "all off" overrides are read from it, so a new term changes neither."""
+    from otdistill.guidance import TERMS, GuidanceTerm, method_label, off_overrides, register_term
+
+    model, _, _ = setup
+    assert off_overrides() == [f"sample.guidance.{n}.weight=0.0" for n in ("influence", "deviation", "ot")]
+    assert method_label(["influence", "deviation", "ot"]) == "igd+ot" and method_label(["deviation"]) == "deviation"
+
+    class Stub(GuidanceTerm):
+        name = "deviation"
+
+        def delta(self, state):
+            return torch.zeros_like(state.z)
+
+    monkeypatch.setitem(TERMS, "deviation", TERMS["deviation"])
+    register_term("deviation", lambda cfg, inputs: Stub(cfg), family="igd")
+    g = dataclasses.replace(trained.sample.guidance, deviation=dataclasses.replace(trained.sample.guidance.deviation,
+                                                                                     weight=0.1))
+    (term,) = build_terms(g, model, digits)
+    assert isinstance(term, Stub) and term.cfg.weight == 0.1
+    term(SimpleNamespace(z=torch.ones(2, 3)))
+    assert term.seconds > 0  # every term times itself
+
+
 @pytest.fixture(scope="module")
 def surrogate(trained, digits, tmp_path_factory):
     from otdistill.config import SurrogateConfig
@@ -126,7 +152,7 @@ def test_influence_gradient_is_a_descent_direction(setup, digits):
     from otdistill.config import InfluenceConfig
     from otdistill.guidance.influence import (
         InfluenceGuidance,
-        _param_grads,
+        param_grads,
         real_gradients,
     )
     from otdistill.models.classifiers import Classifier
@@ -151,7 +177,7 @@ def test_influence_gradient_is_a_descent_direction(setup, digits):
             images = model.decode(z)
             labels = torch.full((2,), 3)
             return sum(sum(1 - F.cosine_similarity(g.flatten(), t.flatten(), dim=0)
-                           for g, t in zip(_param_grads(net, images, labels, False), target)).item()
+                           for g, t in zip(param_grads(net, images, labels, False), target)).item()
                        for net, target in zip(models, real[3]))
 
     step = delta / delta.norm() * 0.05

@@ -37,3 +37,19 @@ def test_select_command_builds_each_baseline(trained, tmp_path):
         assert manifest["source"]["kind"] == f"real-{method}" and all(c["count"] == 3 for c in manifest["classes"])
         picked[method] = sorted(manifest["files"].values())
     assert picked["herding"] != picked["random"] != picked["kmeans"]
+
+
+def test_a_registered_selection_is_a_baseline_everywhere(trained, tmp_path, monkeypatch):
+    """One register_selection call: the select command, the `baseline` key and select_stage take it."""
+    from otdistill import selection
+    from otdistill.cli import build_parser
+    from otdistill.config import load_config
+
+    monkeypatch.setitem(selection.SELECTIONS, "lowest", None)  # removed again after the test
+    selection.register_selection("lowest", lambda order, images, embed, ipc, seed, candidates: order.sort().values[:ipc])
+    assert build_parser().parse_args(["select", str(TINY), "--method", "lowest", "--out", "x"]).method == "lowest"
+    assert load_config(TINY, ["baseline=lowest"]).baseline == "lowest"
+    assert main(["--quiet", "select", str(TINY), "--method", "lowest", "--out", str(tmp_path / "low"),
+                 "--set", f"teachers.0.path={trained.teachers[0].path}"]) == 0
+    manifest = json.loads((tmp_path / "low" / "manifest.json").read_text())
+    assert manifest["source"]["kind"] == "real-lowest"

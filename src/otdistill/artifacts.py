@@ -24,6 +24,7 @@ from PIL import Image
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .data.base import to_unit
 from .errors import UserError
 from .io import atomic_path, read_json, sha256_file, write_json
 
@@ -223,7 +224,7 @@ def export_ddranking(ds: DistilledSet, out: str | Path) -> None:
         raise UserError(f"{ds.root} has no soft labels yet; run `otdistill relabel {ds.root}` first")
     with atomic_path(out) as tmp:
         tmp.mkdir()
-        torch.save(ds.images.float() / 255.0, tmp / "images.pt")
+        torch.save(to_unit(ds.images), tmp / "images.pt")
         torch.save(ds.soft_logits.clone(), tmp / "soft_labels.pt")
         torch.save(ds.hard.clone(), tmp / "hard_labels.pt")
         write_json(tmp / "info.json", {

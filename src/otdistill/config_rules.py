@@ -115,9 +115,9 @@ def _costs():
 
 
 def _selections():
-    from .selection import METHODS
+    from .selection import SELECTIONS
 
-    return METHODS
+    return SELECTIONS
 
 
 def _arch(value, cfg) -> Problem:

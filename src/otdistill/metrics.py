@@ -20,7 +20,7 @@ import statistics
 
 import torch
 
-from .data import ImageSet
+from .data import ImageSet, class_subset, to_unit
 from .ot import entropic_ot
 
 
@@ -79,8 +79,7 @@ def held_out(images: ImageSet, num_classes: int, per_class: int, seed: int = 0) 
     g = torch.Generator().manual_seed(seed)
     picks = []
     for c in range(num_classes):
-        idx = images.indices_of(c)
-        picks.append(idx[torch.randperm(len(idx), generator=g)[:per_class]])
+        picks.append(class_subset(images, c, per_class, g))
     return torch.cat(picks).sort().values
 
 
@@ -88,7 +87,7 @@ def held_out(images: ImageSet, num_classes: int, per_class: int, seed: int = 0) 
 def teacher_agreement(model: torch.nn.Module, images_uint8: torch.Tensor, labels: torch.Tensor, device,
                       batch_size: int = 500) -> float:
     """Share of images a Classifier assigns to the class they were made for."""
-    predicted = torch.cat([model(images_uint8[s:s + batch_size].to(device, torch.float32) / 255.0).argmax(1).cpu()
+    predicted = torch.cat([model(to_unit(images_uint8[s:s + batch_size], device)).argmax(1).cpu()
                            for s in range(0, len(images_uint8), batch_size)])
     return (predicted == labels).double().mean().item()
 
@@ -96,7 +95,7 @@ def teacher_agreement(model: torch.nn.Module, images_uint8: torch.Tensor, labels
 @torch.no_grad()
 def features(model: torch.nn.Module, images_uint8: torch.Tensor, device, batch_size: int = 500) -> torch.Tensor:
     """A Classifier's penultimate features for uint8 images."""
-    return torch.cat([model.embed(images_uint8[s:s + batch_size].to(device, torch.float32) / 255.0).float().cpu()
+    return torch.cat([model.embed(to_unit(images_uint8[s:s + batch_size], device)).float().cpu()
                       for s in range(0, len(images_uint8), batch_size)])
 
 

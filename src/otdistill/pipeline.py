@@ -29,14 +29,14 @@ from .data import LabelledData, TensorImages, load_dataset
 from .errors import UserError
 from .evaluate import summarise, train_student
 from .guidance import build_terms
-from .io import generator, read_json, remove_stale_temporaries, resolve_device, write_json, write_text
+from .io import read_json, remove_stale_temporaries, resolve_device, write_json, write_text
 from .metrics import features, held_out, junk_warning, set_metrics
 from .models.generator import Generator, load_generator
 from .progress import progress
 from .readiness import check_generator
-from .relabel import entropy_rule, label_entropy, load_ensemble, select_teachers, soft_logits
+from .relabel import choose_teachers, label_entropy, load_ensemble, soft_logits
 from .sample import sample_classes
-from .selection import kmeans_centres, select_class
+from .selection import SELECTIONS, class_prototypes, select_class
 from .teachers import full_data_reference, load_teacher, train_teacher
 from .train_generator import encode_all, needs_more_steps, train_generator, training_dir
 
@@ -120,14 +120,6 @@ def _claim(folder: Path, stamp: dict) -> None:
         write_json(f, stamp)
 
 
-def class_prototypes(model: Generator, data: LabelledData, c: int, cfg) -> torch.Tensor:
-    """D4M's starting points: IPC k-means centres of real latents of class c."""
-    idx = data.train.indices_of(c)
-    idx = idx[torch.randperm(len(idx), generator=generator(cfg.seed, "prototypes", c))[:cfg.prototype_candidates]]
-    device = model.device
-    return kmeans_centres(encode_all(model, data.train, device, idx.sort().values), cfg.ipc, cfg.seed)
-
-
 def sample_stage(cfg: Config, quiet: bool = False, data: LabelledData | None = None) -> Path:
     """Generate sample.ipc images per class into OUTPUT/distilled; finished classes are kept."""
     root = distilled_dir(cfg)
@@ -157,7 +149,7 @@ def sample_stage(cfg: Config, quiet: bool = False, data: LabelledData | None = N
         todo = [c for c in group if not artifacts.class_done(root, folders[c], cfg.sample.ipc)]
         if todo:  # the whole group again: its classes' bytes depend on the batch they shared
             t = time.time()
-            prototypes = ({c: class_prototypes(model, data, c, cfg.sample) for c in group}
+            prototypes = ({c: class_prototypes(model, data.train, c, cfg.sample) for c in group}
                           if cfg.sample.init == "prototypes" else None)
             images = sample_classes(model, group, cfg.sample, terms, window, prototypes)
             for c in todo:
@@ -169,14 +161,15 @@ def sample_stage(cfg: Config, quiet: bool = False, data: LabelledData | None = N
     # each rank records its share; the first merges them once every class is on disk
     write_json(root / ".shards" / f"rank{rank.rank}.json", {
         "world": rank.world, "classes": classes, "seconds": round(time.time() - start, 1),
-        "ot_seconds": round(sum(getattr(t, "seconds", 0.0) for t in terms), 3)})
+        "guidance_seconds": {t.name: round(t.seconds, 3) for t in terms}})
     distributed.barrier()
     if not rank.main:
         distributed.barrier()  # until the main rank has written the manifest
         return root
     shards = [read_json(root / ".shards" / f"rank{r}.json") for r in range(rank.world)]
     source = {"kind": "generated", "generator": cfg.generator.path, "guidance": [t.name for t in terms],
-              "sample_seconds": max(s["seconds"] for s in shards), "ot_seconds": sum(s["ot_seconds"] for s in shards),
+              "sample_seconds": max(s["seconds"] for s in shards),
+              "ot_seconds": sum(s["guidance_seconds"].get("ot", 0.0) for s in shards),
               "ranks": rank.world}
     artifacts.write_manifest(
         root, ipc=cfg.sample.ipc, class_names=data.class_names, class_ids=data.class_ids, channels=data.channels,
@@ -192,21 +185,15 @@ def select_stage(cfg: Config, method: str, out: str | Path, quiet: bool = False,
     chosen at random, by herding in the first teacher's feature space, or nearest k-means
     centres of the generator's latents (see selection.py)."""
     root = Path(out)
-    used = {"herding": cfg.teachers[0].path if cfg.teachers else None, "kmeans": cfg.generator.path}.get(method)
+    space = SELECTIONS[method].space
+    used = space.model_path(cfg) if space else None
     inputs = (cfg.data, cfg.sample.ipc, cfg.sample.seed) + ((used,) if used else ())  # the model a method reads
     _claim(root, {"what": f"select {method}", "fingerprint": fingerprint(*inputs)})
     if artifacts.verify_or_reset(root):
         return root
     remove_stale_temporaries(root)
     data = data or load_dataset(cfg.data)
-    device = resolve_device(cfg.device)
-    embed = None
-    if method == "herding":
-        teacher, _ = load_teacher(used, device)
-        embed = lambda x: features(teacher, x, device)  # noqa: E731
-    elif method == "kmeans":
-        model = load_generator(cfg.generator.path, device)  # a baseline never trains one
-        embed = lambda x: encode_all(model, TensorImages(x, torch.zeros(len(x))), device)  # noqa: E731
+    embed = space.build(used, resolve_device(cfg.device)) if space else None
     k = data.num_classes
     start = time.time()
     for c in progress(range(k), desc=f"select {method}", disable=quiet):
@@ -234,20 +221,6 @@ def _config_of(distilled: str | Path, cfg: Config | None) -> Config:
     return from_dict(read_json(manifest)["config"])
 
 
-def choose_teachers(cfg: Config, ds: artifacts.DistilledSet, device, data: LabelledData | None = None
-                    ) -> tuple[list[str], dict]:
-    """LIA's ensemble for this set: by the IPC schedule, or measured from its images."""
-    paths = [t.path for t in cfg.teachers]
-    if cfg.relabel.rule == "schedule":
-        chosen = select_teachers(paths, ds.ipc, cfg.relabel.schedule)
-        return chosen, {"rule": "schedule", "count": len(chosen)}
-    data = data or load_dataset(cfg.data)
-    real = data.train.get(held_out(data.train, ds.num_classes, cfg.relabel.real_per_class, seed=0))
-    first, _ = load_teacher(paths[0], device)
-    measured = entropy_rule(first, ds.images, real, len(paths), device)
-    return paths[:measured["count"]], measured
-
-
 def relabel_stage(distilled: str | Path, cfg: Config | None = None, quiet: bool = False,
                   data: LabelledData | None = None) -> dict:
     """Store the teacher ensemble's logits for every image; also measures how often the
@@ -260,7 +233,7 @@ def relabel_stage(distilled: str | Path, cfg: Config | None = None, quiet: bool 
         ds = artifacts.read_distilled(distilled, labels=False)  # still fails for damaged images
         log.warning("relabelling %s: its labels are damaged (%s)", distilled, exc)
     rank = distributed.init()  # under torchrun the ranks share the labelling; the main one writes
-    paths, rule = choose_teachers(cfg, ds, device, data)
+    paths, rule = choose_teachers(cfg, ds.images, ds.ipc, device, data)
     current = ds.soft_logits is not None and ds.manifest.get("teachers") == paths and ds.manifest.get("relabel") == rule
     if distributed.agree(current):
         return ds.manifest

@@ -1,8 +1,8 @@
 """Soft labels from a teacher ensemble: the mean of the members' logits.
 
 The same ensemble labels stored (one unaugmented view per image, kept in the artifact) and
-online (each augmented view a student sees). Which teachers join is decided by the caller,
-so an IPC-dependent choice (LIA) plugs in without touching this module.
+online (each augmented view a student sees). Which teachers join a set's ensemble is LIA's
+choice (`choose_teachers`): by the IPC schedule, or measured from the images (entropy rule).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 
 from . import distributed
+from .data import to_unit
 from .errors import UserError
 from .teachers import load_teacher
 
@@ -55,7 +56,7 @@ def soft_logits(ensemble: TeacherEnsemble, images: torch.Tensor, device, batch_s
     starts = list(range(0, len(images), batch_size))
     mine = {}
     for b in distributed.active().mine(range(len(starts))):
-        x = images[starts[b]:starts[b] + batch_size].to(device, torch.float32) / 255.0
+        x = to_unit(images[starts[b]:starts[b] + batch_size], device)
         mine[b] = ensemble(x).float().cpu()
     done = distributed.gather_dict(mine)
     return torch.cat([done[b] for b in range(len(starts))])
@@ -79,3 +80,20 @@ def entropy_rule(first: nn.Module, images: torch.Tensor, real: torch.Tensor, ava
     ratio = h_images / max(h_real, 1e-8)
     count = max(1, min(available, 1 + round(ratio * (available - 1))))
     return {"rule": "entropy", "entropy_images": h_images, "entropy_real": h_real, "ratio": ratio, "count": count}
+
+
+def choose_teachers(cfg, images: torch.Tensor, ipc: int, device, data=None) -> tuple[list[str], dict]:
+    """LIA's ensemble for a set of `ipc` uint8 images per class: the configured teachers' paths
+    chosen by relabel.rule, and how (recorded in the manifest)."""
+    from .data import load_dataset
+    from .metrics import held_out
+
+    paths = [t.path for t in cfg.teachers]
+    if cfg.relabel.rule == "schedule":
+        chosen = select_teachers(paths, ipc, cfg.relabel.schedule)
+        return chosen, {"rule": "schedule", "count": len(chosen)}
+    data = data or load_dataset(cfg.data)
+    real = data.train.get(held_out(data.train, data.num_classes, cfg.relabel.real_per_class, seed=0))
+    first, _ = load_teacher(paths[0], device)
+    measured = entropy_rule(first, images, real, len(paths), device)
+    return paths[:measured["count"]], measured

@@ -22,9 +22,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from torchvision.utils import make_grid  # noqa: E402
 
-from . import artifacts  # noqa: E402
+from . import artifacts, guidance  # noqa: E402
 from .config import from_dict  # noqa: E402
-from .data import LabelledData, load_dataset  # noqa: E402
+from .data import LabelledData, class_subset, load_dataset  # noqa: E402
 from .errors import UserError  # noqa: E402
 from .io import atomic_path, write_text  # noqa: E402
 from .metrics import junk_warning  # noqa: E402
@@ -52,10 +52,7 @@ def method_label(source: dict) -> str:
     """plain | igd | ot | igd+ot | real-<selection> from a manifest's `source`."""
     if source.get("kind") != "generated":
         return source.get("kind", "unknown")
-    terms = list(source.get("guidance") or [])
-    if {"influence", "deviation"} <= set(terms):
-        terms = ["igd"] + [t for t in terms if t not in ("influence", "deviation")]
-    return "+".join(terms) or "plain"
+    return guidance.method_label(list(source.get("guidance") or []))
 
 
 def _json_or_none(path: Path):
@@ -115,8 +112,7 @@ def class_grids(entry: SetEntry, real: LabelledData | None) -> bytes:
     for row, c in enumerate(classes):
         panels = [ds.images[ds.hard == c][:n]]
         if real is not None:
-            idx = real.train.indices_of(c)
-            panels.append(real.train.get(idx[torch.randperm(len(idx), generator=g)[:n]]))
+            panels.append(real.train.get(class_subset(real.train, c, n, g)))
         for col, imgs in enumerate(panels):
             ax = axes[row][col]
             grid = _grid(imgs, n)

@@ -1,8 +1,9 @@
 """Class-conditional sampling over a diffusers scheduler, with pluggable guidance terms.
 
-A guidance term is any callable `term(state) -> delta` that returns the amount to subtract
-from the sampler's next latent; it sees the whole SamplerState (and owns its scaling, e.g.
-relative to the sampler's own update). The loop below never changes when a term is added.
+A guidance term (guidance.GuidanceTerm: a name, its config section, its own timing) is
+called as `term(state) -> delta`, the amount to subtract from the sampler's next latent; it
+sees the whole SamplerState (and owns its scaling, e.g. relative to the sampler's own
+update). The loop below only calls terms, so it never changes when a term is added.
 """
 
 from __future__ import annotations

@@ -6,17 +6,65 @@
 - kmeans: the real image nearest each of IPC k-means centres of real latents (D4M's
   prototype idea, without Stable Diffusion).
 K-means on at most `candidates` images per class (seeded), to stay CPU-sized.
+
+Methods are registered by name (SELECTIONS): the CLI's choices, the `baseline` key and the
+benchmark rows read the table, so a new method is one `register_selection` call.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
 import torch
 
-from .data import ImageSet
-from .errors import UserError
+from .data import ImageSet, class_subset
 from .io import generator
 
-METHODS = ("random", "herding", "kmeans")
+
+@dataclass(frozen=True)
+class Embedding:
+    """A space selection works in: which model it reads, and `build(path, device) -> embed`
+    with `embed(uint8 images) -> (n, ...) points`."""
+
+    model_path: Callable  # config -> the folder of the model it reads
+    build: Callable
+
+
+def _teacher_features(path, device):
+    from .metrics import features
+    from .teachers import load_teacher
+
+    teacher, _ = load_teacher(path, device)
+    return lambda x: features(teacher, x, device)
+
+
+def _latents(path, device):
+    from .data import TensorImages
+    from .models.generator import load_generator
+    from .train_generator import encode_all
+
+    model = load_generator(path, device)  # a baseline never trains one
+    return lambda x: encode_all(model, TensorImages(x, torch.zeros(len(x))), device)
+
+
+TEACHER = Embedding(lambda cfg: cfg.teachers[0].path if cfg.teachers else None, _teacher_features)
+LATENT = Embedding(lambda cfg: cfg.generator.path, _latents)
+
+
+@dataclass(frozen=True)
+class Selection:
+    name: str
+    # (class indices in seeded random order, images, embed, ipc, seed, candidates) -> the picks
+    pick: Callable[..., torch.Tensor]
+    space: Embedding | None = None  # None: needs no model
+
+
+SELECTIONS: dict[str, Selection] = {}
+
+
+def register_selection(name: str, pick: Callable[..., torch.Tensor], space: Embedding | None = None) -> None:
+    SELECTIONS[name] = Selection(name, pick, space)
 
 
 def kmeans_centres(points: torch.Tensor, k: int, seed: int) -> torch.Tensor:
@@ -51,20 +99,43 @@ def herding(features: torch.Tensor, k: int) -> list[int]:
     return chosen
 
 
+def _embedded(order: torch.Tensor, images: ImageSet, embed, candidates: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first `candidates` of a class (in index order) and their points."""
+    pool = order[:candidates].sort().values
+    return pool, torch.cat([embed(images.get(pool[s:s + 500])) for s in range(0, len(pool), 500)])
+
+
+def _random(order, images, embed, ipc, seed, candidates):
+    return order[:ipc]
+
+
+def _herding(order, images, embed, ipc, seed, candidates):
+    pool, points = _embedded(order, images, embed, candidates)
+    return pool[torch.tensor(herding(points.flatten(1).float(), ipc))]
+
+
+def _kmeans(order, images, embed, ipc, seed, candidates):
+    pool, points = _embedded(order, images, embed, candidates)
+    return pool[torch.tensor(nearest_distinct(kmeans_centres(points, ipc, seed), points))]
+
+
+register_selection("random", _random)
+register_selection("herding", _herding, TEACHER)
+register_selection("kmeans", _kmeans, LATENT)
+
+
 def select_class(method: str, images: ImageSet, c: int, ipc: int, seed: int, embed=None,
                  candidates: int = 2000) -> torch.Tensor:
     """Indices into `images` of the ipc picks for class c. `embed(uint8 batch) -> (n, ...)`
-    maps images to the space herding (teacher features) or kmeans (latents) works in."""
-    if method not in METHODS:
-        raise UserError(f"unknown selection '{method}'; use one of {', '.join(METHODS)}")
-    idx = images.indices_of(c)
-    order = idx[torch.randperm(len(idx), generator=generator(seed, "select", method, c))]
-    if method == "random":
-        return order[:ipc].sort().values
-    pool = order[:candidates].sort().values
-    points = torch.cat([embed(images.get(pool[s:s + 500])) for s in range(0, len(pool), 500)])
-    if method == "herding":
-        picks = herding(points.flatten(1).float(), ipc)
-    else:
-        picks = nearest_distinct(kmeans_centres(points, ipc, seed), points)
-    return pool[torch.tensor(picks)].sort().values
+    maps images to the method's space (its Embedding), when it has one."""
+    order = class_subset(images, c, None, generator(seed, "select", method, c))
+    return SELECTIONS[method].pick(order, images, embed, ipc, seed, candidates).sort().values
+
+
+def class_prototypes(model, images: ImageSet, c: int, cfg) -> torch.Tensor:
+    """D4M's starting points for sampling class c: sample.ipc k-means centres of the latents of
+    up to sample.prototype_candidates of its real images."""
+    from .train_generator import encode_all
+
+    idx = class_subset(images, c, cfg.prototype_candidates, generator(cfg.seed, "prototypes", c))
+    return kmeans_centres(encode_all(model, images, model.device, idx.sort().values), cfg.ipc, cfg.seed)

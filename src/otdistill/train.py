@@ -12,7 +12,7 @@ import torch
 from torchvision.ops import roi_align
 
 from . import distributed
-from .data import ImageSet
+from .data import ImageSet, to_unit
 from .errors import UserError
 from .io import atomic_path
 from .progress import progress
@@ -77,7 +77,7 @@ def predict_logits(model: torch.nn.Module, images: ImageSet, device, batch_size:
     out = []
     for start in range(0, len(images), batch_size):
         idx = torch.arange(start, min(start + batch_size, len(images)))
-        out.append(model(center_view(images.get(idx).to(device, torch.float32) / 255.0, size)).float().cpu())
+        out.append(model(center_view(to_unit(images.get(idx), device), size)).float().cpu())
     return torch.cat(out)
 
 
@@ -173,7 +173,7 @@ def fit(model: torch.nn.Module, images: ImageSet, recipe: TrainRecipe, loss_fn: 
         total, seen = 0.0, 0
         for start in range(0, n, recipe.batch_size):
             idx = perm[start:start + recipe.batch_size]
-            x = images.get(idx).to(device, torch.float32) / 255.0
+            x = to_unit(images.get(idx), device)
             x = recipe.augment(x, g)
             partner, lam = None, 1.0
             if recipe.cutmix > 0 and torch.rand(1, generator=g).item() < recipe.cutmix:
@@ -213,5 +213,5 @@ def fit(model: torch.nn.Module, images: ImageSet, recipe: TrainRecipe, loss_fn: 
 def channel_stats(images: ImageSet, max_images: int = 10000) -> tuple[list[float], list[float]]:
     """Per-channel mean and std of [0, 1] images (a deterministic subset of at most max_images)."""
     idx = torch.linspace(0, len(images) - 1, min(len(images), max_images)).long()
-    x = images.get(idx).float() / 255.0
+    x = to_unit(images.get(idx))
     return x.mean(dim=(0, 2, 3)).tolist(), x.std(dim=(0, 2, 3)).clamp(min=1e-3).tolist()

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import GeneratorConfig, fingerprint
-from .data import ImageSet, LabelledData
+from .data import ImageSet, LabelledData, to_unit
 from .errors import UserError
 from .io import atomic_path, generator, invoked_command, read_json
 from .models.generator import (
@@ -57,10 +57,6 @@ class BatchStream:
     def load_state_dict(self, state: dict) -> None:
         self.g.set_state(state["g"])
         self.perm, self.pos = state["perm"], state["pos"]
-
-
-def to_unit(images_uint8: torch.Tensor, device) -> torch.Tensor:
-    return images_uint8.to(device=device, dtype=torch.float32) / 255.0
 
 
 def warmup_cosine(step: int, total: int, warmup: int = 100) -> float:

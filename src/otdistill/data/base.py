@@ -161,6 +161,18 @@ class LabelledData:
         return len(self.class_names)
 
 
+def to_unit(images_uint8: torch.Tensor, device=None) -> torch.Tensor:
+    """uint8 images as float32 in [0, 1] (on `device`): the one place images become floats."""
+    return images_uint8.to(device=device, dtype=torch.float32) / 255.0
+
+
+def class_subset(images: "ImageSet", c: int, n: int | None, g: torch.Generator) -> torch.Tensor:
+    """Indices of n seeded random images of class c (all of them, shuffled, for n=None): the
+    one way a per-class subset is drawn."""
+    idx = images.indices_of(c)
+    return idx[torch.randperm(len(idx), generator=g)[:n]]
+
+
 def stratified_split(labels: torch.Tensor, seed: int, *, fraction: float = 0.0, count: int = 0
                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sorted indices (kept, held) of a seeded per-class split holding out `count` images of each

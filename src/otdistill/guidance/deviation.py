@@ -8,15 +8,14 @@ import torch.nn.functional as F
 
 from ..config import DeviationConfig
 from .common import current_latent, relative_step
+from .registry import GuidanceTerm, register_term
 
 
-class DeviationGuidance:
+class DeviationGuidance(GuidanceTerm):
     name = "deviation"
+    cfg: DeviationConfig
 
-    def __init__(self, cfg: DeviationConfig):
-        self.cfg = cfg
-
-    def __call__(self, state) -> torch.Tensor:
+    def delta(self, state) -> torch.Tensor:
         memory = state.memory[-self.cfg.memory_size:]
         if len(memory) == 0:
             return torch.zeros_like(state.z)
@@ -25,3 +24,6 @@ class DeviationGuidance:
             sims = F.normalize(current.flatten(1), dim=1) @ F.normalize(memory.flatten(1), dim=1).T
             grad, = torch.autograd.grad(sims.max(dim=1).values.sum(), current)
         return relative_step(grad, state.update, self.cfg.weight, "deviation", state)
+
+
+register_term("deviation", lambda cfg, inputs: DeviationGuidance(cfg), family="igd")

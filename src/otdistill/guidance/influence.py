@@ -9,12 +9,15 @@ import torch
 import torch.nn.functional as F
 
 from ..config import InfluenceConfig
-from ..data import LabelledData
+from ..data import LabelledData, class_subset, to_unit
+from ..errors import UserError
 from ..io import generator
+from ..surrogate import load_trajectory
 from .common import relative_step
+from .registry import GuidanceTerm, TermInputs, register_term
 
 
-def _param_grads(net: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, create_graph: bool):
+def param_grads(net: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, create_graph: bool):
     loss = F.cross_entropy(net(images), labels)
     return torch.autograd.grad(loss, [p for p in net.parameters()], create_graph=create_graph)
 
@@ -23,33 +26,45 @@ def real_gradients(surrogates: list[torch.nn.Module], data: LabelledData, per_cl
     """{class: [per-checkpoint list of mean parameter gradients]} over real images of the class."""
     out = {}
     for c in range(data.num_classes):
-        idx = data.train.indices_of(c)
-        idx = idx[torch.randperm(len(idx), generator=generator(seed, "influence", c))[:per_class]]
-        x = data.train.get(idx.sort().values).to(device, torch.float32) / 255.0
+        idx = class_subset(data.train, c, per_class, generator(seed, "influence", c))
+        x = to_unit(data.train.get(idx.sort().values), device)
         y = torch.full((len(x),), c, device=device)
         with torch.enable_grad():
-            out[c] = [[g.detach() for g in _param_grads(net, x, y, False)] for net in surrogates]
+            out[c] = [[g.detach() for g in param_grads(net, x, y, False)] for net in surrogates]
     return out
 
 
-class InfluenceGuidance:
+class InfluenceGuidance(GuidanceTerm):
     name = "influence"
 
     def __init__(self, cfg: InfluenceConfig, surrogates: list[torch.nn.Module], real: dict):
-        self.cfg = cfg
+        super().__init__(cfg)
         self.surrogates = surrogates
         self.real = real
 
-    def __call__(self, state) -> torch.Tensor:
+    def delta(self, state) -> torch.Tensor:
         x0 = state.x0.detach().requires_grad_(True)
         with torch.enable_grad():
             images = state.model.decode(x0)
             labels = torch.full((len(x0),), state.class_index, device=x0.device)
             distance = 0.0
             for net, target in zip(self.surrogates, self.real[state.class_index]):
-                grads = _param_grads(net, images, labels, create_graph=True)
+                grads = param_grads(net, images, labels, create_graph=True)
                 distance = distance + sum(1 - F.cosine_similarity(g.flatten(), t.flatten(), dim=0)
                                           for g, t in zip(grads, target))
             grad, = torch.autograd.grad(distance, x0)
         weight = self.cfg.weight * math.sqrt(1 - state.alpha_bar)  # IGD's adaptive rho_t
         return relative_step(grad, state.update, weight, "influence", state)
+
+
+def build(cfg: InfluenceConfig, inputs: TermInputs) -> InfluenceGuidance:
+    device = inputs.model.device
+    surrogates, info = load_trajectory(cfg.surrogate, device)
+    if info["class_names"] != inputs.data.class_names:
+        raise UserError(f"the surrogate in {cfg.surrogate} was trained on other classes; "
+                        "retrain it with `otdistill train-surrogate CONFIG --force`")
+    return InfluenceGuidance(cfg, surrogates, real_gradients(surrogates, inputs.data, cfg.real_per_class, cfg.seed,
+                                                             device))
+
+
+register_term("influence", build, family="igd")

@@ -3,26 +3,24 @@ matches the class's pool of real latents in entropic OT (the paper's OTG term)."
 
 from __future__ import annotations
 
-import time
-
 import torch
 
 from ..config import OTGuidanceConfig
 from ..ot import entropic_ot
 from .common import current_latent, relative_step
+from .pool import real_latent_pools
+from .registry import GuidanceTerm, TermInputs, register_term
 
 
-class OTGuidance:
+class OTGuidance(GuidanceTerm):
     name = "ot"
 
     def __init__(self, cfg: OTGuidanceConfig, pools: dict[int, torch.Tensor]):
-        self.cfg = cfg
+        super().__init__(cfg)
         self.pools = pools
-        self.seconds = 0.0  # time spent inside OT, for the overhead measurement
         self._warm: dict[int, tuple] = {}  # class -> (memory size, batch size, step, potentials)
 
-    def __call__(self, state) -> torch.Tensor:
-        start = time.perf_counter()
+    def delta(self, state) -> torch.Tensor:
         real = self.pools[state.class_index].to(state.z)
         current = current_latent(state, self.cfg.input).detach().requires_grad_(True)
         with torch.enable_grad():
@@ -33,11 +31,18 @@ class OTGuidance:
         # The potentials of a class's previous step start its next solve; anything else (another
         # chunk, a new call) starts cold, so a class's result never depends on what ran before.
         self._warm[state.class_index] = (len(state.memory), len(state.z), state.step_index, plan.potentials)
-        delta = relative_step(grad, state.update, self.cfg.weight, "OT", state)
-        self.seconds += time.perf_counter() - start
-        return delta
+        return relative_step(grad, state.update, self.cfg.weight, "OT", state)
 
     def _warm_start(self, state):
         memory, batch, step, potentials = self._warm.get(state.class_index, (None, None, None, None))
         same_run = (memory, batch, step) == (len(state.memory), len(state.z), state.step_index - 1)
         return potentials if same_run else None
+
+
+def build(cfg: OTGuidanceConfig, inputs: TermInputs) -> OTGuidance:
+    pools = real_latent_pools(inputs.model, inputs.data, cfg.pool_size, cfg.pool_select, cfg.pool_seed,
+                              inputs.cache_dir, inputs.classes, inputs.quiet)
+    return OTGuidance(cfg, pools)
+
+
+register_term("ot", build)

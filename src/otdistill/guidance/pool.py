@@ -9,7 +9,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..data import LabelledData
+from ..data import LabelledData, class_subset
 from ..errors import UserError
 from ..io import atomic_path, generator
 from ..models.generator import Generator
@@ -45,9 +45,9 @@ def real_latent_pools(model: Generator, data: LabelledData, size: int, select: s
                             f"size {size}; lower sample.guidance.ot.pool_size")
         g = generator(seed, "pool", c)
         if select == "random":
-            pools[c] = encode_all(model, data.train, device, idx[torch.randperm(len(idx), generator=g)[:size]].sort().values)
+            pools[c] = encode_all(model, data.train, device, class_subset(data.train, c, size, g).sort().values)
         else:
-            candidates = idx[torch.randperm(len(idx), generator=g)[:10 * size]].sort().values
+            candidates = class_subset(data.train, c, 10 * size, g).sort().values
             latents = encode_all(model, data.train, device, candidates)
             pools[c] = latents[nearest_distinct(kmeans_centres(latents, size, seed), latents)]
         if cached is not None:
