@@ -101,7 +101,7 @@ def build_set(method: str, cfg, data, work: Path) -> Path:
         return pipeline.select_stage(cfg, method, row_set, quiet=True, data=data)
     if (row_set / "manifest.json").exists():
         return row_set
-    key = fingerprint(cfg.data, cfg.generator.path, cfg.sample)
+    key = pipeline.sample_fingerprint(cfg)
     shared = dataclasses.replace(cfg, output=str(work / "sets" / key))
     made = pipeline.sample_stage(shared, quiet=True, data=data)
     # the copy is relabelled for its row; relabel_stage redoes labels made by other teachers

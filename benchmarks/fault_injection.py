@@ -27,6 +27,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from otdistill.records import read_evaluation  # noqa: E402
 TINY = ROOT / "configs" / "digits-tiny.yaml"
 
 
@@ -38,7 +41,7 @@ def otdistill(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
 def result(out: Path) -> dict:
     d = out / "distilled"
     manifest = json.loads((d / "manifest.json").read_text())
-    ev = json.loads((d / "eval.json").read_text())
+    ev = read_evaluation(d / "eval.json")
     return {"files": manifest["files"], "labels": (d / "labels.safetensors").read_bytes().hex(),
             "finals": {p: r["final"] for p, r in ev["protocols"].items()}}
 

@@ -20,6 +20,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from otdistill.artifacts import read_distilled  # noqa: E402
+from otdistill.records import read_evaluation  # noqa: E402
 CONFIG = ROOT / "configs" / "fashion-mnist.yaml"
 
 
@@ -36,9 +40,9 @@ def main() -> None:
     out = ROOT / args.out_dir
     demo_seconds = otdistill("run", str(CONFIG), "--set", f"output={out / 'demo'}")
 
-    demo = json.loads((out / "demo" / "distilled" / "eval.json").read_text())
-    manifest = json.loads((out / "demo" / "distilled" / "manifest.json").read_text())
-    baseline = json.loads((out / "demo" / "baselines" / "random" / "eval.json").read_text())
+    demo = read_evaluation(out / "demo" / "distilled" / "eval.json")
+    manifest = read_distilled(out / "demo" / "distilled", verify_hashes=False).manifest
+    baseline = read_evaluation(out / "demo" / "baselines" / "random" / "eval.json")
     timings = json.loads((out / "demo" / "timings.json").read_text())
     teacher = json.loads((ROOT / "checkpoints/fashion-mnist/teachers/convnet3/model.json").read_text())
 

@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from .data.base import to_unit
 from .errors import UserError
+from .records import Manifest
 from .io import atomic_path, read_json, sha256_file, write_json
 
 log = logging.getLogger(__name__)
@@ -98,8 +99,8 @@ def versions() -> dict:
 
 def write_manifest(root: Path, *, ipc: int, class_names: list[str], class_ids: list[str], channels: int,
                    image_size: int, source: dict, config: dict, seeds: dict, teachers: list[str] | None = None,
-                   extra: dict | None = None) -> dict:
-    """Hash every file and write manifest.json last: its presence marks the set complete."""
+                   extra: dict | None = None) -> Manifest:
+    """Hash the set's files and write manifest.json last: its presence marks the set complete."""
     k = len(class_names)
     classes = []
     for i, (name, cid) in enumerate(zip(class_names, class_ids)):
@@ -122,7 +123,7 @@ def _hashes(root: Path) -> dict[str, str]:
             if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)}
 
 
-def update_manifest(root: Path, **entries) -> dict:
+def update_manifest(root: Path, **entries) -> Manifest:
     """Add or replace top-level manifest entries and re-hash the files (after a later stage
     added some, e.g. labels.safetensors)."""
     manifest = read_json(root / "manifest.json")
@@ -142,7 +143,7 @@ def write_labels(root: Path, hard: torch.Tensor, soft_logits: torch.Tensor | Non
 @dataclass
 class DistilledSet:
     root: Path
-    manifest: dict
+    manifest: Manifest
     images: torch.Tensor  # uint8 (N, C, H, W), class-ordered
     hard: torch.Tensor  # (N,)
     soft_logits: torch.Tensor | None  # (N, K) or None before relabelling

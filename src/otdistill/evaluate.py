@@ -19,12 +19,13 @@ from .errors import UserError
 from .io import generator
 from .losses import Targets, hard_loss, soft_loss
 from .models.classifiers import build_classifier
+from .records import Cell, ProtocolResult
 from .relabel import TeacherEnsemble
 from .train import Augment, TrainRecipe, accuracy, channel_stats, fit
 
 
 def train_student(ds: DistilledSet, test: ImageSet, cfg: StudentConfig, protocol: str, seed: int,
-                  ensemble: TeacherEnsemble | None, device, quiet: bool = False, checkpoint=None) -> dict:
+                  ensemble: TeacherEnsemble | None, device, quiet: bool = False, checkpoint=None) -> Cell:
     """One student, one protocol, one seed -> {final, best_epoch, per-epoch scores, seconds}.
     `checkpoint`: where its per-epoch training state lives, so a killed training resumes."""
     if protocol not in ("soft", "hard"):
@@ -78,7 +79,7 @@ def train_student(ds: DistilledSet, test: ImageSet, cfg: StudentConfig, protocol
             "scores": {str(k): v for k, v in sorted(scores.items())}, "seconds": round(time.time() - start, 1)}
 
 
-def summarise(cells: list[dict]) -> dict:
+def summarise(cells: list[Cell]) -> dict[str, ProtocolResult]:
     """Group per-seed cells by protocol: final-epoch mean +- std (population std of the seeds)."""
     out = {}
     for protocol in dict.fromkeys(c["protocol"] for c in cells):

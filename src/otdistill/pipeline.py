@@ -34,6 +34,7 @@ from .metrics import features, held_out, junk_warning, set_metrics
 from .models.generator import Generator, load_generator
 from .progress import progress
 from .readiness import check_generator
+from .records import Cell, Evaluation, write_evaluation
 from .relabel import choose_teachers, label_entropy, load_ensemble, soft_logits
 from .sample import sample_classes
 from .selection import SELECTIONS, class_prototypes, select_class
@@ -120,10 +121,15 @@ def _claim(folder: Path, stamp: dict) -> None:
         write_json(f, stamp)
 
 
+def sample_fingerprint(cfg: Config) -> str:
+    """What a sampled set depends on: two configs with the same one draw the same bytes."""
+    return fingerprint(cfg.data, cfg.generator.path, cfg.sample)
+
+
 def sample_stage(cfg: Config, quiet: bool = False, data: LabelledData | None = None) -> Path:
     """Generate sample.ipc images per class into OUTPUT/distilled; finished classes are kept."""
     root = distilled_dir(cfg)
-    stamp = {"what": "sample", "fingerprint": fingerprint(cfg.data, cfg.generator.path, cfg.sample)}
+    stamp = {"what": "sample", "fingerprint": sample_fingerprint(cfg)}
     _claim(root, stamp)
     if artifacts.verify_or_reset(root):
         return root
@@ -218,7 +224,8 @@ def _config_of(distilled: str | Path, cfg: Config | None) -> Config:
     manifest = Path(distilled) / "manifest.json"
     if not manifest.exists():
         raise UserError(f"{distilled} is not a finished distilled set (no manifest.json)")
-    return from_dict(read_json(manifest)["config"])
+    # the recorded config was checked when the set was made; rules added since must not lock it out
+    return from_dict(read_json(manifest)["config"], check=False)
 
 
 def relabel_stage(distilled: str | Path, cfg: Config | None = None, quiet: bool = False,
@@ -283,7 +290,7 @@ def metrics_stage(distilled: str | Path, cfg: Config | None = None, data: Labell
     return result
 
 
-def _cached_cell(path: Path) -> dict:
+def _cached_cell(path: Path) -> Cell | dict:
     """A finished cell, or {} when absent or unreadable (a damaged cache entry is retrained)."""
     try:
         return json.loads(path.read_text())
@@ -295,7 +302,7 @@ def _cached_cell(path: Path) -> dict:
 
 
 def evaluate_stage(distilled: str | Path, cfg: Config | None = None, out: str | Path | None = None,
-                   quiet: bool = False, data: LabelledData | None = None) -> dict:
+                   quiet: bool = False, data: LabelledData | None = None) -> Evaluation:
     """Train cfg.student on the set for each protocol and seed; each cell is saved as it ends
     and reused on rerun, so an interrupted evaluation resumes."""
     cfg = _config_of(distilled, cfg)
@@ -334,12 +341,12 @@ def evaluate_stage(distilled: str | Path, cfg: Config | None = None, out: str | 
             log.info("evaluate: %s %s seed %d final-epoch accuracy %.4f (%.0f s)", cfg.student.arch, protocol,
                      seed, cell["final"], cell["seconds"])
             cells.append(cell)
-    result = {"distilled": str(distilled), "student": cfg.student.arch, "epochs": cfg.student.epochs,
-              "ipc": ds.ipc, "num_images": len(ds.images), "protocols": summarise(cells), "cells": cells,
-              "student_config": dataclasses.asdict(cfg.student),
-              "full_data": full_data_reference(cfg.teachers, cfg.student.arch)}
+    result = Evaluation(distilled=str(distilled), student=cfg.student.arch, epochs=cfg.student.epochs, ipc=ds.ipc,
+                        num_images=len(ds.images), protocols=summarise(cells), cells=cells,
+                        student_config=dataclasses.asdict(cfg.student),
+                        full_data=full_data_reference(cfg.teachers, cfg.student.arch))
     if rank.main:
-        write_json(out, result)
+        write_evaluation(out, result)
         warning = junk_warning(ds.manifest)
         if warning:  # beside the accuracies it makes meaningless
             log.warning("%s: %s", distilled, warning)
@@ -347,7 +354,7 @@ def evaluate_stage(distilled: str | Path, cfg: Config | None = None, out: str | 
     return result
 
 
-def baseline_stage(cfg: Config, quiet: bool = False, data: LabelledData | None = None) -> dict | None:
+def baseline_stage(cfg: Config, quiet: bool = False, data: LabelledData | None = None) -> Evaluation | None:
     """The real-image set of the same IPC that `run` scores beside the distilled one
     (cfg.baseline: made once into OUTPUT/baselines/NAME, labelled by the same teachers and
     evaluated with the same students); None when switched off."""

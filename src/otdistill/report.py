@@ -28,6 +28,7 @@ from .data import LabelledData, class_subset, load_dataset  # noqa: E402
 from .errors import UserError  # noqa: E402
 from .io import atomic_path, write_text  # noqa: E402
 from .metrics import junk_warning  # noqa: E402
+from .records import Evaluation, Manifest, is_evaluation  # noqa: E402
 from .relabel import label_entropy  # noqa: E402
 
 MAX_GRID_CLASSES = 20  # ImageNet has 1000; a page shows the first ones
@@ -41,7 +42,7 @@ class SetEntry:
     name: str  # path relative to the report's folder
     method: str
     ds: artifacts.DistilledSet
-    evals: list[dict] = field(default_factory=list)
+    evals: list[Evaluation] = field(default_factory=list)
 
     @property
     def guided(self) -> bool:
@@ -77,7 +78,7 @@ def collect(run_dir: Path) -> list[SetEntry]:
         entries[root.resolve()] = SetEntry(name, method_label(ds.manifest["source"]), ds)
     for path in sorted(run_dir.rglob("*.json")):
         obj = _json_or_none(path)
-        if isinstance(obj, dict) and "protocols" in obj and "distilled" in obj:
+        if is_evaluation(obj):
             entry = entries.get(Path(obj["distilled"]).resolve())
             if entry is not None:
                 entry.evals.append(obj)
@@ -150,7 +151,7 @@ def accuracy_rows(entries: list[SetEntry]) -> list[dict]:
     return rows
 
 
-def summary_text(output: str, dataset: str, manifest: dict, result: dict, baseline: dict | None,
+def summary_text(output: str, dataset: str, manifest: Manifest, result: Evaluation, baseline: Evaluation | None,
                  seconds: dict) -> str:
     """What `run` prints: the distilled set's accuracy beside the real-image baseline's, the
     difference (improvement over random), the hard-label gap to full data, and any warning."""
@@ -197,7 +198,7 @@ def summary_text(output: str, dataset: str, manifest: dict, result: dict, baseli
     return "\n".join(lines) + "\n"
 
 
-def baseline_name(result: dict) -> str:
+def baseline_name(result: Evaluation) -> str:
     """`random real` for the evaluation of OUTPUT/baselines/random."""
     return f"{Path(result['distilled']).name} real"
 
@@ -286,7 +287,7 @@ def timing_rows(run_dir: Path, entries: list[SetEntry]) -> list[tuple[str, str, 
 
 def _real_data(ds: artifacts.DistilledSet, cache: dict) -> LabelledData | None:
     """The set's dataset, from the config in its manifest; None if it is not on this machine."""
-    data_cfg = from_dict(ds.manifest["config"]).data
+    data_cfg = from_dict(ds.manifest["config"], check=False).data  # as recorded, whatever rules came later
     key = json.dumps(ds.manifest["config"]["data"], sort_keys=True)
     if key not in cache:
         try:
