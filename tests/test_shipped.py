@@ -10,6 +10,7 @@ from conftest import ROOT
 
 from otdistill.config import load_config
 from otdistill.data.fashion_mnist import CLASS_NAMES
+from otdistill.metrics import teacher_agreement
 from otdistill.models.generator import load_generator
 from otdistill.sample import sample_class
 from otdistill.teachers import load_teacher
@@ -39,12 +40,11 @@ def test_generated_images_are_recognised_as_their_class():
     assert model.info["class_names"] == CLASS_NAMES and "otdistill" in model.info["command"]
     assert "train-generator" in model.info["command"]
     teacher, _ = load_teacher(CFG.teachers[0].path)
-    cfg = dataclasses.replace(CFG.sample, ipc=4, batch_size=4, steps=25)
+    # the recipe's own sampler, 6 images per class
+    cfg = dataclasses.replace(CFG.sample, ipc=6, batch_size=6)
     images = torch.cat([sample_class(model, c, cfg) for c in range(10)])
-    with torch.no_grad():
-        pred = teacher(images.float() / 255).argmax(1)
-    agreement = (pred == torch.arange(10).repeat_interleave(4)).float().mean().item()
-    assert agreement >= 0.8, agreement
+    agreement = teacher_agreement(teacher, images, torch.arange(10).repeat_interleave(6), "cpu")
+    assert agreement >= 0.75, agreement  # docs/generator.md: about 85 % at CFG 1 on 2,000 samples
 
 
 def test_lia_teachers_are_four_architectures_that_score_what_they_record():
