@@ -31,8 +31,8 @@ class DataConfig:
     root: str | None = None  # folder of the files; None = the adapter's default location
     class_list: str | None = None  # imagefolder: text file, one class folder per line
     image_size: int | None = None  # resize every image to this square size; None = native
-    # imagefolder: auto = 1 when every image is grayscale (with bad_files=unchecked: the first
-    # image of each class), else 3 | 1 | 3
+    # imagefolder channels: auto (1 when every image is grayscale, else 3; with
+    # bad_files=unchecked the first image of each class decides) | 1 | 3
     channels: int | str = "auto"
     test_fraction: float = 0.2  # digits/imagefolder without a test folder: held-out share
     split_seed: int = 0  # seed of that held-out split

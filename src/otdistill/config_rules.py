@@ -9,6 +9,7 @@ read from it, lazily: this module must not pull the models in when a config is m
 from __future__ import annotations
 
 import difflib
+import importlib
 import re
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
@@ -78,46 +79,9 @@ SHARE = Range(0, 1)  # a probability or fraction, both ends allowed
 DECAY = Range(0, 1, open_high=True)
 
 
-def _datasets():
-    from .data import ADAPTERS
-
-    return ADAPTERS
-
-
-def _backends():
-    from .models.generator import BACKENDS
-
-    return BACKENDS
-
-
-def _predictions():
-    from .models.generator import PREDICTIONS
-
-    return PREDICTIONS
-
-
-def _schedules():
-    from .models.generator import SCHEDULES
-
-    return SCHEDULES
-
-
-def _weightings():
-    from .train_generator import WEIGHTINGS
-
-    return WEIGHTINGS
-
-
-def _costs():
-    from .ot import COSTS
-
-    return COSTS
-
-
-def _selections():
-    from .selection import SELECTIONS
-
-    return SELECTIONS
+def _owned(module: str, name: str) -> Callable[[], Iterable]:
+    """The names a module owns (a registry or a tuple of choices), imported when first checked."""
+    return lambda: getattr(importlib.import_module(f".{module}", __package__), name)
 
 
 def _arch(value, cfg) -> Problem:
@@ -166,14 +130,14 @@ def _schedule(value, cfg) -> Problem:
 # Dotted keys; N stands for every index of a list.
 RULES: dict[str, OneOf | Range | Rule] = {
     "device": Rule(_device, lambda cfg: "gpu"),
-    "baseline": OneOf(lambda: ("none", *_selections())),
-    "data.name": OneOf(_datasets),
+    "baseline": OneOf(lambda: ("none", *_owned("selection", "SELECTIONS")())),
+    "data.name": OneOf(_owned("data", "ADAPTERS")),
     "data.channels": OneOf(("auto", 1, 3)),
     "data.image_size": AT_LEAST_1,
     "data.test_fraction": Range(0, 1, open_low=True, open_high=True),
     "data.bad_files": OneOf(("skip", "stop", "unchecked")),
     "generator.space": OneOf(("latent", "pixel")),
-    "generator.backend": OneOf(_backends),
+    "generator.backend": OneOf(_owned("models.generator", "BACKENDS")),
     "generator.checkpoint_every": NON_NEGATIVE,
     "generator.snapshot_steps": Rule(_snapshots, lambda cfg: [0]),
     "generator.autoencoder.block_out_channels.N": AT_LEAST_1,
@@ -198,14 +162,14 @@ RULES: dict[str, OneOf | Range | Rule] = {
     "generator.diffusion.warmup_steps": NON_NEGATIVE,
     "generator.diffusion.ema_decay": DECAY,
     "generator.diffusion.label_drop": DECAY,
-    "generator.diffusion.prediction": OneOf(_predictions),
-    "generator.diffusion.loss_weighting": OneOf(_weightings),
+    "generator.diffusion.prediction": OneOf(_owned("models.generator", "PREDICTIONS")),
+    "generator.diffusion.loss_weighting": OneOf(_owned("train_generator", "WEIGHTINGS")),
     "generator.diffusion.min_snr_gamma": POSITIVE,
-    "generator.diffusion.noise_schedule": OneOf(_schedules),
+    "generator.diffusion.noise_schedule": OneOf(_owned("models.generator", "SCHEDULES")),
     "generator.diffusion.num_train_timesteps": AT_LEAST_1,
     "sample.ipc": AT_LEAST_1,
     "sample.steps": AT_LEAST_1,
-    "sample.scheduler": OneOf(("ddim", "ddpm")),
+    "sample.scheduler": OneOf(_owned("models.generator", "SAMPLERS")),
     "sample.cfg_scale": NON_NEGATIVE,
     "sample.batch_size": AT_LEAST_1,
     "sample.classes_per_pass": AT_LEAST_1,
@@ -215,15 +179,15 @@ RULES: dict[str, OneOf | Range | Rule] = {
     "sample.guidance.window": Rule(_window, lambda cfg: [cfg.sample.steps, cfg.sample.steps + 1]),
     "sample.guidance.ot.weight": NON_NEGATIVE,
     "sample.guidance.ot.reg": POSITIVE,
-    "sample.guidance.ot.cost": OneOf(_costs),
+    "sample.guidance.ot.cost": OneOf(_owned("ot", "COSTS")),
     "sample.guidance.ot.pool_size": AT_LEAST_1,
-    "sample.guidance.ot.pool_select": OneOf(("random", "kmeans")),
-    "sample.guidance.ot.input": OneOf(("x0", "zt")),
+    "sample.guidance.ot.pool_select": OneOf(_owned("guidance.pool", "POOL_SELECTIONS")),
+    "sample.guidance.ot.input": OneOf(_owned("guidance.common", "INPUTS")),
     "sample.guidance.ot.max_iter": AT_LEAST_1,
     "sample.guidance.ot.tol": POSITIVE,
     "sample.guidance.deviation.weight": NON_NEGATIVE,
     "sample.guidance.deviation.memory_size": AT_LEAST_1,
-    "sample.guidance.deviation.input": OneOf(("x0", "zt")),
+    "sample.guidance.deviation.input": OneOf(_owned("guidance.common", "INPUTS")),
     "sample.guidance.influence.weight": NON_NEGATIVE,
     "sample.guidance.influence.real_per_class": AT_LEAST_1,
     "sample.guidance.surrogate.arch": Rule(_arch, lambda cfg: "convnet3-wide"),
@@ -243,11 +207,11 @@ RULES: dict[str, OneOf | Range | Rule] = {
     "relabel.real_per_class": AT_LEAST_1,
     "student.arch": Rule(_arch, lambda cfg: "tv:no_such_net"),
     "student.protocols": Rule(_non_empty, lambda cfg: []),
-    "student.protocols.N": OneOf(("soft", "hard")),
+    "student.protocols.N": OneOf(_owned("evaluate", "PROTOCOLS")),
     "student.seeds": Rule(_non_empty, lambda cfg: []),
     "student.epochs": AT_LEAST_1,
     "student.batch_size": AT_LEAST_1,
-    "student.optimizer": OneOf(("adamw", "sgd")),
+    "student.optimizer": OneOf(_owned("train", "OPTIMIZERS")),
     "student.lr": POSITIVE,
     "student.weight_decay": NON_NEGATIVE,
     "student.soft_loss.kl": NON_NEGATIVE,
@@ -258,7 +222,7 @@ RULES: dict[str, OneOf | Range | Rule] = {
     "student.soft_loss.sd_temperature": POSITIVE,
     "student.soft_loss.sd_eps": POSITIVE,
     "student.soft_loss.sd_iterations": AT_LEAST_1,
-    "student.soft_labels": OneOf(("online", "stored")),
+    "student.soft_labels": OneOf(_owned("evaluate", "SOFT_LABELS")),
     "student.crop_scale_min": Range(0, 1, open_low=True),
     "student.image_size": AT_LEAST_1,
     "student.cutmix": SHARE,

@@ -24,11 +24,15 @@ from .relabel import TeacherEnsemble
 from .train import Augment, TrainRecipe, accuracy, channel_stats, fit
 
 
+PROTOCOLS = ("soft", "hard")  # soft: teacher logits (KL and friends); hard: cross-entropy on class labels
+SOFT_LABELS = ("online", "stored")  # the teachers label each augmented view | the set's stored logits
+
+
 def train_student(ds: DistilledSet, test: ImageSet, cfg: StudentConfig, protocol: str, seed: int,
                   ensemble: TeacherEnsemble | None, device, quiet: bool = False, checkpoint=None) -> Cell:
     """One student, one protocol, one seed -> {final, best_epoch, per-epoch scores, seconds}.
     `checkpoint`: where its per-epoch training state lives, so a killed training resumes."""
-    if protocol not in ("soft", "hard"):
+    if protocol not in PROTOCOLS:
         raise UserError(f"unknown protocol '{protocol}'; student.protocols takes soft and/or hard")
     if protocol == "soft" and ensemble is None and cfg.soft_labels == "online":
         raise UserError("the soft protocol needs teachers; list them under `teachers` in the config")
@@ -45,8 +49,6 @@ def train_student(ds: DistilledSet, test: ImageSet, cfg: StudentConfig, protocol
         if ds.soft_logits is None:
             raise UserError(f"student.soft_labels=stored but {ds.root} has no stored labels; run `otdistill relabel` first")
         stored = ds.soft_logits.to(device)
-    elif cfg.soft_labels not in ("online", "stored"):
-        raise UserError(f"student.soft_labels must be online or stored, got '{cfg.soft_labels}'")
 
     seen: dict = {}
 

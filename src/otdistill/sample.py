@@ -9,7 +9,7 @@ update). The loop below only calls terms, so it never changes when a term is add
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 
@@ -17,6 +17,9 @@ from .config import SampleConfig
 from .errors import UserError
 from .io import generator
 from .models.generator import Generator
+
+if TYPE_CHECKING:  # named in annotations only: importing guidance would load POT and the surrogate
+    from .guidance.registry import GuidanceTerm
 
 
 @dataclass
@@ -37,8 +40,6 @@ class SamplerState:
     # a check per step would be a GPU -> host sync per step
     checks: list = field(default_factory=list)
 
-
-GuidanceTerm = Callable[[SamplerState], torch.Tensor]
 
 
 def sample_group(model: Generator, classes: Sequence[int], n: int, cfg: SampleConfig,

@@ -113,13 +113,16 @@ class TrainRecipe:
     ema_decay: float = 0.0  # > 0: train an exponential moving average of the weights and return it
 
 
+OPTIMIZERS = ("adamw", "sgd")
+
+
 def make_optimizer(model: torch.nn.Module, recipe: TrainRecipe, steps: int):
     if recipe.optimizer == "adamw":
         opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     elif recipe.optimizer == "sgd":
         opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=0.9, weight_decay=recipe.weight_decay, nesterov=True)
     else:
-        raise UserError(f"unknown optimizer '{recipe.optimizer}'; use adamw or sgd")
+        raise UserError(f"unknown optimizer '{recipe.optimizer}'; use one of {', '.join(OPTIMIZERS)}")
     return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, steps))
 
 

@@ -130,10 +130,10 @@ def readable_images(paths: list[Path], bad_files: str = "skip") -> dict[Path, st
     for p in paths:
         try:
             with Image.open(p) as im:
-                good[p] = im.mode
+                mode = im.mode
                 im.verify()
+            good[p] = mode
         except (UnidentifiedImageError, OSError, SyntaxError):
-            good.pop(p, None)
             bad.append(p)
     if bad and bad_files == "stop":
         raise UserError(f"{len(bad)} unreadable image file(s): {', '.join(map(str, bad[:5]))}"

@@ -50,7 +50,9 @@ def channels_of(setting: int | str, modes: dict, paths: list[Path], labels: list
     if setting != "auto":
         return int(setting)
     if any(m is None for m in modes.values()):
-        firsts = {label: p for p, label in reversed(list(zip(paths, labels)))}
+        firsts: dict[int, Path] = {}
+        for p, label in zip(paths, labels):
+            firsts.setdefault(label, p)
         modes = {}
         for p in firsts.values():
             with Image.open(p) as im:

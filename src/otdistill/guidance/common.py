@@ -7,6 +7,9 @@ import torch
 from ..errors import UserError
 
 
+INPUTS = ("x0", "zt")  # what a term may measure: the predicted clean latent, or z_t itself
+
+
 def current_latent(state, which: str) -> torch.Tensor:
     """The latent a term measures: the predicted clean latent (default; real latents are clean)
     or the noisy z_t itself."""
@@ -14,7 +17,7 @@ def current_latent(state, which: str) -> torch.Tensor:
         return state.x0
     if which == "zt":
         return state.z
-    raise UserError(f"unknown guidance input '{which}'; use x0 or zt")
+    raise UserError(f"unknown guidance input '{which}'; use one of {', '.join(INPUTS)}")
 
 
 def relative_step(grad: torch.Tensor, update: torch.Tensor, weight: float, name: str, state) -> torch.Tensor:

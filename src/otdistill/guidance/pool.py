@@ -19,6 +19,8 @@ from ..train_generator import encode_all
 
 log = logging.getLogger(__name__)
 
+POOL_SELECTIONS = ("random", "kmeans")
+
 
 def real_latent_pools(model: Generator, data: LabelledData, size: int, select: str, seed: int,
                       cache_dir: str | Path | None = None, classes: list[int] | None = None,
@@ -26,8 +28,8 @@ def real_latent_pools(model: Generator, data: LabelledData, size: int, select: s
     """{class index: (size, C, h, w) real latents} for `classes` (default all). Each class is
     cached in its own file under cache_dir, so ranks that sample different classes encode
     only theirs, and a damaged file costs one class's encoding."""
-    if select not in ("random", "kmeans"):
-        raise UserError(f"unknown pool selection '{select}'; use random or kmeans")
+    if select not in POOL_SELECTIONS:
+        raise UserError(f"unknown pool selection '{select}'; use one of {', '.join(POOL_SELECTIONS)}")
     device = model.device
     pools = {}
     for c in progress(range(data.num_classes) if classes is None else classes, desc="encode real pools", disable=quiet,

@@ -8,6 +8,7 @@ guidance/__init__.py, and its config section; nothing else changes.
 from __future__ import annotations
 
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -18,7 +19,7 @@ from ..data import LabelledData
 from ..models.generator import Generator
 
 
-class GuidanceTerm:
+class GuidanceTerm(ABC):
     """`term(state) -> delta`, the amount subtracted from the sampler's next latent
     (sample.SamplerState says what a term sees). Subclasses set `name` and implement
     `delta`; every call is timed into `seconds` (the guidance-overhead measurement)."""
@@ -36,8 +37,9 @@ class GuidanceTerm:
         finally:
             self.seconds += time.perf_counter() - start
 
+    @abstractmethod
     def delta(self, state) -> torch.Tensor:
-        raise NotImplementedError
+        """The term's step for this state (a tensor shaped like state.z)."""
 
 
 @dataclass

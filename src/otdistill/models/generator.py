@@ -30,6 +30,7 @@ SCHEDULES = {
     "cosine": {"beta_schedule": "squaredcos_cap_v2"},
 }
 PREDICTIONS = ("epsilon", "v_prediction")
+SAMPLERS = ("ddim", "ddpm")  # sample.scheduler: the diffusers scheduler that draws samples
 
 
 def build_autoencoder(cfg: AutoencoderConfig, channels: int, image_size: int):
@@ -221,9 +222,9 @@ class Generator:
     def noise_scheduler(self, kind: str = "ddpm"):
         from diffusers import DDIMScheduler, DDPMScheduler
 
-        classes = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler}
+        classes = dict(zip(SAMPLERS, (DDIMScheduler, DDPMScheduler)))
         if kind not in classes:
-            raise UserError(f"unknown scheduler '{kind}'; sample.scheduler must be ddim or ddpm")
+            raise UserError(f"unknown scheduler '{kind}'; sample.scheduler must be one of {', '.join(SAMPLERS)}")
         return classes[kind](num_train_timesteps=self.info["num_train_timesteps"], clip_sample=False,
                              prediction_type=self.prediction, **SCHEDULES[self.info.get("noise_schedule", "linear")])
 
