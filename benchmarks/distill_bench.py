@@ -23,97 +23,29 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import shutil
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+# bench_rows (beside this script) also puts src/ on sys.path
+from bench_rows import ABLATION, ROOT, ROWS, build_set, epochs_for, loss_weights, merged, row_config
 
-from otdistill import artifacts, pipeline  # noqa: E402
-from otdistill.config import fingerprint, load_config  # noqa: E402
-from otdistill.data import SubsetImages, load_dataset  # noqa: E402
-from otdistill.evaluate import train_student  # noqa: E402
-from otdistill.guidance import off_overrides  # noqa: E402
-from otdistill.io import read_json, write_json  # noqa: E402
-from otdistill.selection import SELECTIONS  # noqa: E402
-
-KL_ONLY = ["student.soft_loss.kl=1.0", "student.soft_loss.ce=0.0", "student.soft_loss.mse=0.0",
-           "student.soft_loss.sd=0.0"]
-NO_GUIDANCE = off_overrides()  # every registered term off
-ONE_TEACHER = ["relabel.schedule=[[1,1]]"]
-CE_MSE = ["student.soft_loss.sd=0.0"]  # otdistill.yaml's CE + MSE without the Sinkhorn term
-# method -> (how the set is made, recipe in configs/, overrides)
-ROWS = {
-    **{name: ("select", "fashion-mnist", []) for name in SELECTIONS},  # every real-image selection
-    "plain": ("sample", "plain", []),
-    "d4m": ("sample", "plain", ["sample.init=prototypes"]),
-    "igd": ("sample", "igd", []),
-    "otg": ("sample", "igd+ot", []),
-    "otdistill": ("sample", "otdistill", []),
-    "no_otg": ("sample", "otdistill", NO_GUIDANCE),
-    "no_lia": ("sample", "otdistill", ONE_TEACHER),
-    "no_otm": ("sample", "otdistill", KL_ONLY),
-    "no_otm_ce_mse": ("sample", "otdistill", CE_MSE),
-}
-# the LIA/OTM ablation (issue 4) read off the same rows: variant name -> bench method
-ABLATION = {"full": "otdistill", "no_lia": "no_lia", "no_otm_kl": "no_otm", "no_otm_ce_mse": "no_otm_ce_mse"}
-
-
-def epochs_for(spec: list[str], student: str, ipc: int | None) -> int:
-    """Student epochs from specs like `80`, `50=16` (IPC 50), `resnet18=20`, `resnet18/50=4`;
-    the most specific spec that matches wins."""
-    best, best_rank = None, -1
-    for item in spec:
-        target, _, value = item.rpartition("=")
-        if "/" in target:
-            arch, at_ipc = target.split("/", 1)
-        else:
-            arch, at_ipc = ("", target) if target.isdigit() else (target, "")
-        if (arch and arch != student) or (at_ipc and int(at_ipc) != ipc):
-            continue
-        rank = bool(arch) * 2 + bool(at_ipc)
-        if rank > best_rank:
-            best, best_rank = int(value), rank
-    if best is None:
-        raise SystemExit(f"--epochs {' '.join(spec)} gives no epochs for {student} at IPC {ipc}; add a plain number")
-    return best
-
-
-def row_config(method: str, ipc: int, args, work: Path):
-    how, recipe, extra = ROWS[method]
-    overrides = [f"output={work / 'rows' / f'{method}-ipc{ipc}'}", f"sample.ipc={ipc}",
-                 f"student.protocols={json.dumps(args.protocols)}", *extra]
-    if args.steps:
-        overrides.append(f"sample.steps={args.steps}")
-    return load_config(ROOT / "configs" / f"{recipe}.yaml", overrides)
-
-
-def build_set(method: str, cfg, data, work: Path) -> Path:
-    """The row's distilled set: selected, or a copy of the shared sample for its settings."""
-    how = ROWS[method][0]
-    row_set = Path(cfg.output) / "distilled"
-    if how == "select":
-        return pipeline.select_stage(cfg, method, row_set, quiet=True, data=data)
-    if (row_set / "manifest.json").exists():
-        return row_set
-    key = pipeline.sample_fingerprint(cfg)
-    shared = dataclasses.replace(cfg, output=str(work / "sets" / key))
-    made = pipeline.sample_stage(shared, quiet=True, data=data)
-    # the copy is relabelled for its row; relabel_stage redoes labels made by other teachers
-    shutil.copytree(made, row_set, ignore=shutil.ignore_patterns(".shards"), dirs_exist_ok=True)
-    return row_set
+from otdistill import pipeline
+from otdistill.artifacts import DistilledSet
+from otdistill.config import fingerprint, load_config
+from otdistill.context import RunContext
+from otdistill.data import SubsetImages, load_dataset
+from otdistill.evaluate import train_student
+from otdistill.io import read_json, write_json
 
 
 def full_data_cells(cfg, data, students, seeds, epochs: int, work: Path) -> dict:
     """The reference: each student trained on the whole training split, hard labels."""
     train = data.train
     images = torch.cat([train.get(torch.arange(s, min(s + 5000, len(train)))) for s in range(0, len(train), 5000)])
-    ds = artifacts.DistilledSet(Path(work), {"num_classes": data.num_classes, "ipc": None}, images, train.labels, None)
+    ds = DistilledSet.in_memory(images, train.labels, data.num_classes, root=work)
     cells = {}
     for student in students:
         scfg = dataclasses.replace(cfg.student, arch=student, epochs=epochs, batch_size=128, seeds=[])
@@ -130,25 +62,6 @@ def full_data_cells(cfg, data, students, seeds, epochs: int, work: Path) -> dict
 def every_nth(images, count: int) -> SubsetImages:
     """`count` images spread evenly over a split (the test split's order mixes the classes)."""
     return SubsetImages(images, torch.linspace(0, len(images) - 1, min(count, len(images))).long())
-
-
-def bench_key(row: dict) -> tuple:
-    return row["method"], row["ipc"], row["student"], row["labels"]
-
-
-def merged(result: Path, rows: list[dict], key=bench_key) -> list[dict]:
-    """This run's rows over the result file's: a run of some rows or students keeps the others."""
-    fresh = {key(r) for r in rows}
-    old = read_json(result) if result.exists() else []
-    return [r for r in old if key(r) not in fresh] + rows
-
-
-LOSS_TERMS = ("kl", "ce", "mse", "sd")  # the weights of student.soft_loss
-
-
-def loss_weights(student, labels: str) -> dict | None:
-    """The soft-label loss a row's students trained with (None under hard labels)."""
-    return {t: getattr(student.soft_loss, t) for t in LOSS_TERMS} if labels == "soft" else None
 
 
 def summary(values: list[float]) -> tuple[float, float]:
@@ -213,9 +126,10 @@ def main() -> None:
             if data is None:
                 data = load_dataset(cfg.data)
                 test_data = data if not args.test_subset else dataclasses.replace(data, test=every_nth(data.test, args.test_subset))
-            root = build_set(method, cfg, data, work)
-            pipeline.relabel_stage(root, cfg, quiet=True, data=data)
-            metrics = pipeline.metrics_stage(root, cfg, data=data) if args.metrics else {}
+            ctx = RunContext(cfg, quiet=True, data=data)
+            root = build_set(method, ctx, work)
+            pipeline.relabel_stage(root, ctx)
+            metrics = pipeline.metrics_stage(root, ctx) if args.metrics else {}
             gen = read_json(root / "manifest.json")["source"].get("sample_seconds")
             for student in args.students:
                 epochs = epochs_for(args.epochs, student, ipc)
@@ -224,8 +138,8 @@ def main() -> None:
                 # a cell remembers the images it was scored on; a test subset gets its own file so
                 # that its cells do not displace the full test split's
                 scored = f"eval-{student}" + (f"-test{args.test_subset}" if args.test_subset else "")
-                result = pipeline.evaluate_stage(root, scfg, Path(cfg.output) / f"{scored}.json", quiet=True,
-                                                 data=test_data)
+                result = pipeline.evaluate_stage(root, RunContext(scfg, quiet=True, data=test_data),
+                                                 Path(cfg.output) / f"{scored}.json")
                 for labels, r in result["protocols"].items():
                     rows.append({"method": method, "ipc": ipc, "student": student, "labels": labels,
                                  "acc_mean": r["final_mean"], "acc_std": r["final_std"], "seeds": r["seeds"],

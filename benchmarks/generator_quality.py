@@ -29,21 +29,20 @@ import argparse
 import dataclasses
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+# bench_rows (beside this script) also puts src/ on sys.path
+from bench_rows import ROOT, merged
 
-from otdistill.artifacts import DistilledSet  # noqa: E402
-from otdistill.config import load_config  # noqa: E402
-from otdistill.data import TensorImages, hold_out, load_dataset  # noqa: E402
-from otdistill.evaluate import train_student  # noqa: E402
-from otdistill.io import atomic_path, read_json, write_json  # noqa: E402
-from otdistill.metrics import (  # noqa: E402
+from otdistill.artifacts import DistilledSet
+from otdistill.config import load_config
+from otdistill.data import TensorImages, hold_out, load_dataset
+from otdistill.evaluate import train_student
+from otdistill.io import atomic_path, read_json, write_json
+from otdistill.metrics import (
     density_coverage,
     features,
     frechet_distance,
@@ -51,12 +50,12 @@ from otdistill.metrics import (  # noqa: E402
     precision_recall,
     teacher_agreement,
 )
-from otdistill.models.generator import load_generator  # noqa: E402
-from otdistill.readiness import plain_samples  # noqa: E402
-from otdistill.relabel import load_ensemble, select_teachers  # noqa: E402
-from otdistill.sample import latents_to_uint8  # noqa: E402
-from otdistill.teachers import load_teacher  # noqa: E402
-from otdistill.train_generator import encode_all  # noqa: E402
+from otdistill.models.generator import load_generator
+from otdistill.readiness import plain_samples
+from otdistill.relabel import load_ensemble, select_teachers
+from otdistill.sample import latents_to_uint8
+from otdistill.teachers import load_teacher
+from otdistill.train_generator import encode_all
 
 CONFIG = ROOT / "configs" / "fashion-mnist.yaml"
 RESULT = ROOT / "benchmarks" / "results" / "generator-quality-fashion-mnist.json"
@@ -91,7 +90,7 @@ def distribution_row(teacher, real_feats: torch.Tensor, images: torch.Tensor, la
 def student_row(images: torch.Tensor, labels: torch.Tensor, cfg, data, seeds: list[int], work: Path, device) -> dict:
     """Soft and hard ConvNet-3 students on the IPC-10 set, mean +- std over seeds (cached per cell)."""
     x, y = class_ordered(images, labels, IPC)
-    ds = DistilledSet(work, {"num_classes": data.num_classes, "ipc": IPC}, x, y, None)
+    ds = DistilledSet.in_memory(x, y, data.num_classes, IPC, root=work)
     ensemble = load_ensemble(select_teachers([t.path for t in cfg.teachers], IPC, cfg.relabel.schedule), device)
     out = {}
     for protocol in cfg.student.protocols:
@@ -107,11 +106,8 @@ def student_row(images: torch.Tensor, labels: torch.Tensor, cfg, data, seeds: li
     return out
 
 
-def merged(rows: list[dict], result: Path) -> list[dict]:
-    key = lambda r: (r["generator"], r["cfg_scale"], r["split"])  # noqa: E731
-    old = json.loads(result.read_text()) if result.exists() else []
-    new = {key(r) for r in rows}
-    return [r for r in old if key(r) not in new] + rows
+def row_key(row: dict) -> tuple:
+    return row["generator"], row["cfg_scale"], row["split"]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -176,7 +172,7 @@ def main(argv: list[str] | None = None) -> None:
         row["seconds"] = round(time.time() - start, 1)
         print(json.dumps({k: v for k, v in row.items() if not isinstance(v, list)}), flush=True)
         rows.append(row)
-        Path(args.result).write_text(json.dumps(merged(rows, Path(args.result)), indent=2) + "\n")
+        Path(args.result).write_text(json.dumps(merged(Path(args.result), rows, key=row_key), indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from otdistill import pipeline  # noqa: E402
 from otdistill.config import load_config  # noqa: E402
+from otdistill.context import RunContext  # noqa: E402
 from otdistill.data import load_dataset  # noqa: E402
 from otdistill.io import read_json  # noqa: E402
 
@@ -55,13 +56,14 @@ def main() -> None:
             overrides = [f"output={ROOT / args.out_dir / f'{recipe}-ipc{ipc}'}", f"sample.ipc={ipc}",
                          f"student.seeds={args.seeds}"] + ([f"student.epochs={args.epochs}"] if args.epochs else [])
             cfg = load_config(ROOT / "configs" / f"{recipe}.yaml", overrides)
-            data = data or load_dataset(cfg.data)
-            root = pipeline.sample_stage(cfg, quiet=True, data=data)
-            pipeline.relabel_stage(root, cfg, quiet=True)
-            metrics = pipeline.metrics_stage(root, cfg, data=data)
+            ctx = RunContext(cfg, quiet=True, data=data)
+            data = ctx.data
+            root = pipeline.sample_stage(ctx)
+            pipeline.relabel_stage(root, ctx)
+            metrics = pipeline.metrics_stage(root, ctx)
             evaluated = ipc not in args.no_eval_ipc
             if evaluated:
-                result = pipeline.evaluate_stage(root, cfg, Path(cfg.output) / "eval.json", quiet=True, data=data)
+                result = pipeline.evaluate_stage(root, ctx, Path(cfg.output) / "eval.json")
             source = read_json(root / "manifest.json")["source"]
             seconds = source["sample_seconds"]
             if recipe == "plain":
@@ -113,7 +115,7 @@ def retime(args) -> None:
                 sample_class(model, c, cfg.sample, terms, tuple(cfg.sample.guidance.window))
             seconds = time.perf_counter() - start
             plain = seconds if recipe == "plain" else plain
-            ot = sum(getattr(t, "seconds", 0.0) for t in terms)
+            ot = sum(t.seconds for t in terms)
             timing = {"classes": args.retime, "seconds": round(seconds, 1), "ratio": seconds / plain if plain else None,
                       "ot_share": ot / seconds}
             for r in rows:

@@ -21,11 +21,13 @@ import json
 import time
 from pathlib import Path
 
-from distill_bench import LOSS_TERMS as TERMS
-from distill_bench import ROOT, build_set, epochs_for, merged, row_config
+# bench_rows (beside this script) also puts src/ on sys.path
+from bench_rows import LOSS_TERMS as TERMS
+from bench_rows import ROOT, build_set, epochs_for, merged, row_config
 
 from otdistill import pipeline
-from otdistill.data import hold_out, load_dataset
+from otdistill.context import RunContext
+from otdistill.data import hold_out
 
 # the paper's OTM family (kappa_1 CE + kappa_2 MSE + beta_2 L_SD), the RDED/SRe2L KL, and our
 # extension KL + L_SD; L_SD lies in [0, 2], so it needs larger weights than the CE to matter
@@ -62,18 +64,18 @@ def main() -> None:
     candidates = {name: weights_of(name) for name in args.candidates}
     work, rows, data, start = Path(args.work), [], None, time.time()
     for ipc in args.ipc:
-        cfg = row_config("otdistill", ipc, args, work)
-        data = data or load_dataset(cfg.data)
+        ctx = RunContext(row_config("otdistill", ipc, args, work), quiet=True, data=data)
+        cfg, data = ctx.cfg, ctx.data
         validation = hold_out(data, args.per_class, args.split_seed)
-        root = build_set("otdistill", cfg, data, work)
-        pipeline.relabel_stage(root, cfg, quiet=True, data=data)
+        root = build_set("otdistill", ctx, work)
+        pipeline.relabel_stage(root, ctx)
         epochs = epochs_for(args.epochs, args.student, ipc)
         for name, weights in candidates.items():
             student = dataclasses.replace(cfg.student, arch=args.student, seeds=args.seeds, epochs=epochs,
                                           protocols=["soft"], soft_loss=dataclasses.replace(cfg.student.soft_loss, **weights))
             out = work / "tune" / f"val{args.per_class}-split{args.split_seed}" / f"ipc{ipc}" / f"{args.student}-{name}.json"
-            r = pipeline.evaluate_stage(root, dataclasses.replace(cfg, student=student), out, quiet=True,
-                                        data=validation)["protocols"]["soft"]
+            scored = RunContext(dataclasses.replace(cfg, student=student), quiet=True, data=validation)
+            r = pipeline.evaluate_stage(root, scored, out)["protocols"]["soft"]
             rows.append({"candidate": name, "soft_loss": weights, "ipc": ipc, "student": args.student, "epochs": epochs,
                          "val_acc_mean": r["final_mean"], "val_acc_std": r["final_std"], "val_acc": r["final"],
                          "seeds": r["seeds"], "validation": {"per_class": args.per_class, "split_seed": args.split_seed,

@@ -24,14 +24,15 @@ def tiny_config(tmp: Path, *overrides: str) -> Config:
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory) -> Config:
     """digits-tiny with its generator and teacher trained into a session folder."""
+    from otdistill.context import RunContext
     from otdistill.pipeline import ensure_generator, ensure_teachers
 
     base = tmp_path_factory.mktemp("trained")
     cfg = load_config(TINY, [f"output={base / 'run'}", f"generator.path={base / 'generator'}",
                              f"teachers.0.path={base / 'teacher'}"])
-    data = load_dataset(cfg.data)
-    ensure_generator(cfg, quiet=True, data=data)
-    ensure_teachers(cfg, quiet=True, data=data)
+    ctx = RunContext(cfg, quiet=True)
+    ensure_generator(ctx)
+    ensure_teachers(ctx)
     return cfg
 
 

@@ -5,6 +5,7 @@ import dataclasses
 import importlib.util
 import json
 import logging
+import sys
 
 import pytest
 import torch
@@ -12,10 +13,13 @@ from conftest import ROOT, TINY
 
 from otdistill import pipeline
 from otdistill.config import load_config
+from otdistill.context import RunContext
 from otdistill.data import SubsetImages
 
 
 def _script(name: str):
+    if str(ROOT / "benchmarks") not in sys.path:  # the scripts import bench_rows beside them, as when run
+        sys.path.insert(0, str(ROOT / "benchmarks"))
     spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -45,11 +49,12 @@ def test_bench_results_keep_rows_of_other_runs(tmp_path):
 def test_rows_sampling_alike_share_one_set_and_relabel_it_cleanly(trained, digits, tmp_path, caplog):
     bench = _script("distill_bench")
     cfgs = [dataclasses.replace(trained, output=str(tmp_path / "rows" / row)) for row in ("otg", "otdistill")]
-    sets = [bench.build_set(row, cfg, digits, tmp_path) for row, cfg in zip(("otg", "otdistill"), cfgs)]
+    sets = [bench.build_set(row, RunContext(cfg, quiet=True, data=digits), tmp_path)
+            for row, cfg in zip(("otg", "otdistill"), cfgs)]
     assert len(list((tmp_path / "sets").iterdir())) == 1  # sampled once
     assert [p.name for p in sorted(sets[0].glob("images/*/*"))] == [p.name for p in sorted(sets[1].glob("images/*/*"))]
     with caplog.at_level(logging.WARNING):
-        manifest = pipeline.relabel_stage(sets[0], cfgs[0], quiet=True, data=digits)
+        manifest = pipeline.relabel_stage(sets[0], RunContext(cfgs[0], quiet=True, data=digits))
     assert manifest["teachers"] == [trained.teachers[0].path] and not caplog.records
 
 
@@ -71,8 +76,7 @@ def test_full_data_cells_are_reused_only_for_the_same_recipe(digits, tmp_path, m
                           ["convnet2"], [0], 1, tmp_path)
     assert len(trainings) == 4 and trainings[-1].lr == 0.1 and trainings[-2].epochs == 2
 
-def test_tune_candidates_name_their_weights(monkeypatch):
-    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # tune_otm imports distill_bench as its script does
+def test_tune_candidates_name_their_weights():
     tune = _script("tune_otm")
     assert tune.weights_of("ce1+mse0.1+sd10") == {"kl": 0.0, "ce": 1.0, "mse": 0.1, "sd": 10.0}
     assert tune.weights_of("kl1") == {"kl": 1.0, "ce": 0.0, "mse": 0.0, "sd": 0.0}

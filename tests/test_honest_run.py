@@ -10,6 +10,7 @@ from conftest import TINY, tiny_config
 from otdistill import artifacts, progress
 from otdistill.cli import build_parser, main
 from otdistill.config import to_dict
+from otdistill.context import RunContext
 from otdistill.data import load_dataset
 from otdistill.models.generator import load_generator
 from otdistill.pipeline import ensure_generator, evaluate_stage, metrics_stage, relabel_stage, select_stage
@@ -37,16 +38,16 @@ def _noise_set(root, data, cfg, ipc=3):
 
 def test_junk_is_called_junk_and_a_real_subset_is_not(trained, tmp_path, caplog):
     cfg = _cfg(trained, tmp_path, "sample.ipc=3")
-    data = load_dataset(cfg.data)
-    sets = {"noise": _noise_set(tmp_path / "noise", data, cfg),
-            "real": select_stage(cfg, "random", tmp_path / "real", quiet=True, data=data)}
+    ctx = RunContext(cfg, quiet=True)
+    sets = {"noise": _noise_set(tmp_path / "noise", ctx.data, cfg),
+            "real": select_stage(ctx, "random", tmp_path / "real")}
     warned = {}
     for name, root in sets.items():
         caplog.clear()
         with caplog.at_level(logging.WARNING):
-            relabel_stage(root, cfg, quiet=True, data=data)
-            metrics_stage(root, cfg, data=data)
-            result = evaluate_stage(root, cfg, quiet=True, data=data)
+            relabel_stage(root, ctx)
+            metrics_stage(root, ctx)
+            result = evaluate_stage(root, ctx)
         manifest = json.loads((root / "manifest.json").read_text())
         text = summary_text(cfg.output, "digits", manifest, result, None, {})
         # the log line and the summary say it, and name the fix
@@ -59,7 +60,7 @@ def test_junk_is_called_junk_and_a_real_subset_is_not(trained, tmp_path, caplog)
 def test_a_generator_check_follows_train_generator(trained, tmp_path, caplog):
     cfg = _cfg(trained, tmp_path, f"generator.path={tmp_path / 'g'}", "generator.diffusion.steps=3")
     with caplog.at_level(logging.INFO):
-        ensure_generator(cfg, quiet=True, extend=True)
+        ensure_generator(RunContext(cfg, quiet=True), extend=True)
     quality = json.loads((tmp_path / "g" / "quality.json").read_text())
     assert quality["samples"] == 500 and 0 <= quality["teacher_agreement"] <= 1
     # 3 steps of training are noise: far from real, and said so before any sampling
@@ -83,12 +84,12 @@ def test_run_summary_carries_the_random_real_row(finished_run):
 
 def test_two_sets_in_one_folder_keep_their_own_results(trained, tmp_path):
     cfg = _cfg(trained, tmp_path, "sample.ipc=2", "student.protocols=[hard]")
-    data = load_dataset(cfg.data)
-    a = select_stage(cfg, "random", tmp_path / "sets" / "random", quiet=True, data=data)
-    b = select_stage(cfg, "herding", tmp_path / "sets" / "herding", quiet=True, data=data)
-    first = evaluate_stage(a, cfg, quiet=True, data=data)
+    ctx = RunContext(cfg, quiet=True)
+    a = select_stage(ctx, "random", tmp_path / "sets" / "random")
+    b = select_stage(ctx, "herding", tmp_path / "sets" / "herding")
+    first = evaluate_stage(a, ctx)
     files = {p: p.read_bytes() for p in (tmp_path / "sets").rglob("*.json")}
-    second = evaluate_stage(b, cfg, quiet=True, data=data)
+    second = evaluate_stage(b, ctx)
     assert all(p.read_bytes() == content for p, content in files.items())  # nothing of a's was touched
     assert json.loads((a / "eval.json").read_text()) == first and json.loads((b / "eval.json").read_text()) == second
     assert first["distilled"] != second["distilled"] and (b / "eval").is_dir()

@@ -102,15 +102,15 @@ def test_relabel_entropy_rule_is_recorded(finished_run, trained, tmp_path):
     import shutil
 
     from otdistill.config import load_config
+    from otdistill.context import RunContext
     from otdistill.pipeline import relabel_stage
+    from otdistill.report import inspect_text
 
     out, _ = finished_run
     shutil.copytree(out / "distilled", tmp_path / "d")
     cfg = load_config(TINY, ["relabel.rule=entropy", "relabel.real_per_class=5",
                              f"teachers.0.path={trained.teachers[0].path}"])
-    manifest = relabel_stage(tmp_path / "d", cfg, quiet=True)
+    manifest = relabel_stage(tmp_path / "d", RunContext(cfg, quiet=True))
     assert manifest["relabel"]["rule"] == "entropy" and manifest["relabel"]["count"] == len(manifest["teachers"]) == 1
     assert manifest["relabel"]["entropy_real"] > 0
-    from otdistill.pipeline import inspect_text
-
     assert "chosen by the entropy rule" in inspect_text(tmp_path / "d")

@@ -22,6 +22,7 @@ from test_data import make_folder
 from otdistill import io, pipeline
 from otdistill.cli import main
 from otdistill.config import DataConfig, load_config
+from otdistill.context import RunContext
 from otdistill.data import SubsetImages, TensorImages, load_dataset
 from otdistill.errors import UserError
 from otdistill.evaluate import train_student
@@ -184,7 +185,7 @@ def test_cell_names_cannot_escape_the_eval_folder(finished_run, tmp_path):
     cfg = load_config(TINY, ["student.epochs=1", "student.protocols=[hard]"])
     cfg = dataclasses.replace(cfg, student=dataclasses.replace(cfg.student, arch="../../escape"))  # nor the API
     with pytest.raises(UserError, match="unknown classifier"):
-        evaluate_stage(reference / "distilled", cfg, tmp_path / "e.json", quiet=True)
+        evaluate_stage(reference / "distilled", RunContext(cfg, quiet=True), tmp_path / "e.json")
     assert not (tmp_path.parent / "escape-hard-seed0.json").exists()
 
 
@@ -192,16 +193,16 @@ def test_cell_names_cannot_escape_the_eval_folder(finished_run, tmp_path):
 def test_a_cached_student_cell_is_reused_only_on_the_split_it_was_scored_on(finished_run, tmp_path, monkeypatch):
     reference, _ = finished_run
     cfg = load_config(TINY, ["student.epochs=1", "student.protocols=[hard]", "student.seeds=[0]"])
-    data = load_dataset(cfg.data)
+    ctx = RunContext(cfg, quiet=True)
     trainings = []
     monkeypatch.setattr(pipeline, "train_student", lambda *a, **k: trainings.append(a[1]) or train_student(*a, **k))
     out = tmp_path / "e.json"
-    first = evaluate_stage(reference / "distilled", cfg, out, quiet=True, data=data)
-    assert evaluate_stage(reference / "distilled", cfg, out, quiet=True, data=data) == first
+    first = evaluate_stage(reference / "distilled", ctx, out)
+    assert evaluate_stage(reference / "distilled", ctx, out) == first
     assert len(trainings) == 1
     # same recipe and set, other test images (a validation split, a subset): scored again
-    half = dataclasses.replace(data, test=SubsetImages(data.test, range(0, len(data.test), 2)))
-    again = evaluate_stage(reference / "distilled", cfg, out, quiet=True, data=half)
+    half = dataclasses.replace(ctx.data, test=SubsetImages(ctx.data.test, range(0, len(ctx.data.test), 2)))
+    again = evaluate_stage(reference / "distilled", RunContext(cfg, quiet=True, data=half), out)
     assert len(trainings) == 2 and trainings[-1] is half.test
     assert again["cells"][0]["scored_on"] == half.test.content_id() != first["cells"][0]["scored_on"]
 

@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from otdistill.cli import main
+from otdistill.context import RunContext
 from otdistill.errors import UserError
 from otdistill.pipeline import select_stage
 from otdistill.report import build, method_label
@@ -34,7 +35,7 @@ def test_run_writes_report_and_log(finished_run):
 def test_report_compares_every_set_in_a_folder(finished_run, trained, tmp_path):
     out, _ = finished_run
     shutil.copytree(out, tmp_path / "plain")
-    select_stage(trained, "random", tmp_path / "real", quiet=True)
+    select_stage(RunContext(trained, quiet=True), "random", tmp_path / "real")
     assert main(["--quiet", "report", str(tmp_path)]) == 0
     md = (tmp_path / "report" / "report.md").read_text()
     assert "| real | real-random | 2 | 20 |" in md and "| plain/distilled | plain | 2 | 20 |" in md

@@ -6,6 +6,7 @@ import torch
 from conftest import tiny_config
 
 from otdistill import train_generator as tg
+from otdistill.context import RunContext
 from otdistill.errors import UserError
 from otdistill.models.generator import load_generator
 from otdistill.pipeline import ensure_generator
@@ -55,12 +56,12 @@ def test_killed_training_resumes_to_the_weights_of_an_uninterrupted_one(tmp_path
 
 def test_raising_the_steps_continues_a_finished_training(tmp_path, digits):
     cfg = tiny_config(tmp_path, f"generator.path={tmp_path / 'g'}", "generator.diffusion.steps=10")
-    ensure_generator(cfg, quiet=True, data=digits)
+    ensure_generator(RunContext(cfg, quiet=True, data=digits))
     before = _weights(cfg.generator.path)
     more = tiny_config(tmp_path, f"generator.path={tmp_path / 'g'}", "generator.diffusion.steps=14")
-    ensure_generator(more, quiet=True, data=digits)  # `run`: an existing generator is used as it is
+    ensure_generator(RunContext(more, quiet=True, data=digits))  # `run`: an existing generator is used as it is
     assert _same(before, _weights(cfg.generator.path))
-    ensure_generator(more, quiet=True, data=digits, extend=True)  # `train-generator`: trained on
+    ensure_generator(RunContext(more, quiet=True, data=digits), extend=True)  # `train-generator`: trained on
     after = _weights(cfg.generator.path)
     assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("autoencoder"))
     assert not _same(before, after)
@@ -70,13 +71,13 @@ def test_raising_the_steps_continues_a_finished_training(tmp_path, digits):
     moved = tg.training_dir(more.generator).rename(tmp_path / "elsewhere")
     longer = tiny_config(tmp_path, f"generator.path={tmp_path / 'g'}", "generator.diffusion.steps=18")
     with pytest.raises(UserError, match="training state.*--force"):
-        ensure_generator(longer, quiet=True, data=digits, extend=True)
+        ensure_generator(RunContext(longer, quiet=True, data=digits), extend=True)
     moved.rename(tg.training_dir(more.generator))
     # a different recipe cannot continue from that state
     other = tiny_config(tmp_path, f"generator.path={tmp_path / 'g'}", "generator.diffusion.steps=20",
                         "generator.diffusion.lr=0.01")
     with pytest.raises(UserError, match="different recipe.*--force"):
-        ensure_generator(other, quiet=True, data=digits, extend=True)
+        ensure_generator(RunContext(other, quiet=True, data=digits), extend=True)
 
 
 @pytest.mark.parametrize("extra", [
@@ -88,7 +89,7 @@ def test_recipe_options_train_record_and_sample(tmp_path, digits, trained, extra
     # the latent case reuses the session's trained autoencoder as it is
     reuse = [] if "generator.space=pixel" in extra else [f"generator.autoencoder.pretrained={trained.generator.path}"]
     cfg = tiny_config(tmp_path, f"generator.path={tmp_path / 'g'}", "generator.checkpoint_every=0", *extra, *reuse)
-    model = ensure_generator(cfg, quiet=True, data=digits)
+    model = ensure_generator(RunContext(cfg, quiet=True, data=digits))
     info = model.info
     if reuse:
         shipped = load_generator(trained.generator.path).autoencoder.state_dict()

@@ -160,6 +160,13 @@ class DistilledSet:
     def ipc(self) -> int:
         return self.manifest["ipc"]
 
+    @classmethod
+    def in_memory(cls, images: torch.Tensor, hard: torch.Tensor, num_classes: int, ipc: int | None = None,
+                  soft_logits: torch.Tensor | None = None, root: str | Path = "<in memory>") -> DistilledSet:
+        """Images and labels held in memory (no folder, no manifest beyond the sizes), for
+        training students on sets that are never written, such as the full training split."""
+        return cls(Path(root), {"num_classes": num_classes, "ipc": ipc}, images, hard, soft_logits)
+
 
 def read_distilled(root: str | Path, verify_hashes: bool = True, labels: bool = True) -> DistilledSet:
     """Read a distilled set and check it is whole: every class complete, files match their
@@ -216,6 +223,23 @@ def verify_or_reset(root: str | Path) -> bool:
         for name in ("manifest.json", "labels.safetensors"):
             (root / name).unlink(missing_ok=True)
         return False
+
+
+STAGE_FILE = ".otdistill-stage.json"  # dot-file: not part of the artifact's hashed files
+
+
+def claim_stage(folder: str | Path, stamp: dict) -> None:
+    """Record which inputs a stage's folder belongs to; refuse to mix runs of different configs."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    f = folder / STAGE_FILE
+    if f.exists():
+        old = read_json(f)
+        if old != stamp:
+            raise UserError(f"{folder} was made with a different config ({old.get('what')}); "
+                            f"choose a new output folder (--set output=...) or delete {folder}")
+    else:
+        write_json(f, stamp)
 
 
 def export_ddranking(ds: DistilledSet, out: str | Path) -> None:

@@ -175,24 +175,30 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(args) -> int | None:
     from . import pipeline
+    from .context import RunContext
 
-    quiet = args.quiet
+    def context() -> RunContext:
+        return RunContext(_load(args), quiet=args.quiet)
+
+    def set_context() -> RunContext:  # relabel / evaluate: the set's recorded config unless one is given
+        return context() if args.config else RunContext.of_set(args.distilled, quiet=args.quiet)
+
     if args.command == "run":
-        pipeline.run(_load(args), quiet=quiet)
+        pipeline.run(context())
     elif args.command == "train-generator":
-        pipeline.ensure_generator(_load(args), force=args.force, quiet=quiet, extend=True)
+        pipeline.ensure_generator(context(), force=args.force, extend=True)
     elif args.command == "train-teacher":
-        pipeline.ensure_teachers(_load(args), force=args.force, quiet=quiet)
+        pipeline.ensure_teachers(context(), force=args.force)
     elif args.command == "train-surrogate":
-        pipeline.ensure_surrogate(_load(args), force=args.force, quiet=quiet)
+        pipeline.ensure_surrogate(context(), force=args.force)
     elif args.command == "sample":
-        pipeline.sample_stage(_load(args), quiet=quiet)
+        pipeline.sample_stage(context())
     elif args.command == "select":
-        pipeline.select_stage(_load(args), args.method, args.out, quiet=quiet)
+        pipeline.select_stage(context(), args.method, args.out)
     elif args.command == "relabel":
-        pipeline.relabel_stage(args.distilled, _load(args) if args.config else None, quiet=quiet)
+        pipeline.relabel_stage(args.distilled, set_context())
     elif args.command == "evaluate":
-        pipeline.evaluate_stage(args.distilled, _load(args) if args.config else None, out=args.out, quiet=quiet)
+        pipeline.evaluate_stage(args.distilled, set_context(), out=args.out)
     elif args.command == "export":
         from .artifacts import export_ddranking, read_distilled
 
@@ -221,7 +227,9 @@ def _dispatch(args) -> int | None:
 
         print(f"wrote {build(args.run_dir)}")
     elif args.command == "inspect":
-        print(pipeline.inspect_text(args.distilled))
+        from .report import inspect_text
+
+        print(inspect_text(args.distilled))
     return 0
 
 

@@ -16,12 +16,17 @@ generator's latent space.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import statistics
+from collections.abc import Callable
 
 import torch
 
 from .data import ImageSet, class_subset, to_unit
 from .ot import entropic_ot
+
+log = logging.getLogger(__name__)
 
 
 def density_coverage(real: torch.Tensor, fake: torch.Tensor, k: int = 5) -> tuple[float, float]:
@@ -72,6 +77,20 @@ def set_metrics(real: torch.Tensor, fake: torch.Tensor, real_labels: torch.Tenso
         per_class.append({"ot_distance": ot_distance(r, f), "density": density, "coverage": coverage})
     keys = ("ot_distance", "density", "coverage")
     return {**{key: statistics.fmean(p[key] for p in per_class) for key in keys}, "per_class": per_class}
+
+
+def set_report(settings, test: ImageSet, images: torch.Tensor, labels: torch.Tensor, num_classes: int,
+               spaces: dict[str, Callable[[torch.Tensor], torch.Tensor]]) -> dict:
+    """A set's metrics against `settings.per_class` held-out test images per class, in each
+    feature space (name -> uint8 images to features); what a set's manifest stores."""
+    idx = held_out(test, num_classes, settings.per_class, settings.seed)
+    real, real_labels = test.get(idx), test.labels[idx]
+    result = {"settings": dataclasses.asdict(settings), "held_out": "test split"}
+    for space, embed in spaces.items():
+        result[space] = set_metrics(embed(real), embed(images), real_labels, labels, num_classes, settings.k)
+        log.info("metrics (%s): OT distance %.3f, coverage %.3f, density %.3f", space,
+                 result[space]["ot_distance"], result[space]["coverage"], result[space]["density"])
+    return result
 
 
 def held_out(images: ImageSet, num_classes: int, per_class: int, seed: int = 0) -> torch.Tensor:

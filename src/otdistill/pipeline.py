@@ -9,13 +9,15 @@ OUTPUT/
     summary.md         what `run` printed
 
 An evaluation belongs to the set it scores and lives inside that set's folder, so scoring
-one set never touches another's results.
+one set never touches another's results. Every stage takes the run's RunContext (config,
+device, the dataset loaded once on first use, rank, quiet); the stages that read a set folder
+fall back to the config recorded in its manifest.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import json
 import logging
 import re
 import time
@@ -24,26 +26,25 @@ from pathlib import Path
 import torch
 
 from . import artifacts, distributed, report
-from .config import Config, dump_config, fingerprint, from_dict, to_dict
-from .data import LabelledData, TensorImages, load_dataset
+from .config import Config, dump_config, fingerprint, to_dict
+from .context import RunContext
+from .data import TensorImages
 from .errors import UserError
 from .evaluate import summarise, train_student
 from .guidance import build_terms
-from .io import read_json, remove_stale_temporaries, resolve_device, write_json, write_text
-from .metrics import features, held_out, junk_warning, set_metrics
+from .io import read_json, remove_stale_temporaries, write_json, write_text
+from .metrics import features, junk_warning, set_report
 from .models.generator import Generator, load_generator
 from .progress import progress
 from .readiness import check_generator
-from .records import Cell, Evaluation, write_evaluation
-from .relabel import choose_teachers, label_entropy, load_ensemble, soft_logits
+from .records import Evaluation, read_cached_cell, write_evaluation
+from .relabel import choose_teachers, load_ensemble, soft_logits
 from .sample import sample_classes
 from .selection import SELECTIONS, class_prototypes, select_class
 from .teachers import full_data_reference, load_teacher, train_teacher
 from .train_generator import encode_all, needs_more_steps, train_generator, training_dir
 
 log = logging.getLogger(__name__)
-
-STAGE_FILE = ".otdistill-stage.json"  # dot-file: not part of the artifact's hashed files
 
 
 def distilled_dir(cfg: Config) -> Path:
@@ -65,60 +66,43 @@ def check_model_paths(cfg: Config, teachers: bool = True) -> None:
                             f"inside {cfg.output}")
 
 
-def ensure_generator(cfg: Config, force: bool = False, quiet: bool = False, data: LabelledData | None = None,
-                     extend: bool = False) -> Generator:
+def ensure_generator(ctx: RunContext, force: bool = False, extend: bool = False) -> Generator:
     """Load the generator at generator.path, training it first when absent (or forced); with
     `extend` (the train-generator command) a generator this project trained with fewer steps
     than the config asks is trained on from its saved state."""
-    device = resolve_device(cfg.device)
+    cfg = ctx.cfg
     exists = Path(cfg.generator.path).exists()
     if exists and not force and not (extend and needs_more_steps(cfg.generator)):
-        return load_generator(cfg.generator.path, device)
+        return load_generator(cfg.generator.path, ctx.device)
     if exists and not force and not training_dir(cfg.generator).is_dir():
         raise UserError(f"{cfg.generator.path} was trained with fewer steps than the config asks, but its training "
                         f"state ({training_dir(cfg.generator)}) is not here to continue from (shipped checkpoints "
                         "come without it); add --force to train it again from the start, or write it elsewhere "
                         "with --set generator.path=...")
     log.info("training the generator into %s", cfg.generator.path)
-    data = data or load_dataset(cfg.data)
-    model = train_generator(cfg.generator, data, device, quiet=quiet, force=force)
-    check_generator(cfg, model, data, device)
+    model = train_generator(cfg.generator, ctx.data, ctx.device, quiet=ctx.quiet, force=force)
+    check_generator(cfg, model, ctx.data, ctx.device)
     return model
 
 
-def ensure_teachers(cfg: Config, force: bool = False, quiet: bool = False, data: LabelledData | None = None) -> None:
+def ensure_teachers(ctx: RunContext, force: bool = False) -> None:
     """Train every configured teacher whose folder is absent (or all, when forced)."""
-    device = resolve_device(cfg.device)
-    for tcfg in cfg.teachers:
+    for tcfg in ctx.cfg.teachers:
         if Path(tcfg.path).exists() and not force:
             continue
-        data = data or load_dataset(cfg.data)
         log.info("training teacher %s into %s", tcfg.arch, tcfg.path)
-        train_teacher(tcfg, data, device, quiet=quiet)
+        train_teacher(tcfg, ctx.data, ctx.device, quiet=ctx.quiet)
 
 
-def ensure_surrogate(cfg: Config, force: bool = False, quiet: bool = False, data: LabelledData | None = None) -> None:
+def ensure_surrogate(ctx: RunContext, force: bool = False) -> None:
     """Train the influence-guidance surrogate when it is absent (or forced)."""
     from .surrogate import train_surrogate
 
-    path = cfg.sample.guidance.influence.surrogate
+    path = ctx.cfg.sample.guidance.influence.surrogate
     if Path(path).exists() and not force:
         return
     log.info("training the surrogate trajectory into %s", path)
-    train_surrogate(cfg.sample.guidance.surrogate, path, data or load_dataset(cfg.data), resolve_device(cfg.device), quiet)
-
-
-def _claim(folder: Path, stamp: dict) -> None:
-    """Record which inputs a stage folder belongs to; refuse to mix runs of different configs."""
-    folder.mkdir(parents=True, exist_ok=True)
-    f = folder / STAGE_FILE
-    if f.exists():
-        old = read_json(f)
-        if old != stamp:
-            raise UserError(f"{folder} was made with a different config ({old.get('what')}); "
-                            f"choose a new output folder (--set output=...) or delete {folder}")
-    else:
-        write_json(f, stamp)
+    train_surrogate(ctx.cfg.sample.guidance.surrogate, path, ctx.data, ctx.device, ctx.quiet)
 
 
 def sample_fingerprint(cfg: Config) -> str:
@@ -126,23 +110,23 @@ def sample_fingerprint(cfg: Config) -> str:
     return fingerprint(cfg.data, cfg.generator.path, cfg.sample)
 
 
-def sample_stage(cfg: Config, quiet: bool = False, data: LabelledData | None = None) -> Path:
+def sample_stage(ctx: RunContext) -> Path:
     """Generate sample.ipc images per class into OUTPUT/distilled; finished classes are kept."""
+    cfg = ctx.cfg
     root = distilled_dir(cfg)
-    stamp = {"what": "sample", "fingerprint": sample_fingerprint(cfg)}
-    _claim(root, stamp)
+    artifacts.claim_stage(root, {"what": "sample", "fingerprint": sample_fingerprint(cfg)})
     if artifacts.verify_or_reset(root):
         return root
     remove_stale_temporaries(root)
     check_model_paths(cfg, teachers=False)  # sampling trains no teacher
-    data = data or load_dataset(cfg.data)
-    model = ensure_generator(cfg, quiet=quiet, data=data)
+    data, quiet = ctx.data, ctx.quiet
+    model = ensure_generator(ctx)
     model.bind(data.class_ids, data.class_names)
     if cfg.sample.guidance.influence.weight > 0:
-        ensure_surrogate(cfg, quiet=quiet, data=data)
+        ensure_surrogate(ctx)
     k, per_pass = data.num_classes, cfg.sample.classes_per_pass
     groups = [list(range(s, min(s + per_pass, k))) for s in range(0, k, per_pass)]
-    rank = distributed.init()
+    rank = ctx.rank
     groups = [groups[g] for g in rank.mine(range(len(groups)))]  # all of them in a single process
     classes = [c for group in groups for c in group]
     terms = build_terms(cfg.sample.guidance, model, data, cache_dir=Path(cfg.output) / "cache", quiet=quiet,
@@ -186,23 +170,24 @@ def sample_stage(cfg: Config, quiet: bool = False, data: LabelledData | None = N
     return root
 
 
-def select_stage(cfg: Config, method: str, out: str | Path, quiet: bool = False, data: LabelledData | None = None) -> Path:
+def select_stage(ctx: RunContext, method: str, out: str | Path) -> Path:
     """A real-image baseline in the distilled-set format: sample.ipc training images per class,
     chosen at random, by herding in the first teacher's feature space, or nearest k-means
     centres of the generator's latents (see selection.py)."""
+    cfg = ctx.cfg
     root = Path(out)
     space = SELECTIONS[method].space
     used = space.model_path(cfg) if space else None
     inputs = (cfg.data, cfg.sample.ipc, cfg.sample.seed) + ((used,) if used else ())  # the model a method reads
-    _claim(root, {"what": f"select {method}", "fingerprint": fingerprint(*inputs)})
+    artifacts.claim_stage(root, {"what": f"select {method}", "fingerprint": fingerprint(*inputs)})
     if artifacts.verify_or_reset(root):
         return root
     remove_stale_temporaries(root)
-    data = data or load_dataset(cfg.data)
-    embed = space.build(used, resolve_device(cfg.device)) if space else None
+    data = ctx.data
+    embed = space.build(used, ctx.device) if space else None
     k = data.num_classes
     start = time.time()
-    for c in progress(range(k), desc=f"select {method}", disable=quiet):
+    for c in progress(range(k), desc=f"select {method}", disable=ctx.quiet):
         if len(data.train.indices_of(c)) < cfg.sample.ipc:
             raise UserError(f"class '{data.class_names[c]}' has {len(data.train.indices_of(c))} training images, "
                             f"fewer than sample.ipc={cfg.sample.ipc}; lower the IPC")
@@ -217,30 +202,19 @@ def select_stage(cfg: Config, method: str, out: str | Path, quiet: bool = False,
     return root
 
 
-def _config_of(distilled: str | Path, cfg: Config | None) -> Config:
-    """A stage run on a bare folder uses the config recorded in the set's manifest."""
-    if cfg is not None:
-        return cfg
-    manifest = Path(distilled) / "manifest.json"
-    if not manifest.exists():
-        raise UserError(f"{distilled} is not a finished distilled set (no manifest.json)")
-    # the recorded config was checked when the set was made; rules added since must not lock it out
-    return from_dict(read_json(manifest)["config"], check=False)
-
-
-def relabel_stage(distilled: str | Path, cfg: Config | None = None, quiet: bool = False,
-                  data: LabelledData | None = None) -> dict:
+def relabel_stage(distilled: str | Path, ctx: RunContext | None = None) -> dict:
     """Store the teacher ensemble's logits for every image; also measures how often the
-    teachers agree with the class each image was generated for."""
-    cfg = _config_of(distilled, cfg)
-    device = resolve_device(cfg.device)
+    teachers agree with the class each image was generated for. Without a context, the
+    config recorded in the set's manifest."""
+    ctx = ctx or RunContext.of_set(distilled)
+    device = ctx.device
     try:  # one read (hashes, images) serves both the check and the relabelling
         ds = artifacts.read_distilled(distilled)
     except UserError as exc:
         ds = artifacts.read_distilled(distilled, labels=False)  # still fails for damaged images
         log.warning("relabelling %s: its labels are damaged (%s)", distilled, exc)
-    rank = distributed.init()  # under torchrun the ranks share the labelling; the main one writes
-    paths, rule = choose_teachers(cfg, ds.images, ds.ipc, device, data)
+    rank = ctx.rank  # under torchrun the ranks share the labelling; the main one writes
+    paths, rule = choose_teachers(ctx, ds.images, ds.ipc)
     current = ds.soft_logits is not None and ds.manifest.get("teachers") == paths and ds.manifest.get("relabel") == rule
     if distributed.agree(current):
         return ds.manifest
@@ -260,56 +234,33 @@ def relabel_stage(distilled: str | Path, cfg: Config | None = None, quiet: bool 
     return manifest
 
 
-def metrics_stage(distilled: str | Path, cfg: Config | None = None, data: LabelledData | None = None) -> dict:
+def metrics_stage(distilled: str | Path, ctx: RunContext | None = None) -> dict:
     """Distribution metrics of the set against held-out real images (the test split), in the
     first teacher's feature space and in the generator's latent space; stored in the manifest."""
-    cfg = _config_of(distilled, cfg)
-    device = resolve_device(cfg.device)
+    ctx = ctx or RunContext.of_set(distilled)
+    cfg, device = ctx.cfg, ctx.device
     ds = artifacts.read_distilled(distilled)
     if "metrics" in ds.manifest and ds.manifest["metrics"].get("settings") == dataclasses.asdict(cfg.metrics):
         return ds.manifest["metrics"]
-    data = data or load_dataset(cfg.data)
-    idx = held_out(data.test, ds.num_classes, cfg.metrics.per_class, cfg.metrics.seed)
-    real, real_labels = data.test.get(idx), data.test.labels[idx]
-    result = {"settings": dataclasses.asdict(cfg.metrics), "held_out": "test split"}
     teacher, _ = load_teacher(cfg.teachers[0].path, device)
-    result["teacher_features"] = set_metrics(features(teacher, real, device), features(teacher, ds.images, device),
-                                             real_labels, ds.hard, ds.num_classes, cfg.metrics.k)
+    spaces = {"teacher_features": lambda x: features(teacher, x, device)}
     if Path(cfg.generator.path).exists():
         model = load_generator(cfg.generator.path, device)
         if model.info["image_size"] == ds.images.shape[-1]:
-            def latents(x):
-                return encode_all(model, TensorImages(x, torch.zeros(len(x))), device)
-            result["latent"] = set_metrics(latents(real), latents(ds.images), real_labels, ds.hard,
-                                           ds.num_classes, cfg.metrics.k)
+            spaces["latent"] = lambda x: encode_all(model, TensorImages(x, torch.zeros(len(x))), device)
+    result = set_report(cfg.metrics, ctx.data.test, ds.images, ds.hard, ds.num_classes, spaces)
     artifacts.update_manifest(ds.root, metrics=result)
-    for space in ("teacher_features", "latent"):
-        if space in result:
-            log.info("metrics (%s): OT distance %.3f, coverage %.3f, density %.3f", space,
-                     result[space]["ot_distance"], result[space]["coverage"], result[space]["density"])
     return result
 
 
-def _cached_cell(path: Path) -> Cell | dict:
-    """A finished cell, or {} when absent or unreadable (a damaged cache entry is retrained)."""
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError):
-        log.warning("retraining the cell %s: its file is unreadable", path)
-        return {}
-
-
-def evaluate_stage(distilled: str | Path, cfg: Config | None = None, out: str | Path | None = None,
-                   quiet: bool = False, data: LabelledData | None = None) -> Evaluation:
+def evaluate_stage(distilled: str | Path, ctx: RunContext | None = None, out: str | Path | None = None) -> Evaluation:
     """Train cfg.student on the set for each protocol and seed; each cell is saved as it ends
     and reused on rerun, so an interrupted evaluation resumes."""
-    cfg = _config_of(distilled, cfg)
-    rank = distributed.init()  # under torchrun each student trains data-parallel; the main rank writes
-    device = resolve_device(cfg.device)
+    ctx = ctx or RunContext.of_set(distilled)
+    cfg, device, quiet = ctx.cfg, ctx.device, ctx.quiet
+    rank = ctx.rank  # under torchrun each student trains data-parallel; the main rank writes
     ds = artifacts.read_distilled(distilled)
-    data = data or load_dataset(cfg.data)
+    data = ctx.data
     if data.class_names != ds.class_names:
         raise UserError(f"{distilled} has classes {ds.class_names[:3]}... but data '{cfg.data.name}' has "
                         f"{data.class_names[:3]}...; evaluate with the config of the dataset the set came from")
@@ -327,7 +278,7 @@ def evaluate_stage(distilled: str | Path, cfg: Config | None = None, out: str | 
         for seed in cfg.student.seeds:
             name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{cfg.student.arch}-{protocol}-seed{seed}")
             cell_file = cells_dir / f"{name}.json"
-            cached = distributed.agree(_cached_cell(cell_file))
+            cached = distributed.agree(read_cached_cell(cell_file))
             if (cached.get("key"), cached.get("scored_on")) == (key, scored_on):
                 cells.append(cached)
                 continue
@@ -354,81 +305,57 @@ def evaluate_stage(distilled: str | Path, cfg: Config | None = None, out: str | 
     return result
 
 
-def baseline_stage(cfg: Config, quiet: bool = False, data: LabelledData | None = None) -> Evaluation | None:
+def baseline_stage(ctx: RunContext) -> Evaluation | None:
     """The real-image set of the same IPC that `run` scores beside the distilled one
     (cfg.baseline: made once into OUTPUT/baselines/NAME, labelled by the same teachers and
     evaluated with the same students); None when switched off."""
-    if cfg.baseline == "none":
+    if ctx.cfg.baseline == "none":
         return None
-    root = Path(cfg.output) / "baselines" / cfg.baseline
-    if distributed.current().main:
-        select_stage(cfg, cfg.baseline, root, quiet=quiet, data=data)
+    root = Path(ctx.cfg.output) / "baselines" / ctx.cfg.baseline
+    if ctx.rank.main:
+        select_stage(ctx, ctx.cfg.baseline, root)
     distributed.barrier()
-    relabel_stage(root, cfg, quiet=quiet, data=data)
-    return evaluate_stage(root, cfg, quiet=quiet, data=data)
+    relabel_stage(root, ctx)
+    return evaluate_stage(root, ctx)
 
 
-def inspect_text(distilled: str | Path) -> str:
-    ds = artifacts.read_distilled(distilled, verify_hashes=False)
-    m = ds.manifest
-    lines = [f"{distilled}: {m['num_classes']} classes x IPC {m['ipc']} = {len(ds.images)} images, "
-             f"{m['channels']}x{m['image_size']}x{m['image_size']}, source {m['source'].get('kind')}"]
-    if ds.soft_logits is not None:
-        ent = label_entropy(ds.soft_logits)
-        rule = m.get("relabel", {})
-        how = (f", chosen by the entropy rule (image/real entropy ratio {rule['ratio']:.2f})"
-               if rule.get("rule") == "entropy" else "")
-        lines.append(f"soft labels from {len(m['teachers'])} teacher(s){how}; normalised label entropy "
-                     f"mean {ent.mean():.3f}")
-    metrics = {space: r for space, r in m.get("metrics", {}).items() if isinstance(r, dict) and "ot_distance" in r}
-    for space, r in metrics.items():
-        lines.append(f"{space}: OT distance to held-out real {r['ot_distance']:.3f}, coverage {r['coverage']:.3f}, "
-                     f"density {r['density']:.3f} (mean over classes)")
-    agree = m.get("teacher_agreement", {}).get("per_class", {})
-    for i, c in enumerate(m["classes"]):
-        a = f"  teacher agrees {agree[c['name']]:.0%}" if c["name"] in agree else ""
-        per = "".join(f"  {space} OT {r['per_class'][i]['ot_distance']:.2f} cov {r['per_class'][i]['coverage']:.2f}"
-                      for space, r in metrics.items())
-        lines.append(f"  {c['folder']:<20} {c['count']:>4} images  {c['status']}{a}{per}")
-    return "\n".join(lines)
+@contextlib.contextmanager
+def _timed(seconds: dict, stage: str):
+    t = time.time()
+    yield
+    seconds[stage] = time.time() - t
 
 
-def run(cfg: Config, quiet: bool = False) -> dict:
+def run(ctx: RunContext) -> Evaluation:
     """data -> teachers -> generator -> sample -> relabel -> metrics -> evaluate -> baseline -> summary."""
+    cfg = ctx.cfg
     out = Path(cfg.output)
     check_model_paths(cfg)
     out.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out)
     write_text(out / "config.yaml", dump_config(cfg))
     seconds = {}
-    t = time.time()
-    data = load_dataset(cfg.data)
-    seconds["data"] = time.time() - t
-    t = time.time()
-    ensure_teachers(cfg, quiet=quiet, data=data)  # first: a newly trained generator is checked with the teacher
-    ensure_generator(cfg, quiet=quiet, data=data)
-    seconds["models"] = time.time() - t
-    t = time.time()
-    root = sample_stage(cfg, quiet=quiet, data=data)
-    seconds["sample"] = time.time() - t
-    t = time.time()
-    relabel_stage(root, cfg, quiet=quiet, data=data)
-    seconds["relabel"] = time.time() - t
-    t = time.time()
-    main = distributed.current().main
-    if main:  # under torchrun the other ranks wait: the metrics are cheap
-        metrics_stage(root, cfg, data=data)
-    distributed.barrier()
-    manifest = read_json(root / "manifest.json")
-    seconds["metrics"] = time.time() - t
-    t = time.time()
-    result = evaluate_stage(root, cfg, quiet=quiet, data=data)
-    seconds["evaluate"] = time.time() - t
-    t = time.time()
-    baseline = baseline_stage(cfg, quiet=quiet, data=data)
-    if baseline is not None:
-        seconds["baseline"] = time.time() - t
-    if not main:
+    with _timed(seconds, "data"):
+        data = ctx.data
+    with _timed(seconds, "models"):
+        ensure_teachers(ctx)  # first: a newly trained generator is checked with the teacher
+        ensure_generator(ctx)
+    with _timed(seconds, "sample"):
+        root = sample_stage(ctx)
+    with _timed(seconds, "relabel"):
+        relabel_stage(root, ctx)
+    with _timed(seconds, "metrics"):
+        if ctx.rank.main:  # under torchrun the other ranks wait: the metrics are cheap
+            metrics_stage(root, ctx)
+        distributed.barrier()
+        manifest = read_json(root / "manifest.json")
+    with _timed(seconds, "evaluate"):
+        result = evaluate_stage(root, ctx)
+    with _timed(seconds, "baseline"):
+        baseline = baseline_stage(ctx)
+    if baseline is None:
+        del seconds["baseline"]
+    if not ctx.rank.main:
         return result
     write_json(out / "timings.json", {k: round(v, 1) for k, v in seconds.items()})
     text = report.summary_text(cfg.output, cfg.data.name, manifest, result, baseline, seconds)

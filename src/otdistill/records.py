@@ -5,11 +5,15 @@ through artifacts.py. The report and the benchmarks read these, never raw JSON k
 
 from __future__ import annotations
 
+import json
+import logging
 from pathlib import Path
 from typing import Any, NotRequired, TypedDict
 
 from .errors import UserError
 from .io import read_json, write_json
+
+log = logging.getLogger(__name__)
 
 
 class ClassEntry(TypedDict):
@@ -93,3 +97,14 @@ def read_evaluation(path: str | Path) -> Evaluation:
         raise UserError(f"{path} is not an evaluation (eval.json); make one with `otdistill evaluate SET CONFIG`")
     obj.setdefault("full_data", None)  # written before full_data existed
     return obj
+
+
+def read_cached_cell(path: Path) -> Cell | dict:
+    """A finished cell, or {} when absent or unreadable (a damaged cache entry is retrained)."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError):
+        log.warning("retraining the cell %s: its file is unreadable", path)
+        return {}

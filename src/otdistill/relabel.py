@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
@@ -17,6 +18,9 @@ from . import distributed
 from .data import to_unit
 from .errors import UserError
 from .teachers import load_teacher
+
+if TYPE_CHECKING:
+    from .context import RunContext
 
 
 class TeacherEnsemble(nn.Module):
@@ -82,18 +86,19 @@ def entropy_rule(first: nn.Module, images: torch.Tensor, real: torch.Tensor, ava
     return {"rule": "entropy", "entropy_images": h_images, "entropy_real": h_real, "ratio": ratio, "count": count}
 
 
-def choose_teachers(cfg, images: torch.Tensor, ipc: int, device, data=None) -> tuple[list[str], dict]:
+def choose_teachers(ctx: RunContext, images: torch.Tensor, ipc: int) -> tuple[list[str], dict]:
     """LIA's ensemble for a set of `ipc` uint8 images per class: the configured teachers' paths
-    chosen by relabel.rule, and how (recorded in the manifest)."""
-    from .data import load_dataset
+    chosen by relabel.rule, and how (recorded in the manifest). Only the entropy rule reads
+    the dataset."""
     from .metrics import held_out
 
+    cfg = ctx.cfg
     paths = [t.path for t in cfg.teachers]
     if cfg.relabel.rule == "schedule":
         chosen = select_teachers(paths, ipc, cfg.relabel.schedule)
         return chosen, {"rule": "schedule", "count": len(chosen)}
-    data = data or load_dataset(cfg.data)
+    data = ctx.data
     real = data.train.get(held_out(data.train, data.num_classes, cfg.relabel.real_per_class, seed=0))
-    first, _ = load_teacher(paths[0], device)
-    measured = entropy_rule(first, images, real, len(paths), device)
+    first, _ = load_teacher(paths[0], ctx.device)
+    measured = entropy_rule(first, images, real, len(paths), ctx.device)
     return paths[:measured["count"]], measured

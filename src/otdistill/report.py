@@ -151,6 +151,32 @@ def accuracy_rows(entries: list[SetEntry]) -> list[dict]:
     return rows
 
 
+def inspect_text(distilled: str | Path) -> str:
+    """What `otdistill inspect` prints: a set's size, labels, metrics and per-class state."""
+    ds = artifacts.read_distilled(distilled, verify_hashes=False)
+    m = ds.manifest
+    lines = [f"{distilled}: {m['num_classes']} classes x IPC {m['ipc']} = {len(ds.images)} images, "
+             f"{m['channels']}x{m['image_size']}x{m['image_size']}, source {m['source'].get('kind')}"]
+    if ds.soft_logits is not None:
+        ent = label_entropy(ds.soft_logits)
+        rule = m.get("relabel", {})
+        how = (f", chosen by the entropy rule (image/real entropy ratio {rule['ratio']:.2f})"
+               if rule.get("rule") == "entropy" else "")
+        lines.append(f"soft labels from {len(m['teachers'])} teacher(s){how}; normalised label entropy "
+                     f"mean {ent.mean():.3f}")
+    metrics = {space: r for space, r in m.get("metrics", {}).items() if isinstance(r, dict) and "ot_distance" in r}
+    for space, r in metrics.items():
+        lines.append(f"{space}: OT distance to held-out real {r['ot_distance']:.3f}, coverage {r['coverage']:.3f}, "
+                     f"density {r['density']:.3f} (mean over classes)")
+    agree = m.get("teacher_agreement", {}).get("per_class", {})
+    for i, c in enumerate(m["classes"]):
+        a = f"  teacher agrees {agree[c['name']]:.0%}" if c["name"] in agree else ""
+        per = "".join(f"  {space} OT {r['per_class'][i]['ot_distance']:.2f} cov {r['per_class'][i]['coverage']:.2f}"
+                      for space, r in metrics.items())
+        lines.append(f"  {c['folder']:<20} {c['count']:>4} images  {c['status']}{a}{per}")
+    return "\n".join(lines)
+
+
 def summary_text(output: str, dataset: str, manifest: Manifest, result: Evaluation, baseline: Evaluation | None,
                  seconds: dict) -> str:
     """What `run` prints: the distilled set's accuracy beside the real-image baseline's, the

@@ -1,0 +1,104 @@
+"""The benchmark's rows, shared by distill_bench.py and tune_otm.py: how each method's set is
+made (which recipe, which overrides), the student epochs per row, and merging a run's rows
+into a result file. Imported by the scripts beside it (their folder is on sys.path)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from otdistill import pipeline  # noqa: E402
+from otdistill.config import load_config  # noqa: E402
+from otdistill.context import RunContext  # noqa: E402
+from otdistill.guidance import off_overrides  # noqa: E402
+from otdistill.io import read_json  # noqa: E402
+from otdistill.selection import SELECTIONS  # noqa: E402
+
+KL_ONLY = ["student.soft_loss.kl=1.0", "student.soft_loss.ce=0.0", "student.soft_loss.mse=0.0",
+           "student.soft_loss.sd=0.0"]
+NO_GUIDANCE = off_overrides()  # every registered term off
+ONE_TEACHER = ["relabel.schedule=[[1,1]]"]
+CE_MSE = ["student.soft_loss.sd=0.0"]  # otdistill.yaml's CE + MSE without the Sinkhorn term
+# method -> (how the set is made, recipe in configs/, overrides)
+ROWS = {
+    **{name: ("select", "fashion-mnist", []) for name in SELECTIONS},  # every real-image selection
+    "plain": ("sample", "plain", []),
+    "d4m": ("sample", "plain", ["sample.init=prototypes"]),
+    "igd": ("sample", "igd", []),
+    "otg": ("sample", "igd+ot", []),
+    "otdistill": ("sample", "otdistill", []),
+    "no_otg": ("sample", "otdistill", NO_GUIDANCE),
+    "no_lia": ("sample", "otdistill", ONE_TEACHER),
+    "no_otm": ("sample", "otdistill", KL_ONLY),
+    "no_otm_ce_mse": ("sample", "otdistill", CE_MSE),
+}
+# the LIA/OTM ablation (issue 4) read off the same rows: variant name -> bench method
+ABLATION = {"full": "otdistill", "no_lia": "no_lia", "no_otm_kl": "no_otm", "no_otm_ce_mse": "no_otm_ce_mse"}
+
+
+def epochs_for(spec: list[str], student: str, ipc: int | None) -> int:
+    """Student epochs from specs like `80`, `50=16` (IPC 50), `resnet18=20`, `resnet18/50=4`;
+    the most specific spec that matches wins."""
+    best, best_rank = None, -1
+    for item in spec:
+        target, _, value = item.rpartition("=")
+        if "/" in target:
+            arch, at_ipc = target.split("/", 1)
+        else:
+            arch, at_ipc = ("", target) if target.isdigit() else (target, "")
+        if (arch and arch != student) or (at_ipc and int(at_ipc) != ipc):
+            continue
+        rank = bool(arch) * 2 + bool(at_ipc)
+        if rank > best_rank:
+            best, best_rank = int(value), rank
+    if best is None:
+        raise SystemExit(f"--epochs {' '.join(spec)} gives no epochs for {student} at IPC {ipc}; add a plain number")
+    return best
+
+
+def row_config(method: str, ipc: int, args, work: Path):
+    how, recipe, extra = ROWS[method]
+    overrides = [f"output={work / 'rows' / f'{method}-ipc{ipc}'}", f"sample.ipc={ipc}",
+                 f"student.protocols={json.dumps(args.protocols)}", *extra]
+    if args.steps:
+        overrides.append(f"sample.steps={args.steps}")
+    return load_config(ROOT / "configs" / f"{recipe}.yaml", overrides)
+
+
+def build_set(method: str, ctx: RunContext, work: Path) -> Path:
+    """The row's distilled set: selected, or a copy of the shared sample for its settings."""
+    how, cfg = ROWS[method][0], ctx.cfg
+    row_set = Path(cfg.output) / "distilled"
+    if how == "select":
+        return pipeline.select_stage(ctx, method, row_set)
+    if (row_set / "manifest.json").exists():
+        return row_set
+    key = pipeline.sample_fingerprint(cfg)
+    made = pipeline.sample_stage(ctx.replace(output=str(work / "sets" / key)))
+    # the copy is relabelled for its row; relabel_stage redoes labels made by other teachers
+    shutil.copytree(made, row_set, ignore=shutil.ignore_patterns(".shards"), dirs_exist_ok=True)
+    return row_set
+
+
+def bench_key(row: dict) -> tuple:
+    return row["method"], row["ipc"], row["student"], row["labels"]
+
+
+def merged(result: Path, rows: list[dict], key=bench_key) -> list[dict]:
+    """This run's rows over the result file's: a run of some rows or students keeps the others."""
+    fresh = {key(r) for r in rows}
+    old = read_json(result) if result.exists() else []
+    return [r for r in old if key(r) not in fresh] + rows
+
+
+LOSS_TERMS = ("kl", "ce", "mse", "sd")  # the weights of student.soft_loss
+
+
+def loss_weights(student, labels: str) -> dict | None:
+    """The soft-label loss a row's students trained with (None under hard labels)."""
+    return {t: getattr(student.soft_loss, t) for t in LOSS_TERMS} if labels == "soft" else None
