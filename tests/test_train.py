@@ -56,6 +56,22 @@ def test_teacher_round_trip_and_bad_weights(tmp_path, digits):
         load_teacher(tmp_path / "missing")
 
 
+def test_teacher_recipe_comes_from_config_and_is_recorded(tmp_path, digits, monkeypatch):
+    import otdistill.teachers as teachers
+
+    recipes = []
+    real_fit = teachers.fit
+    monkeypatch.setattr(teachers, "fit", lambda *a, **k: recipes.append(a[2]) or real_fit(*a, **k))
+    cfg = TeacherConfig(path=str(tmp_path / "t"), arch="convnet2", epochs=1, batch_size=256, optimizer="sgd",
+                        lr=0.05, crop_scale_min=0.6, flip=False)
+    _, info = train_teacher(cfg, digits, "cpu", quiet=True)
+    used = recipes[0]
+    assert (used.optimizer, used.lr, used.batch_size, used.augment.crop_scale_min, used.augment.flip) == \
+        ("sgd", 0.05, 256, 0.6, False)
+    assert info["recipe"] == {"arch": "convnet2", "epochs": 1, "batch_size": 256, "optimizer": "sgd", "lr": 0.05,
+                              "weight_decay": 5e-4, "crop_scale_min": 0.6, "flip": False, "seed": 0}
+
+
 def test_resumed_teacher_reports_the_training_time_of_every_run(tmp_path, digits, monkeypatch):
     import otdistill.teachers as teachers
 

@@ -199,14 +199,18 @@ class SampleConfig:
 
 @dataclass
 class TeacherConfig:
-    """One teacher classifier; `otdistill train-teacher` makes it when absent."""
+    """One teacher classifier; `otdistill train-teacher` makes it when absent, with the recipe
+    below (recorded in its model.json; the learning rate decays on a cosine over all epochs)."""
 
     path: str = "checkpoints/fashion-mnist/teachers/convnet3"  # teacher folder (model.safetensors + model.json)
     arch: str = "convnet3"  # classifier name, e.g. convnet3, resnet18, tv:resnet50
-    epochs: int = 5  # training epochs when it is trained here
+    epochs: int = 5  # training epochs
     batch_size: int = 128  # images per step
-    lr: float = 1e-3  # AdamW learning rate
-    weight_decay: float = 5e-4  # AdamW weight decay
+    optimizer: str = "adamw"  # adamw | sgd (Nesterov momentum 0.9)
+    lr: float = 1e-3  # peak learning rate
+    weight_decay: float = 5e-4  # weight decay
+    crop_scale_min: float = 0.8  # RandomResizedCrop lower area bound (1 = no crop)
+    flip: bool = True  # random horizontal flip
     seed: int = 0  # seed of its initialisation and batches
 
 

@@ -202,6 +202,8 @@ RULES: dict[str, OneOf | Range | Rule] = {
     "teachers.N.batch_size": AT_LEAST_1,
     "teachers.N.lr": POSITIVE,
     "teachers.N.weight_decay": NON_NEGATIVE,
+    "teachers.N.optimizer": OneOf(_owned("train", "OPTIMIZERS")),
+    "teachers.N.crop_scale_min": Range(0, 1, open_low=True),
     "relabel.schedule": Rule(_schedule, lambda cfg: [[10, 0]]),
     "relabel.rule": OneOf(("schedule", "entropy")),
     "relabel.real_per_class": AT_LEAST_1,

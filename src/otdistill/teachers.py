@@ -8,6 +8,7 @@ A teacher folder holds:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -31,7 +32,8 @@ def train_teacher(cfg: TeacherConfig, data: LabelledData, device, quiet: bool = 
     mean, std = channel_stats(data.train)
     torch.manual_seed(cfg.seed)  # the initial weights
     model = build_classifier(cfg.arch, data.num_classes, data.channels, data.image_size, mean, std).to(device)
-    recipe = TrainRecipe(cfg.epochs, cfg.batch_size, "adamw", cfg.lr, cfg.weight_decay, Augment(crop_scale_min=0.8, flip=True))
+    recipe = TrainRecipe(cfg.epochs, cfg.batch_size, cfg.optimizer, cfg.lr, cfg.weight_decay,
+                         Augment(cfg.crop_scale_min, cfg.flip))
     labels = data.train.labels.to(device)
     # per-epoch state beside the folder it will become, named for the exact settings
     resume = Path(cfg.path).parent / f".{Path(cfg.path).name}-{fingerprint(cfg, data.name)}.resume.pt"
@@ -51,6 +53,7 @@ def train_teacher(cfg: TeacherConfig, data: LabelledData, device, quiet: bool = 
         "arch": cfg.arch, "num_classes": data.num_classes, "in_channels": data.channels,
         "image_size": data.image_size, "mean": mean, "std": std, "class_names": data.class_names,
         "dataset": data.name, "test_accuracy": acc, "epochs": cfg.epochs, "seed": cfg.seed,
+        "recipe": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "path"},
         "train_seconds": round(clock["seconds"], 1),  # summed over the runs a killed training resumed in
         "command": invoked_command(),
     }
