@@ -68,24 +68,42 @@ def summary(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.pstdev(values) if len(values) > 1 else 0.0
 
 
+def with_ior_hlr(rows: list[dict]) -> list[dict]:
+    """Each row with `ior` (its accuracy minus the random real subset's in the same IPC,
+    student and labels; DD-Ranking's IOR) and, for hard labels, `hlr` (the full-data
+    accuracy of its student minus its own; DD-Ranking's HLR); None where the reference is absent."""
+    random = {(r["ipc"], r["student"], r["labels"]): r["acc_mean"] for r in rows if r["method"] == "random"}
+    full = {r["student"]: r["acc_mean"] for r in rows if r["method"] == "full_data"}
+    out = []
+    for r in rows:
+        ref = random.get((r["ipc"], r["student"], r["labels"]))
+        hard = r["labels"] == "hard" and r["method"] != "full_data" and r["student"] in full
+        out.append({**r, "ior": r["acc_mean"] - ref if ref is not None and r["method"] != "full_data" else None,
+                    "hlr": full[r["student"]] - r["acc_mean"] if hard else None})
+    return out
+
+
 def render(rows: list[dict]) -> str:
     # rows merge across invocations, so each row names its own seeds
     lines = ["# otdistill benchmark: Fashion-MNIST", "",
              "Final-epoch test accuracy (%), mean +- std over the seeds in the seeds column; one student recipe "
              "(AdamW + cosine, RandomResizedCrop + flip) and the same epochs for every row of an IPC and student. "
              "gen s = seconds to make the set on 2 CPU cores; OT dist (lower is closer) and coverage (higher "
-             "is better) compare the set with held-out real images in the first teacher's feature space.", "",
-             "| method | IPC | student | labels | loss | epochs | seeds | accuracy | gen s | OT dist | coverage |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "is better) compare the set with held-out real images in the first teacher's feature space. "
+             "IOR = the row minus the random real subset of the same cell (points); HLR (hard labels) = the "
+             "student's full-data accuracy minus the row (points).", "",
+             "| method | IPC | student | labels | loss | epochs | seeds | accuracy | IOR | HLR | gen s | OT dist | coverage |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
-    def cell(value, fmt):
-        return "-" if value is None else format(value, fmt)
+    def cell(value, fmt, scale=1):
+        return "-" if value is None else format(scale * value, fmt)
 
     for r in sorted(rows, key=lambda r: (r["ipc"] or 0, r["student"], r["labels"], -r["acc_mean"])):
         loss = "+".join(f"{t}{w:g}" for t, w in (r.get("soft_loss") or {}).items() if w) or "ce"
         lines.append(f"| {r['method']} | {r['ipc'] or 'all'} | {r['student']} | {r['labels']} | {loss} | {r['epochs']} | "
                      f"{','.join(map(str, r['seeds']))} | "
-                     f"{100 * r['acc_mean']:.2f} +- {100 * r['acc_std']:.2f} | {cell(r['gen_seconds'], '.0f')} | "
+                     f"{100 * r['acc_mean']:.2f} +- {100 * r['acc_std']:.2f} | {cell(r.get('ior'), '+.2f', 100)} | "
+                     f"{cell(r.get('hlr'), '.2f', 100)} | {cell(r['gen_seconds'], '.0f')} | "
                      f"{cell(r.get('ot_distance'), '.2f')} | {cell(r.get('coverage'), '.3f')} |")
     return "\n".join(lines) + "\n"
 
@@ -158,7 +176,7 @@ def main() -> None:
             rows.append({"method": "full_data", "ipc": None, "student": student, "labels": "hard", "acc_mean": mean,
                          "acc_std": std, "seeds": args.seeds, "gen_seconds": None, "acc": accs,
                          "epochs": args.full_epochs})
-    rows = merged(Path(args.result), rows)
+    rows = with_ior_hlr(merged(Path(args.result), rows))
     Path(args.result).write_text(json.dumps(rows, indent=2) + "\n")
     # the ablation file is rewritten only by a run of all its variants, so that its rows
     # always share one recipe (a rerun of `otdistill` alone after a recipe change would not)

@@ -110,9 +110,23 @@ def test_bench_table_lists_rows_best_first_with_their_metrics():
                  "acc_mean": 0.9, "acc_std": 0.0, "seeds": [0], "gen_seconds": None})
     table = bench.render(rows).splitlines()
     body = [line for line in table if line.startswith("| ") and not line.startswith("| method")]
-    assert body == ["| full_data | all | convnet3 | hard | ce | 3 | 0 | 90.00 +- 0.00 | - | - | - |",
-                    "| otdistill | 10 | convnet3 | soft | ce1+mse0.1+sd1 | 80 | 0,1,2 | 75.00 +- 1.00 | 150 | 17.50 | 0.050 |",
-                    "| plain | 10 | convnet3 | soft | ce1+mse0.1+sd1 | 80 | 0,1,2 | 70.00 +- 1.00 | 25 | 18.00 | 0.040 |"]
+    assert body == ["| full_data | all | convnet3 | hard | ce | 3 | 0 | 90.00 +- 0.00 | - | - | - | - | - |",
+                    "| otdistill | 10 | convnet3 | soft | ce1+mse0.1+sd1 | 80 | 0,1,2 | 75.00 +- 1.00 | - | - | 150 | 17.50 | 0.050 |",
+                    "| plain | 10 | convnet3 | soft | ce1+mse0.1+sd1 | 80 | 0,1,2 | 70.00 +- 1.00 | - | - | 25 | 18.00 | 0.040 |"]
+
+
+def test_bench_rows_carry_their_gain_over_random_and_gap_to_full_data():
+    bench = _script("distill_bench")
+    rows = [{"method": m, "ipc": 10, "student": "convnet3", "labels": labels, "acc_mean": a}
+            for m, labels, a in [("random", "soft", 0.80), ("otdistill", "soft", 0.82), ("random", "hard", 0.70),
+                                 ("plain", "hard", 0.68)]]
+    rows += [{"method": "full_data", "ipc": None, "student": "convnet3", "labels": "hard", "acc_mean": 0.91},
+             {"method": "plain", "ipc": 10, "student": "resnet18", "labels": "hard", "acc_mean": 0.6}]
+    got = {(r["method"], r["student"], r["labels"]): (r["ior"], r["hlr"]) for r in bench.with_ior_hlr(rows)}
+    approx = {k: tuple(None if v is None else round(v, 6) for v in pair) for k, pair in got.items()}
+    assert approx == {("random", "convnet3", "soft"): (0.0, None), ("otdistill", "convnet3", "soft"): (0.02, None),
+                      ("random", "convnet3", "hard"): (0.0, 0.21), ("plain", "convnet3", "hard"): (-0.02, 0.23),
+                      ("full_data", "convnet3", "hard"): (None, None), ("plain", "resnet18", "hard"): (None, None)}
 
 
 def test_generator_quality_rows(trained, tmp_path):
