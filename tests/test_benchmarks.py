@@ -14,7 +14,7 @@ from conftest import ROOT, TINY
 from otdistill import pipeline
 from otdistill.config import load_config
 from otdistill.context import RunContext
-from otdistill.data import SubsetImages
+from otdistill.data import SubsetImages, hold_out, load_dataset
 
 
 def _script(name: str):
@@ -151,3 +151,28 @@ def test_generator_quality_rows(trained, tmp_path):
     bench.main(args)  # a rerun reads every cached sample and cell: the same rows
     timeless = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
     assert timeless(json.loads(result.read_text())) == timeless(rows)
+
+
+def test_guidance_sweep_scores_on_the_validation_split(trained, tmp_path):
+    """tune_otg on digits-tiny: two settings, every key of the result rows, the students
+    scored on images held out of the training split (never the test split)."""
+    tune = _script("tune_otg")
+    with pytest.raises(SystemExit, match="KEY=VALUE"):
+        tune.main(["--settings", "ot.weight"])
+    result = tmp_path / "otg.json"
+    args = ["--recipe", str(TINY), "--set", f"teachers.0.path={trained.teachers[0].path}",
+            "--set", f"generator.path={trained.generator.path}", "--set", "student.protocols=[hard]",
+            "--settings", "recipe", "ot.weight=1+ot.pool_size=5+window=[0,5]", "--ipc", "2", "--seeds", "0",
+            "--per-class", "15", "--work", str(tmp_path / "work"), "--result", str(result)]
+    tune.main(args)
+    rows = json.loads(result.read_text())
+    assert [(r["setting"], r["labels"]) for r in rows] == [("recipe", "hard"), ("ot.weight=1+ot.pool_size=5+window=[0,5]",
+                                                                                 "hard")]
+    keys = {"setting", "split", "acc_mean", "acc_std", "seeds", "ot_distance", "coverage"}
+    assert all(keys <= r.keys() and r["split"] == "validation" for r in rows)
+    guided = json.loads((tmp_path / "work" / "ot.weight=1_ot.pool_size=5_window=_0_5_" / "distilled" / "manifest.json")
+                        .read_text())
+    assert guided["source"]["guidance"] == ["ot"] and guided["config"]["sample"]["guidance"]["ot"]["weight"] == 1.0
+    cells = json.loads((tmp_path / "work" / "recipe" / "distilled" / "eval.json").read_text())["cells"]
+    validation = hold_out(load_dataset(load_config(TINY).data), 15, 0)
+    assert cells[0]["scored_on"] == validation.test.content_id()

@@ -1,0 +1,117 @@
+"""Choose the guidance of the full pipeline on a validation split, never the test split.
+
+Each setting is a set of overrides of `sample.guidance` (the OT weight beta_1 and lambda_1,
+the window, the pool size and selection, IGD's influence and deviation weights) on top of
+--recipe (default configs/otdistill.yaml: OTG + LIA + OTM). For each, the set is sampled,
+labelled, measured and scored with the recipe's students, all against --per-class training
+images of each class held out with --split-seed (otdistill.data.hold_out): the real-latent
+pool and the selection baselines never see those images, the distribution metrics (OT
+distance, coverage in the first teacher's features) compare with them, and the students
+are scored on them. The shipped generator and teachers were trained on the whole training
+split, which includes them; that is the same for every setting, so the ranking is fair.
+
+A setting is written as `+`-joined KEY=VALUE pairs, keys relative to sample.guidance:
+    ot.weight=1+ot.reg=0.1+window=[0,40]        plain   (no overrides: the recipe itself)
+`off` switches every registered term off (the recipe's plain samples with its labels).
+
+Usage: python benchmarks/tune_otg.py [--settings SETTING ...] [--seeds 0 1] [--ipc 10]
+Writes benchmarks/results/tune-otg-fashion-mnist.json (rows of earlier runs are kept; one row
+per setting and protocol: setting, split, acc_mean, acc_std, seeds, ot_distance, coverage)
+and prints the settings best first. The winner goes into the recipes by hand, with the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import time
+from pathlib import Path
+
+# bench_rows (beside this script) also puts src/ on sys.path
+from bench_rows import ROOT, merged
+
+from otdistill import pipeline
+from otdistill.config import load_config
+from otdistill.context import RunContext
+from otdistill.data import hold_out, load_dataset
+from otdistill.guidance import off_overrides
+
+# a first grid around the recipes' values (configs/ot.yaml, igd.yaml): the OT weight and
+# regularisation, the window, the pool, and IGD's two weights with OT on and off
+SETTINGS = [
+    "recipe", "off",
+    "ot.weight=0.1", "ot.weight=1", "ot.weight=3",
+    "ot.reg=0.02", "ot.reg=0.2",
+    "window=[0,50]", "window=[0,20]", "window=[10,40]",
+    "ot.pool_size=50", "ot.pool_size=300", "ot.pool_select=kmeans",
+    "influence.weight=0", "influence.weight=1", "deviation.weight=0", "deviation.weight=0.3",
+    "influence.weight=0+deviation.weight=0",
+]
+
+
+def overrides_of(setting: str) -> list[str]:
+    """`ot.weight=1+window=[0,40]` -> ["sample.guidance.ot.weight=1", "sample.guidance.window=[0,40]"]."""
+    if setting == "recipe":
+        return []
+    if setting == "off":
+        return off_overrides()
+    pairs = setting.split("+")
+    if not all(re.fullmatch(r"[a-z_.]+=\S+", p) for p in pairs):
+        raise SystemExit(f"setting '{setting}': write KEY=VALUE pairs joined by +, keys relative to "
+                         "sample.guidance, e.g. ot.weight=1+window=[0,40] (or recipe, off)")
+    return [f"sample.guidance.{p}" for p in pairs]
+
+
+def slug(setting: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", setting)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--settings", nargs="+", default=SETTINGS)
+    parser.add_argument("--recipe", default=str(ROOT / "configs" / "otdistill.yaml"))
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        help="key.path=value override of --recipe for every setting")
+    parser.add_argument("--ipc", type=int, default=10)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--per-class", type=int, default=500, help="validation images per class, from the training split")
+    parser.add_argument("--split-seed", type=int, default=0)
+    parser.add_argument("--work", default=str(ROOT / "runs" / "tune-otg"))
+    parser.add_argument("--result", default=str(ROOT / "benchmarks/results/tune-otg-fashion-mnist.json"))
+    args = parser.parse_args(argv)
+    settings = {s: overrides_of(s) for s in args.settings}  # every setting parsed before any work
+    validation, rows, start = None, [], time.time()
+    for setting, extra in settings.items():
+        cfg = load_config(args.recipe, [*args.overrides, f"output={Path(args.work) / slug(setting)}",
+                                        f"sample.ipc={args.ipc}", f"student.seeds={json.dumps(args.seeds)}", *extra])
+        validation = validation or hold_out(load_dataset(cfg.data), args.per_class, args.split_seed)
+        ctx = RunContext(cfg, quiet=True, data=validation)
+        root = pipeline.sample_stage(ctx)
+        pipeline.relabel_stage(root, ctx)
+        metrics = pipeline.metrics_stage(root, ctx)["teacher_features"]
+        result = pipeline.evaluate_stage(root, ctx)
+        for labels, r in result["protocols"].items():
+            rows.append({"setting": setting, "overrides": extra, "split": "validation", "ipc": args.ipc,
+                         "labels": labels, "acc_mean": r["final_mean"], "acc_std": r["final_std"], "acc": r["final"],
+                         "seeds": r["seeds"], "ot_distance": metrics["ot_distance"], "coverage": metrics["coverage"],
+                         "validation": {"per_class": args.per_class, "split_seed": args.split_seed,
+                                        "from": "training split"}, "recipe": Path(args.recipe).name,
+                         "base_overrides": args.overrides})
+            print(json.dumps({k: rows[-1][k] for k in ("setting", "labels", "acc_mean", "ot_distance", "coverage")}),
+                  flush=True)
+    result_path = Path(args.result)
+    key = lambda r: (r["setting"], r["labels"], r["ipc"], r["recipe"], json.dumps(r["base_overrides"]),  # noqa: E731
+                     json.dumps(r["validation"], sort_keys=True))
+    rows = merged(result_path, rows, key=key)
+    result_path.write_text(json.dumps(rows, indent=2) + "\n")
+    for labels in sorted({r["labels"] for r in rows}):
+        print(f"{labels} labels, best first (validation accuracy, mean +- std over seeds; OT distance; coverage):")
+        for r in sorted((r for r in rows if r["labels"] == labels), key=lambda r: -r["acc_mean"]):
+            print(f"  {r['setting']:<40} {100 * r['acc_mean']:.2f} +- {100 * r['acc_std']:.2f}  "
+                  f"{r['ot_distance']:.2f}  {r['coverage']:.3f}")
+    print(f"{len(rows)} rows in {time.time() - start:.0f} s -> {result_path}")
+
+
+if __name__ == "__main__":
+    main()
