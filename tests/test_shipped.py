@@ -14,6 +14,7 @@ from otdistill.metrics import teacher_agreement
 from otdistill.models.generator import load_generator
 from otdistill.sample import sample_class
 from otdistill.teachers import load_teacher
+from otdistill.train import accuracy
 
 CFG = load_config(ROOT / "configs" / "fashion-mnist.yaml")
 
@@ -47,21 +48,34 @@ def test_generated_images_are_recognised_as_their_class():
     assert agreement >= 0.75, agreement  # docs/generator.md: about 85 % at CFG 1 on 2,000 samples
 
 
-def test_lia_teachers_are_four_architectures_that_score_what_they_record():
+@pytest.fixture(scope="module")
+def every_5th_test_image():
     from otdistill.data import TensorImages, load_dataset
-    from otdistill.train import accuracy
 
-    lia = load_config(ROOT / "configs" / "lia.yaml")
-    test = load_dataset(lia.data).test
+    test = load_dataset(CFG.data).test
     idx = torch.arange(0, len(test), 5)
-    subset = TensorImages(test.get(idx), test.labels[idx])
+    return TensorImages(test.get(idx), test.labels[idx])
+
+
+def test_lia_teachers_are_four_architectures_that_score_what_they_record(every_5th_test_image):
+    lia = load_config(ROOT / "configs" / "lia.yaml")
     archs = []
     for t in lia.teachers:
         teacher, info = load_teacher(t.path)
         assert info["arch"] == t.arch and info["class_names"] == CLASS_NAMES
         assert info["command"] == "otdistill train-teacher configs/lia.yaml" or t.path == CFG.teachers[0].path
         # the recorded figure is on all 10k test images; every 5th of them lands within 2 points
-        assert abs(accuracy(teacher, subset, "cpu") - info["test_accuracy"]) < 0.02
+        assert abs(accuracy(teacher, every_5th_test_image, "cpu") - info["test_accuracy"]) < 0.02
         assert info["test_accuracy"] > 0.78
         archs.append(info["arch"])
     assert len(set(archs)) == len(archs) >= 4
+
+
+def test_every_shipped_teacher_scores_what_it_records(every_5th_test_image):
+    """Teachers shipped ahead of the recipes that will use them (checkpoints README) too."""
+    folders = sorted((ROOT / "checkpoints" / "fashion-mnist" / "teachers").iterdir())
+    for folder in folders:
+        teacher, info = load_teacher(folder)
+        assert info["class_names"] == CLASS_NAMES and info["command"].startswith("otdistill train-teacher")
+        assert abs(accuracy(teacher, every_5th_test_image, "cpu") - info["test_accuracy"]) < 0.02, folder
+    assert len(folders) >= 4
