@@ -96,6 +96,13 @@ def merged(result: Path, rows: list[dict], key=bench_key) -> list[dict]:
     return [r for r in old if key(r) not in fresh] + rows
 
 
+def write_merged(result: Path, rows: list[dict], key=bench_key) -> list[dict]:
+    """Merge this run's rows into the result file (see `merged`), write it, return all rows."""
+    rows = merged(result, rows, key)
+    result.write_text(json.dumps(rows, indent=2) + "\n")
+    return rows
+
+
 LOSS_TERMS = ("kl", "ce", "mse", "sd")  # the weights of student.soft_loss
 
 

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 # bench_rows (beside this script) also puts src/ on sys.path
-from bench_rows import ROOT, merged
+from bench_rows import ROOT, write_merged
 
 from otdistill import pipeline
 from otdistill.config import load_config
@@ -103,8 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     result_path = Path(args.result)
     key = lambda r: (r["setting"], r["labels"], r["ipc"], r["recipe"], json.dumps(r["base_overrides"]),  # noqa: E731
                      json.dumps(r["validation"], sort_keys=True))
-    rows = merged(result_path, rows, key=key)
-    result_path.write_text(json.dumps(rows, indent=2) + "\n")
+    rows = write_merged(result_path, rows, key=key)
     for labels in sorted({r["labels"] for r in rows}):
         print(f"{labels} labels, best first (validation accuracy, mean +- std over seeds; OT distance; coverage):")
         for r in sorted((r for r in rows if r["labels"] == labels), key=lambda r: -r["acc_mean"]):

@@ -23,7 +23,7 @@ from pathlib import Path
 
 # bench_rows (beside this script) also puts src/ on sys.path
 from bench_rows import LOSS_TERMS as TERMS
-from bench_rows import ROOT, build_set, epochs_for, merged, row_config
+from bench_rows import ROOT, build_set, epochs_for, row_config, write_merged
 
 from otdistill import pipeline
 from otdistill.context import RunContext
@@ -82,9 +82,8 @@ def main() -> None:
                                                              "from": "training split"}})
             print(json.dumps({k: rows[-1][k] for k in ("candidate", "ipc", "val_acc_mean", "val_acc_std")}), flush=True)
     result = Path(args.result)
-    rows = merged(result, rows, key=lambda r: (r["candidate"], r["ipc"], r["student"], r["epochs"],
-                                                json.dumps(r["validation"], sort_keys=True)))
-    result.write_text(json.dumps(rows, indent=2) + "\n")
+    rows = write_merged(result, rows, key=lambda r: (r["candidate"], r["ipc"], r["student"], r["epochs"],
+                                                      json.dumps(r["validation"], sort_keys=True)))
     for ipc in sorted({r["ipc"] for r in rows}):
         print(f"IPC {ipc}, best first (validation accuracy, mean +- std over seeds):")
         for r in sorted((r for r in rows if r["ipc"] == ipc), key=lambda r: -r["val_acc_mean"]):
