@@ -1,6 +1,6 @@
 """The benchmark's rows, shared by distill_bench.py and tune_otm.py: how each method's set is
-made (which recipe, which overrides), the student epochs per row, and merging a run's rows
-into a result file. Imported by the scripts beside it (their folder is on sys.path)."""
+made (which recipe, which overrides) and the student epochs per row; and, for every script
+beside it (their folder is on sys.path), merging a run's rows into a result file."""
 
 from __future__ import annotations
 

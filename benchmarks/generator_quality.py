@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 # bench_rows (beside this script) also puts src/ on sys.path
-from bench_rows import ROOT, merged
+from bench_rows import ROOT, write_merged
 
 from otdistill.artifacts import DistilledSet
 from otdistill.config import load_config
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> None:
         row["seconds"] = round(time.time() - start, 1)
         print(json.dumps({k: v for k, v in row.items() if not isinstance(v, list)}), flush=True)
         rows.append(row)
-        Path(args.result).write_text(json.dumps(merged(Path(args.result), rows, key=row_key), indent=2) + "\n")
+        write_merged(Path(args.result), rows, key=row_key)
 
 
 if __name__ == "__main__":

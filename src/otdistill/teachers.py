@@ -52,8 +52,8 @@ def train_teacher(cfg: TeacherConfig, data: LabelledData, device, quiet: bool = 
     info = {
         "arch": cfg.arch, "num_classes": data.num_classes, "in_channels": data.channels,
         "image_size": data.image_size, "mean": mean, "std": std, "class_names": data.class_names,
-        "dataset": data.name, "test_accuracy": acc, "epochs": cfg.epochs, "seed": cfg.seed,
-        "recipe": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "path"},
+        "dataset": data.name, "test_accuracy": acc,
+        "recipe": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "path"},  # epochs, seed, ...
         "train_seconds": round(clock["seconds"], 1),  # summed over the runs a killed training resumed in
         "command": invoked_command(),
     }
