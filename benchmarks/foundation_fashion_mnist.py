@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from otdistill.artifacts import read_distilled  # noqa: E402
+from otdistill.config import load_config  # noqa: E402
 from otdistill.records import read_evaluation  # noqa: E402
 CONFIG = ROOT / "configs" / "fashion-mnist.yaml"
 
@@ -44,7 +45,8 @@ def main() -> None:
     manifest = read_distilled(out / "demo" / "distilled", verify_hashes=False).manifest
     baseline = read_evaluation(out / "demo" / "baselines" / "random" / "eval.json")
     timings = json.loads((out / "demo" / "timings.json").read_text())
-    teacher = json.loads((ROOT / "checkpoints/fashion-mnist/teachers/convnet3/model.json").read_text())
+    teacher_path = ROOT / load_config(CONFIG).teachers[0].path  # the demo's teacher: the full-data ConvNet-3
+    teacher = json.loads((teacher_path / "model.json").read_text())
 
     soft, hard = demo["protocols"]["soft"], demo["protocols"]["hard"]
     real_soft, real_hard = baseline["protocols"]["soft"], baseline["protocols"]["hard"]
@@ -63,7 +65,7 @@ def main() -> None:
         "per_seed": {"ipc10_soft": soft["final"], "ipc10_hard": hard["final"],
                      "random_real_soft": real_soft["final"], "random_real_hard": real_hard["final"]},
         "demo_command": "otdistill run configs/fashion-mnist.yaml",
-        "full_data": {"model": "ConvNet-3 teacher on all 60k training images", "epochs": teacher["epochs"],
+        "full_data": {"model": "ConvNet-3 teacher on all 60k training images", "epochs": teacher["recipe"]["epochs"],
                       "command": teacher["command"]},
         "student": demo["student"], "student_epochs": demo["epochs"],
         "random_real_seconds": timings["baseline"],

@@ -81,6 +81,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--result", default=str(ROOT / "benchmarks/results/tune-otg-fashion-mnist.json"))
     args = parser.parse_args(argv)
     settings = {s: overrides_of(s) for s in args.settings}  # every setting parsed before any work
+    result_path = Path(args.result)
+    key = lambda r: (r["setting"], r["labels"], r["ipc"], r["recipe"], json.dumps(r["base_overrides"]),  # noqa: E731
+                     json.dumps(r["validation"], sort_keys=True))
     validation, rows, start = None, [], time.time()
     for setting, extra in settings.items():
         cfg = load_config(args.recipe, [*args.overrides, f"output={Path(args.work) / slug(setting)}",
@@ -100,16 +103,13 @@ def main(argv: list[str] | None = None) -> None:
                          "base_overrides": args.overrides})
             print(json.dumps({k: rows[-1][k] for k in ("setting", "labels", "acc_mean", "ot_distance", "coverage")}),
                   flush=True)
-    result_path = Path(args.result)
-    key = lambda r: (r["setting"], r["labels"], r["ipc"], r["recipe"], json.dumps(r["base_overrides"]),  # noqa: E731
-                     json.dumps(r["validation"], sort_keys=True))
-    rows = write_merged(result_path, rows, key=key)
-    for labels in sorted({r["labels"] for r in rows}):
+        all_rows = write_merged(result_path, rows, key=key)  # after every setting: a killed sweep keeps its rows
+    for labels in sorted({r["labels"] for r in all_rows}):
         print(f"{labels} labels, best first (validation accuracy, mean +- std over seeds; OT distance; coverage):")
-        for r in sorted((r for r in rows if r["labels"] == labels), key=lambda r: -r["acc_mean"]):
+        for r in sorted((r for r in all_rows if r["labels"] == labels), key=lambda r: -r["acc_mean"]):
             print(f"  {r['setting']:<40} {100 * r['acc_mean']:.2f} +- {100 * r['acc_std']:.2f}  "
                   f"{r['ot_distance']:.2f}  {r['coverage']:.3f}")
-    print(f"{len(rows)} rows in {time.time() - start:.0f} s -> {result_path}")
+    print(f"{len(rows)} rows in {time.time() - start:.0f} s -> {result_path} ({len(all_rows)} in all)")
 
 
 if __name__ == "__main__":

@@ -63,7 +63,8 @@ def test_lia_teachers_are_four_architectures_that_score_what_they_record(every_5
     for t in lia.teachers:
         teacher, info = load_teacher(t.path)
         assert info["arch"] == t.arch and info["class_names"] == CLASS_NAMES
-        assert info["command"] == "otdistill train-teacher configs/lia.yaml" or t.path == CFG.teachers[0].path
+        assert info["command"].startswith(("otdistill train-teacher configs/lia.yaml",  # made by the project's command
+                                           "otdistill train-teacher configs/fashion-mnist.yaml"))
         # the recorded figure is on all 10k test images; every 5th of them lands within 2 points
         assert abs(accuracy(teacher, every_5th_test_image, "cpu") - info["test_accuracy"]) < 0.02
         assert info["test_accuracy"] > 0.78
