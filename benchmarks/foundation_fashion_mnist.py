@@ -45,8 +45,10 @@ def main() -> None:
     manifest = read_distilled(out / "demo" / "distilled", verify_hashes=False).manifest
     baseline = read_evaluation(out / "demo" / "baselines" / "random" / "eval.json")
     timings = json.loads((out / "demo" / "timings.json").read_text())
-    teacher_path = ROOT / load_config(CONFIG).teachers[0].path  # the demo's teacher: the full-data ConvNet-3
-    teacher = json.loads((teacher_path / "model.json").read_text())
+    # the demo's teacher (the full-data ConvNet-3) as its config names it; older model.json files
+    # have no `recipe`, so its epochs come from the config too
+    teacher_cfg = load_config(CONFIG).teachers[0]
+    teacher = json.loads((ROOT / teacher_cfg.path / "model.json").read_text())
 
     soft, hard = demo["protocols"]["soft"], demo["protocols"]["hard"]
     real_soft, real_hard = baseline["protocols"]["soft"], baseline["protocols"]["hard"]
@@ -65,7 +67,7 @@ def main() -> None:
         "per_seed": {"ipc10_soft": soft["final"], "ipc10_hard": hard["final"],
                      "random_real_soft": real_soft["final"], "random_real_hard": real_hard["final"]},
         "demo_command": "otdistill run configs/fashion-mnist.yaml",
-        "full_data": {"model": "ConvNet-3 teacher on all 60k training images", "epochs": teacher["recipe"]["epochs"],
+        "full_data": {"model": "ConvNet-3 teacher on all 60k training images", "epochs": teacher_cfg.epochs,
                       "command": teacher["command"]},
         "student": demo["student"], "student_epochs": demo["epochs"],
         "random_real_seconds": timings["baseline"],
