@@ -83,6 +83,17 @@ def with_ior_hlr(rows: list[dict]) -> list[dict]:
     return out
 
 
+def made_with(rows: list[dict]) -> list[str]:
+    """The generators and label teachers the rows were made with (rows written before these
+    were recorded name neither), as preamble lines of the table."""
+    generators = sorted({r["generator"] for r in rows if r.get("generator")})
+    teachers = sorted({", ".join(r["teacher_paths"]) for r in rows if r.get("teacher_paths")})
+    lines = [f"Generated sets sampled from: {'; '.join(generators)} (its quality against real images: "
+             "docs/generator.md)."] if generators else []
+    lines += [f"Soft labels by: {' | '.join(teachers)}."] if teachers else []
+    return lines + [""] if lines else []
+
+
 def render(rows: list[dict]) -> str:
     # rows merge across invocations, so each row names its own seeds
     lines = ["# otdistill benchmark: Fashion-MNIST", "",
@@ -92,6 +103,7 @@ def render(rows: list[dict]) -> str:
              "is better) compare the set with held-out real images in the first teacher's feature space. "
              "IOR = the row minus the random real subset of the same cell (points); HLR (hard labels) = the "
              "student's full-data accuracy minus the row (points).", "",
+             *made_with(rows),
              "| method | IPC | student | labels | loss | epochs | seeds | accuracy | IOR | HLR | gen s | OT dist | coverage |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
@@ -148,7 +160,8 @@ def main() -> None:
             root = build_set(method, ctx, work)
             pipeline.relabel_stage(root, ctx)
             metrics = pipeline.metrics_stage(root, ctx) if args.metrics else {}
-            gen = read_json(root / "manifest.json")["source"].get("sample_seconds")
+            manifest = read_json(root / "manifest.json")
+            gen = manifest["source"].get("sample_seconds")
             for student in args.students:
                 epochs = epochs_for(args.epochs, student, ipc)
                 scfg = dataclasses.replace(cfg, student=dataclasses.replace(cfg.student, arch=student, seeds=args.seeds,
@@ -165,7 +178,10 @@ def main() -> None:
                                  "ot_distance": metrics.get("teacher_features", {}).get("ot_distance"),
                                  "coverage": metrics.get("teacher_features", {}).get("coverage"),
                                  "test_images": len(test_data.test), "soft_loss": loss_weights(scfg.student, labels),
-                                 "teachers": len(read_json(root / "manifest.json").get("teachers", []))})
+                                 "teachers": len(manifest.get("teachers", [])),
+                                 # what made the row, so that rows of another generator or teachers can be told apart
+                                 "generator": manifest["source"].get("generator"),
+                                 "teacher_paths": manifest.get("teachers", [])})
                     print(json.dumps({k: rows[-1][k] for k in ("method", "ipc", "student", "labels", "acc_mean")}),
                           flush=True)
     if "full_data" in args.methods:

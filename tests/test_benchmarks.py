@@ -115,6 +115,17 @@ def test_bench_table_lists_rows_best_first_with_their_metrics():
                     "| plain | 10 | convnet3 | soft | ce1+mse0.1+sd1 | 80 | 0,1,2 | 70.00 +- 1.00 | - | - | 25 | 18.00 | 0.040 |"]
 
 
+def test_bench_table_names_the_generator_and_teachers_its_rows_were_made_with():
+    bench = _script("distill_bench")
+    rows = [{"method": "plain", "ipc": 10, "student": "convnet3", "labels": "soft", "epochs": 80, "acc_mean": 0.7,
+             "acc_std": 0.0, "seeds": [0], "gen_seconds": 1.0, "generator": "gen/a", "teacher_paths": ["t/1", "t/2"]},
+            {"method": "random", "ipc": 10, "student": "convnet3", "labels": "soft", "epochs": 80, "acc_mean": 0.7,
+             "acc_std": 0.0, "seeds": [0], "gen_seconds": 0.0, "generator": None, "teacher_paths": ["t/1"]}]
+    table = bench.render(rows)
+    assert "sampled from: gen/a (" in table and "Soft labels by: t/1 | t/1, t/2." in table
+    assert "sampled from" not in bench.render([{**r, "generator": None} for r in rows])
+
+
 def test_bench_rows_carry_their_gain_over_random_and_gap_to_full_data():
     bench = _script("distill_bench")
     rows = [{"method": m, "ipc": 10, "student": "convnet3", "labels": labels, "acc_mean": a}
