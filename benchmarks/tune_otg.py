@@ -23,6 +23,7 @@ and prints the settings best first. The winner goes into the recipes by hand, wi
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 import time
@@ -86,8 +87,11 @@ def main(argv: list[str] | None = None) -> None:
                      json.dumps(r["validation"], sort_keys=True))
     validation, rows, start = None, [], time.time()
     for setting, extra in settings.items():
-        cfg = load_config(args.recipe, [*args.overrides, f"output={Path(args.work) / slug(setting)}",
-                                        f"sample.ipc={args.ipc}", f"student.seeds={json.dumps(args.seeds)}", *extra])
+        cfg = load_config(args.recipe, [*args.overrides, f"sample.ipc={args.ipc}",
+                                        f"student.seeds={json.dumps(args.seeds)}", *extra])
+        # settings are relative to the recipe, so the folder also names what is sampled: a setting
+        # rerun after a recipe change gets a new folder instead of refusing the old one
+        cfg = dataclasses.replace(cfg, output=str(Path(args.work) / f"{slug(setting)}-{pipeline.sample_fingerprint(cfg)[:8]}"))
         validation = validation or hold_out(load_dataset(cfg.data), args.per_class, args.split_seed)
         ctx = RunContext(cfg, quiet=True, data=validation)
         root = pipeline.sample_stage(ctx)

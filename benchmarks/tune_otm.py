@@ -3,7 +3,9 @@
 Each candidate weighting of student.soft_loss trains students on the full pipeline's distilled
 set (the `otdistill` row of distill_bench.py: OTG images, LIA teachers, online labels) and is
 scored on --per-class training images of each class held out with --split-seed
-(otdistill.data.hold_out). The students train on distilled images only, so they never see the
+(otdistill.data.hold_out). The set is sampled with those images held out too (its OT guidance
+pulls towards a pool of real training latents, which then excludes them, as in tune_otg.py),
+and the students train on distilled images only, so they never see the
 held-out images; the shipped generator and teachers were trained on the whole training split,
 which includes them. That is the same for every candidate, so the ranking stays fair; the
 level is somewhat optimistic, which is why these numbers are never reported as accuracy.
@@ -27,7 +29,8 @@ from bench_rows import ROOT, build_set, epochs_for, row_config, write_merged
 
 from otdistill import pipeline
 from otdistill.context import RunContext
-from otdistill.data import hold_out
+from otdistill.data import hold_out, load_dataset
+from otdistill.io import read_json
 
 # the paper's OTM family (kappa_1 CE + kappa_2 MSE + beta_2 L_SD), the RDED/SRe2L KL, and our
 # extension KL + L_SD; L_SD lies in [0, 2], so it needs larger weights than the CE to matter
@@ -57,18 +60,20 @@ def main() -> None:
     parser.add_argument("--per-class", type=int, default=500, help="validation images per class, from the training split")
     parser.add_argument("--split-seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the recipe's)")
-    parser.add_argument("--work", default=str(ROOT / "runs" / "bench"))
+    # its own folder: its sets are sampled without the held-out images, distill_bench's with them
+    parser.add_argument("--work", default=str(ROOT / "runs" / "tune-otm"))
     parser.add_argument("--result", default=str(ROOT / "benchmarks/results/tune-otm-fashion-mnist.json"))
     args = parser.parse_args()
     args.protocols = ["soft"]
     candidates = {name: weights_of(name) for name in args.candidates}
-    work, rows, data, start = Path(args.work), [], None, time.time()
+    work, rows, validation, start = Path(args.work), [], None, time.time()
     for ipc in args.ipc:
-        ctx = RunContext(row_config("otdistill", ipc, args, work), quiet=True, data=data)
-        cfg, data = ctx.cfg, ctx.data
-        validation = hold_out(data, args.per_class, args.split_seed)
+        cfg = row_config("otdistill", ipc, args, work)
+        validation = validation or hold_out(load_dataset(cfg.data), args.per_class, args.split_seed)
+        ctx = RunContext(cfg, quiet=True, data=validation)
         root = build_set("otdistill", ctx, work)
         pipeline.relabel_stage(root, ctx)
+        manifest = read_json(root / "manifest.json")
         epochs = epochs_for(args.epochs, args.student, ipc)
         for name, weights in candidates.items():
             student = dataclasses.replace(cfg.student, arch=args.student, seeds=args.seeds, epochs=epochs,
@@ -79,7 +84,8 @@ def main() -> None:
             rows.append({"candidate": name, "soft_loss": weights, "ipc": ipc, "student": args.student, "epochs": epochs,
                          "val_acc_mean": r["final_mean"], "val_acc_std": r["final_std"], "val_acc": r["final"],
                          "seeds": r["seeds"], "validation": {"per_class": args.per_class, "split_seed": args.split_seed,
-                                                             "from": "training split"}})
+                                                             "from": "training split"},
+                         "generator": manifest["source"].get("generator"), "teacher_paths": manifest.get("teachers", [])})
             print(json.dumps({k: rows[-1][k] for k in ("candidate", "ipc", "val_acc_mean", "val_acc_std")}), flush=True)
     result = Path(args.result)
     rows = write_merged(result, rows, key=lambda r: (r["candidate"], r["ipc"], r["student"], r["epochs"],

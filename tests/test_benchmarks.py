@@ -181,9 +181,13 @@ def test_guidance_sweep_scores_on_the_validation_split(trained, tmp_path):
                                                                                  "hard")]
     keys = {"setting", "split", "acc_mean", "acc_std", "seeds", "ot_distance", "coverage"}
     assert all(keys <= r.keys() and r["split"] == "validation" for r in rows)
-    guided = json.loads((tmp_path / "work" / "ot.weight=1_ot.pool_size=5_window=_0_5_" / "distilled" / "manifest.json")
-                        .read_text())
+    work = tmp_path / "work"
+    guided = json.loads(next(work.glob("ot.weight=1_ot.pool_size=5_window=_0_5_-*/distilled/manifest.json")).read_text())
     assert guided["source"]["guidance"] == ["ot"] and guided["config"]["sample"]["guidance"]["ot"]["weight"] == 1.0
-    cells = json.loads((tmp_path / "work" / "recipe" / "distilled" / "eval.json").read_text())["cells"]
+    cells = json.loads(next(work.glob("recipe-*/distilled/eval.json")).read_text())["cells"]
     validation = hold_out(load_dataset(load_config(TINY).data), 15, 0)
     assert cells[0]["scored_on"] == validation.test.content_id()
+    # the same setting name on a changed recipe samples into its own folder
+    tune.main([*args[:args.index("--settings")], "--set", "sample.seed=1", "--settings", "recipe",
+               *args[args.index("--ipc"):]])
+    assert len(list(work.glob("recipe-*"))) == 2
