@@ -85,6 +85,12 @@ def build_set(method: str, ctx: RunContext, work: Path) -> Path:
     return row_set
 
 
+def made_by(manifest: dict) -> dict:
+    """What made a set, for its result rows: the generator (None for real images) and the label
+    teachers, so that rows of another generator or teachers can be told apart."""
+    return {"generator": manifest["source"].get("generator"), "teacher_paths": manifest.get("teachers", [])}
+
+
 def bench_key(row: dict) -> tuple:
     return row["method"], row["ipc"], row["student"], row["labels"]
 

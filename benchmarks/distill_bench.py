@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 # bench_rows (beside this script) also puts src/ on sys.path
-from bench_rows import ABLATION, ROOT, ROWS, build_set, epochs_for, loss_weights, merged, row_config
+from bench_rows import ABLATION, ROOT, ROWS, build_set, epochs_for, loss_weights, made_by, merged, row_config
 
 from otdistill import pipeline
 from otdistill.artifacts import DistilledSet
@@ -178,10 +178,7 @@ def main() -> None:
                                  "ot_distance": metrics.get("teacher_features", {}).get("ot_distance"),
                                  "coverage": metrics.get("teacher_features", {}).get("coverage"),
                                  "test_images": len(test_data.test), "soft_loss": loss_weights(scfg.student, labels),
-                                 "teachers": len(manifest.get("teachers", [])),
-                                 # what made the row, so that rows of another generator or teachers can be told apart
-                                 "generator": manifest["source"].get("generator"),
-                                 "teacher_paths": manifest.get("teachers", [])})
+                                 "teachers": len(manifest.get("teachers", [])), **made_by(manifest)})
                     print(json.dumps({k: rows[-1][k] for k in ("method", "ipc", "student", "labels", "acc_mean")}),
                           flush=True)
     if "full_data" in args.methods:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 # bench_rows (beside this script) also puts src/ on sys.path
 from bench_rows import LOSS_TERMS as TERMS
-from bench_rows import ROOT, build_set, epochs_for, row_config, write_merged
+from bench_rows import ROOT, build_set, epochs_for, made_by, row_config, write_merged
 
 from otdistill import pipeline
 from otdistill.context import RunContext
@@ -84,8 +84,7 @@ def main() -> None:
             rows.append({"candidate": name, "soft_loss": weights, "ipc": ipc, "student": args.student, "epochs": epochs,
                          "val_acc_mean": r["final_mean"], "val_acc_std": r["final_std"], "val_acc": r["final"],
                          "seeds": r["seeds"], "validation": {"per_class": args.per_class, "split_seed": args.split_seed,
-                                                             "from": "training split"},
-                         "generator": manifest["source"].get("generator"), "teacher_paths": manifest.get("teachers", [])})
+                                                             "from": "training split"}, **made_by(manifest)})
             print(json.dumps({k: rows[-1][k] for k in ("candidate", "ipc", "val_acc_mean", "val_acc_std")}), flush=True)
     result = Path(args.result)
     rows = write_merged(result, rows, key=lambda r: (r["candidate"], r["ipc"], r["student"], r["epochs"],
