@@ -206,6 +206,29 @@ def test_a_cached_student_cell_is_reused_only_on_the_split_it_was_scored_on(fini
     assert len(trainings) == 2 and trainings[-1] is half.test
     assert again["cells"][0]["scored_on"] == half.test.content_id() != first["cells"][0]["scored_on"]
 
+
+def test_new_soft_label_settings_retrain_only_the_soft_label_students(finished_run, tmp_path, monkeypatch):
+    reference, _ = finished_run
+    recipe = ["student.epochs=1", "student.protocols=[hard,soft]", "student.seeds=[0]"]
+    trainings = []
+    monkeypatch.setattr(pipeline, "train_student", lambda *a, **k: trainings.append(a[3]) or train_student(*a, **k))
+    out = tmp_path / "e.json"
+    evaluate_stage(reference / "distilled", RunContext(load_config(TINY, recipe), quiet=True), out)
+    assert trainings == ["hard", "soft"]
+    other_loss = load_config(TINY, [*recipe, "student.soft_loss.mse=1.0"])
+    evaluate_stage(reference / "distilled", RunContext(other_loss, quiet=True), out)
+    assert trainings == ["hard", "soft", "soft"]
+    # other teachers relabel the set: new logits and teacher list, same images and hard labels
+    manifest = json.loads((reference / "distilled" / "manifest.json").read_text())
+    relabelled = {**manifest, "teachers": ["elsewhere/teacher"],
+                  "files": {**manifest["files"], "labels.safetensors": "0" * 64}}
+    student = other_loss.student
+    assert pipeline.cell_key(student, relabelled, "hard") == pipeline.cell_key(student, manifest, "hard")
+    assert pipeline.cell_key(student, relabelled, "soft") != pipeline.cell_key(student, manifest, "soft")
+    moved = {**manifest, "files": {f"images/009-x/{i}.png": d for i, d in enumerate(manifest["files"].values())}}
+    assert pipeline.cell_key(student, moved, "hard") != pipeline.cell_key(student, manifest, "hard")
+
+
 def test_a_class_smaller_than_the_ipc_stops_before_writing(trained, tmp_path, capsys):
     assert main(["select", str(TINY), "--set", "sample.ipc=1000", "--out", str(tmp_path / "real")]) == 2
     assert "fewer than sample.ipc=1000; lower the IPC" in capsys.readouterr().err

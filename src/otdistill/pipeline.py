@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from . import artifacts, distributed, report
-from .config import Config, dump_config, fingerprint, to_dict
+from .config import Config, StudentConfig, dump_config, fingerprint, to_dict
 from .context import RunContext
 from .data import TensorImages
 from .errors import UserError
@@ -253,6 +253,19 @@ def metrics_stage(distilled: str | Path, ctx: RunContext | None = None) -> dict:
     return result
 
 
+def cell_key(student: StudentConfig, manifest: dict, protocol: str) -> str:
+    """What one student cell depends on: the recipe (not which other seeds or protocols are
+    listed beside it) and the set's images; the soft-label loss, the teachers and their stored
+    logits only under soft labels, so that new teachers or OTM weights retrain no hard-label
+    student (hard labels are the images' class folders)."""
+    recipe = dataclasses.replace(student, seeds=[], protocols=[])
+    if protocol == "soft":
+        return fingerprint(recipe, manifest["files"], manifest.get("teachers"))
+    unused = StudentConfig()
+    images = {path: digest for path, digest in manifest["files"].items() if path.startswith("images/")}
+    return fingerprint(dataclasses.replace(recipe, soft_loss=unused.soft_loss, soft_labels=unused.soft_labels), images)
+
+
 def evaluate_stage(distilled: str | Path, ctx: RunContext | None = None, out: str | Path | None = None) -> Evaluation:
     """Train cfg.student on the set for each protocol and seed; each cell is saved as it ends
     and reused on rerun, so an interrupted evaluation resumes."""
@@ -267,17 +280,14 @@ def evaluate_stage(distilled: str | Path, ctx: RunContext | None = None, out: st
     out = Path(out) if out else Path(distilled) / "eval.json"
     cells_dir = out.with_suffix("") if out.suffix else out / "cells"
     remove_stale_temporaries(cells_dir)
-    # a cell depends on the recipe, not on which other seeds or protocols are listed beside it,
-    # and its scores on the images they were computed on
-    recipe = dataclasses.replace(cfg.student, seeds=[], protocols=[])
-    key = fingerprint(recipe, ds.manifest["files"], ds.manifest.get("teachers"))
-    scored_on = data.test.content_id()
+    scored_on = data.test.content_id()  # a cached score counts only on the images it was computed on
     ensemble = None
     cells = []
     for protocol in cfg.student.protocols:
         for seed in cfg.student.seeds:
             name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{cfg.student.arch}-{protocol}-seed{seed}")
             cell_file = cells_dir / f"{name}.json"
+            key = cell_key(cfg.student, ds.manifest, protocol)
             cached = distributed.agree(read_cached_cell(cell_file))
             if (cached.get("key"), cached.get("scored_on")) == (key, scored_on):
                 cells.append(cached)
