@@ -4,6 +4,7 @@ beside it (their folder is on sys.path), merging a run's rows into a result file
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import sys
@@ -63,11 +64,14 @@ def epochs_for(spec: list[str], student: str, ipc: int | None) -> int:
 
 def row_config(method: str, ipc: int, args, work: Path):
     how, recipe, extra = ROWS[method]
-    overrides = [f"output={work / 'rows' / f'{method}-ipc{ipc}'}", f"sample.ipc={ipc}",
-                 f"student.protocols={json.dumps(args.protocols)}", *extra]
+    overrides = [f"sample.ipc={ipc}", f"student.protocols={json.dumps(args.protocols)}", *extra]
     if args.steps:
         overrides.append(f"sample.steps={args.steps}")
-    return load_config(ROOT / "configs" / f"{recipe}.yaml", overrides)
+    cfg = load_config(ROOT / "configs" / f"{recipe}.yaml", overrides)
+    # the row's folder is named for what made its images, so a row re-made by another teacher
+    # (herding's features) or sampler gets a new folder and its old one stays as it was
+    made = pipeline.select_fingerprint(cfg, method) if how == "select" else pipeline.sample_fingerprint(cfg)
+    return dataclasses.replace(cfg, output=str(work / "rows" / f"{method}-ipc{ipc}-{made[:8]}"))
 
 
 def build_set(method: str, ctx: RunContext, work: Path) -> Path:

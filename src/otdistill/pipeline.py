@@ -170,6 +170,13 @@ def sample_stage(ctx: RunContext) -> Path:
     return root
 
 
+def select_fingerprint(cfg: Config, method: str) -> str:
+    """What a real-image selection depends on: the data, IPC, seed and the model it reads, if any."""
+    space = SELECTIONS[method].space
+    used = space.model_path(cfg) if space else None
+    return fingerprint(cfg.data, cfg.sample.ipc, cfg.sample.seed, *([used] if used else []))
+
+
 def select_stage(ctx: RunContext, method: str, out: str | Path) -> Path:
     """A real-image baseline in the distilled-set format: sample.ipc training images per class,
     chosen at random, by herding in the first teacher's feature space, or nearest k-means
@@ -178,8 +185,7 @@ def select_stage(ctx: RunContext, method: str, out: str | Path) -> Path:
     root = Path(out)
     space = SELECTIONS[method].space
     used = space.model_path(cfg) if space else None
-    inputs = (cfg.data, cfg.sample.ipc, cfg.sample.seed) + ((used,) if used else ())  # the model a method reads
-    artifacts.claim_stage(root, {"what": f"select {method}", "fingerprint": fingerprint(*inputs)})
+    artifacts.claim_stage(root, {"what": f"select {method}", "fingerprint": select_fingerprint(cfg, method)})
     if artifacts.verify_or_reset(root):
         return root
     remove_stale_temporaries(root)
