@@ -6,6 +6,7 @@ import importlib.util
 import json
 import logging
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -44,6 +45,24 @@ def test_bench_results_keep_rows_of_other_runs(tmp_path):
     new = [{"method": "plain", "ipc": 10, "student": "resnet18", "labels": "soft", "acc_mean": 0.65}]
     assert bench.merged(result, new) == [old[0], new[0]]
 
+
+
+def test_bench_row_folders_are_named_for_what_made_their_images(tmp_path, monkeypatch):
+    bench = _script("distill_bench")
+    args = SimpleNamespace(protocols=["soft", "hard"], steps=None)
+    def folders():
+        return {m: bench.row_config(m, 10, args, tmp_path).output for m in ("random", "herding", "plain")}
+
+    before = folders()
+    assert len(set(before.values())) == 3 and all(f.startswith(str(tmp_path / "rows")) for f in before.values())
+    for method in ("random", "herding"):  # herding reads the first teacher's features, random no model
+        how, recipe, extra = bench.ROWS[method]
+        monkeypatch.setitem(bench.ROWS, method, (how, recipe, [*extra, "teachers.0.path=elsewhere/teacher"]))
+    after = folders()
+    assert after["random"] == before["random"] and after["herding"] != before["herding"]
+    how, recipe, extra = bench.ROWS["plain"]
+    monkeypatch.setitem(bench.ROWS, "plain", (how, recipe, [*extra, "sample.seed=7"]))
+    assert folders()["plain"] != before["plain"]
 
 
 def test_rows_sampling_alike_share_one_set_and_relabel_it_cleanly(trained, digits, tmp_path, caplog):
