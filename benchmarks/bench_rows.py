@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from otdistill import pipeline  # noqa: E402
-from otdistill.config import load_config  # noqa: E402
+from otdistill.config import fingerprint, load_config  # noqa: E402
+from otdistill.data import ImageSet  # noqa: E402
 from otdistill.context import RunContext  # noqa: E402
 from otdistill.guidance import off_overrides  # noqa: E402
 from otdistill.io import read_json  # noqa: E402
@@ -62,16 +63,22 @@ def epochs_for(spec: list[str], student: str, ipc: int | None) -> int:
     return best
 
 
-def row_config(method: str, ipc: int, args, work: Path):
+def made_key(cfg, method: str, train: ImageSet) -> str:
+    """What made a row's images: its selection's or its sampler's settings, and the training
+    images they read (a validation run holds some out of the OT pool and the selections)."""
+    made = pipeline.select_fingerprint(cfg, method) if ROWS[method][0] == "select" else pipeline.sample_fingerprint(cfg)
+    return fingerprint(made, train.content_id())
+
+
+def row_config(method: str, ipc: int, args, work: Path, train: ImageSet):
+    """The row's recipe, its folder named for what made its images (made_key): a row re-made
+    by another teacher (herding's features), sampler or training split gets a new folder."""
     how, recipe, extra = ROWS[method]
     overrides = [f"sample.ipc={ipc}", f"student.protocols={json.dumps(args.protocols)}", *extra]
     if args.steps:
         overrides.append(f"sample.steps={args.steps}")
     cfg = load_config(ROOT / "configs" / f"{recipe}.yaml", overrides)
-    # the row's folder is named for what made its images, so a row re-made by another teacher
-    # (herding's features) or sampler gets a new folder and its old one stays as it was
-    made = pipeline.select_fingerprint(cfg, method) if how == "select" else pipeline.sample_fingerprint(cfg)
-    return dataclasses.replace(cfg, output=str(work / "rows" / f"{method}-ipc{ipc}-{made[:8]}"))
+    return dataclasses.replace(cfg, output=str(work / "rows" / f"{method}-ipc{ipc}-{made_key(cfg, method, train)[:8]}"))
 
 
 def build_set(method: str, ctx: RunContext, work: Path) -> Path:
@@ -82,8 +89,7 @@ def build_set(method: str, ctx: RunContext, work: Path) -> Path:
         return pipeline.select_stage(ctx, method, row_set)
     if (row_set / "manifest.json").exists():
         return row_set
-    key = pipeline.sample_fingerprint(cfg)
-    made = pipeline.sample_stage(ctx.replace(output=str(work / "sets" / key)))
+    made = pipeline.sample_stage(ctx.replace(output=str(work / "sets" / made_key(cfg, method, ctx.data.train))))
     # the copy is relabelled for its row; relabel_stage redoes labels made by other teachers
     shutil.copytree(made, row_set, ignore=shutil.ignore_patterns(".shards"), dirs_exist_ok=True)
     return row_set

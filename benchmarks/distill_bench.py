@@ -147,15 +147,14 @@ def main() -> None:
         args.work = args.work + "-quick"
         args.result = args.result.replace(".json", "-quick.json")
     work = Path(args.work)
-    data = None
+    default = load_config(ROOT / "configs" / "fashion-mnist.yaml")  # every row's recipe is based on it
+    data = load_dataset(default.data)
+    test_data = data if not args.test_subset else dataclasses.replace(data, test=every_nth(data.test, args.test_subset))
     rows = []
     start = time.time()
     for ipc in args.ipc:
         for method in [m for m in args.methods if m in ROWS]:
-            cfg = row_config(method, ipc, args, work)
-            if data is None:
-                data = load_dataset(cfg.data)
-                test_data = data if not args.test_subset else dataclasses.replace(data, test=every_nth(data.test, args.test_subset))
+            cfg = row_config(method, ipc, args, work, data.train)
             ctx = RunContext(cfg, quiet=True, data=data)
             root = build_set(method, ctx, work)
             pipeline.relabel_stage(root, ctx)
@@ -182,9 +181,7 @@ def main() -> None:
                     print(json.dumps({k: rows[-1][k] for k in ("method", "ipc", "student", "labels", "acc_mean")}),
                           flush=True)
     if "full_data" in args.methods:
-        cfg = load_config(ROOT / "configs" / "fashion-mnist.yaml")
-        data = data or load_dataset(cfg.data)
-        for student, accs in full_data_cells(cfg, data, args.students, args.seeds, args.full_epochs, work).items():
+        for student, accs in full_data_cells(default, data, args.students, args.seeds, args.full_epochs, work).items():
             mean, std = summary(accs)
             rows.append({"method": "full_data", "ipc": None, "student": student, "labels": "hard", "acc_mean": mean,
                          "acc_std": std, "seeds": args.seeds, "gen_seconds": None, "acc": accs,

@@ -28,6 +28,7 @@ from bench_rows import LOSS_TERMS as TERMS
 from bench_rows import ROOT, build_set, epochs_for, made_by, row_config, write_merged
 
 from otdistill import pipeline
+from otdistill.config import load_config
 from otdistill.context import RunContext
 from otdistill.data import hold_out, load_dataset
 from otdistill.io import read_json
@@ -60,16 +61,16 @@ def main() -> None:
     parser.add_argument("--per-class", type=int, default=500, help="validation images per class, from the training split")
     parser.add_argument("--split-seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the recipe's)")
-    # its own folder: its sets are sampled without the held-out images, distill_bench's with them
     parser.add_argument("--work", default=str(ROOT / "runs" / "tune-otm"))
     parser.add_argument("--result", default=str(ROOT / "benchmarks/results/tune-otm-fashion-mnist.json"))
     args = parser.parse_args()
     args.protocols = ["soft"]
     candidates = {name: weights_of(name) for name in args.candidates}
-    work, rows, validation, start = Path(args.work), [], None, time.time()
+    work, rows, start = Path(args.work), [], time.time()
+    validation = hold_out(load_dataset(load_config(ROOT / "configs" / "otdistill.yaml").data), args.per_class,
+                          args.split_seed)
     for ipc in args.ipc:
-        cfg = row_config("otdistill", ipc, args, work)
-        validation = validation or hold_out(load_dataset(cfg.data), args.per_class, args.split_seed)
+        cfg = row_config("otdistill", ipc, args, work, validation.train)
         ctx = RunContext(cfg, quiet=True, data=validation)
         root = build_set("otdistill", ctx, work)
         pipeline.relabel_stage(root, ctx)

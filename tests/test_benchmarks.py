@@ -15,7 +15,7 @@ from conftest import ROOT, TINY
 from otdistill import pipeline
 from otdistill.config import load_config
 from otdistill.context import RunContext
-from otdistill.data import SubsetImages, hold_out, load_dataset
+from otdistill.data import SubsetImages, TensorImages, hold_out, load_dataset
 
 
 def _script(name: str):
@@ -50,11 +50,15 @@ def test_bench_results_keep_rows_of_other_runs(tmp_path):
 def test_bench_row_folders_are_named_for_what_made_their_images(tmp_path, monkeypatch):
     bench = _script("distill_bench")
     args = SimpleNamespace(protocols=["soft", "hard"], steps=None)
-    def folders():
-        return {m: bench.row_config(m, 10, args, tmp_path).output for m in ("random", "herding", "plain")}
+    images = torch.zeros(4, 1, 8, 8, dtype=torch.uint8)
+    train, held_out = TensorImages(images, torch.arange(4)), TensorImages(images[:2], torch.arange(2))
+
+    def folders(split=train):
+        return {m: bench.row_config(m, 10, args, tmp_path, split).output for m in ("random", "herding", "plain")}
 
     before = folders()
     assert len(set(before.values())) == 3 and all(f.startswith(str(tmp_path / "rows")) for f in before.values())
+    assert not set(folders(held_out).values()) & set(before.values())  # a validation run never shares a folder
     for method in ("random", "herding"):  # herding reads the first teacher's features, random no model
         how, recipe, extra = bench.ROWS[method]
         monkeypatch.setitem(bench.ROWS, method, (how, recipe, [*extra, "teachers.0.path=elsewhere/teacher"]))
