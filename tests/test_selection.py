@@ -53,3 +53,34 @@ def test_a_registered_selection_is_a_baseline_everywhere(trained, tmp_path, monk
                  "--set", f"teachers.0.path={trained.teachers[0].path}"]) == 0
     manifest = json.loads((tmp_path / "low" / "manifest.json").read_text())
     assert manifest["source"]["kind"] == "real-lowest"
+
+
+def test_oversampling_keeps_the_candidates_that_the_selection_picks(trained, digits, tmp_path):
+    """sample.oversample draws ipc x oversample images per class (guided as one set); sample.keep
+    picks ipc of them with a registered selection, here herding in the teacher's features."""
+    from otdistill import artifacts, pipeline
+    from otdistill.config import load_config
+    from otdistill.context import RunContext
+    from otdistill.data import TensorImages
+    from otdistill.selection import TEACHER, select_class
+
+    paths = [f"generator.path={trained.generator.path}", f"teachers.0.path={trained.teachers[0].path}"]
+
+    def sample(name, *overrides):
+        cfg = load_config(TINY, [*paths, f"output={tmp_path / name}", *overrides])
+        return cfg, artifacts.read_distilled(pipeline.sample_stage(RunContext(cfg, quiet=True, data=digits)))
+
+    _, drawn = sample("drawn", "sample.ipc=6")
+    cfg, kept = sample("kept", "sample.ipc=2", "sample.oversample=3", "sample.keep=herding")
+    embed = TEACHER.build(trained.teachers[0].path, "cpu")
+    assert len(kept.images) == 2 * digits.num_classes
+    for c in range(digits.num_classes):
+        candidates = drawn.images[drawn.hard == c]
+        picks = select_class("herding", TensorImages(candidates, torch.full((6,), c)), c, 2, cfg.sample.seed, embed, 6)
+        assert torch.equal(kept.images[kept.hard == c], candidates[picks])
+    # the kept set depends on the teacher that picked it; a set drawn without oversampling does not
+    other = [f"teachers.0.path={trained.teachers[0].path}-other"]
+    assert pipeline.sample_fingerprint(load_config(TINY, [*paths, "sample.oversample=3", *other])) != \
+        pipeline.sample_fingerprint(load_config(TINY, [*paths, "sample.oversample=3"]))
+    assert pipeline.sample_fingerprint(load_config(TINY, [*paths, *other])) == \
+        pipeline.sample_fingerprint(load_config(TINY, paths))

@@ -188,6 +188,11 @@ class SampleConfig:
     # it, since the shared batch changes the float arithmetic, so keep it when resuming
     classes_per_pass: int = 1
     seed: int = 0  # per-class noise seeds derive from it
+    # our extension, not the paper's: draw oversample x ipc images per class and keep the ipc
+    # that `keep` picks among them (a real-image selection method applied to the generated
+    # candidates; guidance acts on all of them); 1 = keep every drawn image
+    oversample: int = 1
+    keep: str = "herding"  # random | herding (the first teacher's features) | kmeans (latents)
     # noise | prototypes (D4M-style: each latent starts from a k-means centre of its class's real
     # latents, noised to init_strength of the schedule, then denoised)
     init: str = "noise"

@@ -173,6 +173,8 @@ RULES: dict[str, OneOf | Range | Rule] = {
     "sample.cfg_scale": NON_NEGATIVE,
     "sample.batch_size": AT_LEAST_1,
     "sample.classes_per_pass": AT_LEAST_1,
+    "sample.oversample": AT_LEAST_1,
+    "sample.keep": OneOf(_owned("selection", "SELECTIONS")),
     "sample.init": OneOf(("noise", "prototypes")),
     "sample.init_strength": Range(0, 1, open_low=True),
     "sample.prototype_candidates": AT_LEAST_1,

@@ -40,7 +40,7 @@ from .readiness import check_generator
 from .records import Evaluation, read_cached_cell, write_evaluation
 from .relabel import choose_teachers, load_ensemble, soft_logits
 from .sample import sample_classes
-from .selection import SELECTIONS, class_prototypes, select_class
+from .selection import SELECTIONS, candidate_keeper, class_prototypes, select_class
 from .teachers import full_data_reference, load_teacher, train_teacher
 from .train_generator import encode_all, needs_more_steps, train_generator, training_dir
 
@@ -107,7 +107,8 @@ def ensure_surrogate(ctx: RunContext, force: bool = False) -> None:
 
 def sample_fingerprint(cfg: Config) -> str:
     """What a sampled set depends on: two configs with the same one draw the same bytes."""
-    return fingerprint(cfg.data, cfg.generator.path, cfg.sample)
+    space = SELECTIONS[cfg.sample.keep].space if cfg.sample.oversample > 1 else None
+    return fingerprint(cfg.data, cfg.generator.path, cfg.sample, *([space.model_path(cfg)] if space else []))
 
 
 def sample_stage(ctx: RunContext) -> Path:
@@ -119,6 +120,7 @@ def sample_stage(ctx: RunContext) -> Path:
         return root
     remove_stale_temporaries(root)
     check_model_paths(cfg, teachers=False)  # sampling trains no teacher
+    keep = candidate_keeper(cfg, ctx.device)  # before the generator, which may train: a missing teacher stops it now
     data, quiet = ctx.data, ctx.quiet
     model = ensure_generator(ctx)
     model.bind(data.class_ids, data.class_names)
@@ -132,6 +134,7 @@ def sample_stage(ctx: RunContext) -> Path:
     terms = build_terms(cfg.sample.guidance, model, data, cache_dir=Path(cfg.output) / "cache", quiet=quiet,
                         classes=classes)
     window = tuple(cfg.sample.guidance.window)
+    drawn = dataclasses.replace(cfg.sample, ipc=cfg.sample.ipc * cfg.sample.oversample)
     start = time.time()
     bar = progress(total=len(classes), desc="sample classes", unit="class", disable=quiet or not rank.main)
     for group in groups:
@@ -139,11 +142,11 @@ def sample_stage(ctx: RunContext) -> Path:
         todo = [c for c in group if not artifacts.class_done(root, folders[c], cfg.sample.ipc)]
         if todo:  # the whole group again: its classes' bytes depend on the batch they shared
             t = time.time()
-            prototypes = ({c: class_prototypes(model, data.train, c, cfg.sample) for c in group}
+            prototypes = ({c: class_prototypes(model, data.train, c, drawn) for c in group}
                           if cfg.sample.init == "prototypes" else None)
-            images = sample_classes(model, group, cfg.sample, terms, window, prototypes)
+            images = sample_classes(model, group, drawn, terms, window, prototypes)
             for c in todo:
-                artifacts.write_class_images(root, folders[c], images[c])
+                artifacts.write_class_images(root, folders[c], keep(images[c], c) if keep else images[c])
                 log.info("sample: class %d/%d '%s' done, %d images (%d class(es) per pass, %.1f s)", c + 1, k,
                          data.class_names[c], cfg.sample.ipc, len(group), time.time() - t)
         bar.update(len(group))

@@ -18,7 +18,7 @@ from typing import Callable
 
 import torch
 
-from .data import ImageSet, class_subset
+from .data import ImageSet, TensorImages, class_subset
 from .io import generator
 
 
@@ -40,7 +40,6 @@ def _teacher_features(path, device):
 
 
 def _latents(path, device):
-    from .data import TensorImages
     from .models.generator import load_generator
     from .train_generator import encode_all
 
@@ -130,6 +129,21 @@ def select_class(method: str, images: ImageSet, c: int, ipc: int, seed: int, emb
     maps images to the method's space (its Embedding), when it has one."""
     order = class_subset(images, c, None, generator(seed, "select", method, c))
     return SELECTIONS[method].pick(order, images, embed, ipc, seed, candidates).sort().values
+
+
+def candidate_keeper(cfg, device) -> Callable[[torch.Tensor, int], torch.Tensor] | None:
+    """sample.oversample > 1: `keep(images, c)`, the sample.ipc of class c's drawn uint8
+    images that sample.keep picks, in drawing order; None when every drawn image is kept."""
+    if cfg.sample.oversample == 1:
+        return None
+    method, space = cfg.sample.keep, SELECTIONS[cfg.sample.keep].space
+    embed = space.build(space.model_path(cfg), device) if space else None
+
+    def keep(images: torch.Tensor, c: int) -> torch.Tensor:
+        drawn = TensorImages(images, torch.full((len(images),), c))
+        return images[select_class(method, drawn, c, cfg.sample.ipc, cfg.sample.seed, embed, len(images))]
+
+    return keep
 
 
 def class_prototypes(model, images: ImageSet, c: int, cfg) -> torch.Tensor:
