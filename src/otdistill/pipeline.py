@@ -40,7 +40,7 @@ from .readiness import check_generator
 from .records import Evaluation, read_cached_cell, write_evaluation
 from .relabel import choose_teachers, load_ensemble, soft_logits
 from .sample import sample_classes
-from .selection import SELECTIONS, candidate_keeper, class_prototypes, select_class
+from .selection import candidate_keeper, class_prototypes, embedding, model_read, select_class
 from .teachers import full_data_reference, load_teacher, train_teacher
 from .train_generator import encode_all, needs_more_steps, train_generator, training_dir
 
@@ -107,8 +107,8 @@ def ensure_surrogate(ctx: RunContext, force: bool = False) -> None:
 
 def sample_fingerprint(cfg: Config) -> str:
     """What a sampled set depends on: two configs with the same one draw the same bytes."""
-    space = SELECTIONS[cfg.sample.keep].space if cfg.sample.oversample > 1 else None
-    return fingerprint(cfg.data, cfg.generator.path, cfg.sample, *([space.model_path(cfg)] if space else []))
+    used = model_read(cfg.sample.keep, cfg) if cfg.sample.oversample > 1 else None  # the model keep reads
+    return fingerprint(cfg.data, cfg.generator.path, cfg.sample, *([used] if used else []))
 
 
 def sample_stage(ctx: RunContext) -> Path:
@@ -175,8 +175,7 @@ def sample_stage(ctx: RunContext) -> Path:
 
 def select_fingerprint(cfg: Config, method: str) -> str:
     """What a real-image selection depends on: the data, IPC, seed and the model it reads, if any."""
-    space = SELECTIONS[method].space
-    used = space.model_path(cfg) if space else None
+    used = model_read(method, cfg)
     return fingerprint(cfg.data, cfg.sample.ipc, cfg.sample.seed, *([used] if used else []))
 
 
@@ -186,14 +185,12 @@ def select_stage(ctx: RunContext, method: str, out: str | Path) -> Path:
     centres of the generator's latents (see selection.py)."""
     cfg = ctx.cfg
     root = Path(out)
-    space = SELECTIONS[method].space
-    used = space.model_path(cfg) if space else None
     artifacts.claim_stage(root, {"what": f"select {method}", "fingerprint": select_fingerprint(cfg, method)})
     if artifacts.verify_or_reset(root):
         return root
     remove_stale_temporaries(root)
     data = ctx.data
-    embed = space.build(used, ctx.device) if space else None
+    embed = embedding(method, cfg, ctx.device)
     k = data.num_classes
     start = time.time()
     for c in progress(range(k), desc=f"select {method}", disable=ctx.quiet):

@@ -66,6 +66,18 @@ def register_selection(name: str, pick: Callable[..., torch.Tensor], space: Embe
     SELECTIONS[name] = Selection(name, pick, space)
 
 
+def model_read(method: str, cfg) -> str | None:
+    """The folder of the model a selection method reads under cfg (None: it reads none)."""
+    space = SELECTIONS[method].space
+    return space.model_path(cfg) if space else None
+
+
+def embedding(method: str, cfg, device) -> Callable | None:
+    """The method's `embed(uint8 images) -> points`, built from the model it reads (None if none)."""
+    space = SELECTIONS[method].space
+    return space.build(space.model_path(cfg), device) if space else None
+
+
 def kmeans_centres(points: torch.Tensor, k: int, seed: int) -> torch.Tensor:
     """k centres of (n, ...) points, returned with the points' trailing shape."""
     from sklearn.cluster import KMeans
@@ -136,8 +148,8 @@ def candidate_keeper(cfg, device) -> Callable[[torch.Tensor, int], torch.Tensor]
     images that sample.keep picks, in drawing order; None when every drawn image is kept."""
     if cfg.sample.oversample == 1:
         return None
-    method, space = cfg.sample.keep, SELECTIONS[cfg.sample.keep].space
-    embed = space.build(space.model_path(cfg), device) if space else None
+    method = cfg.sample.keep
+    embed = embedding(method, cfg, device)
 
     def keep(images: torch.Tensor, c: int) -> torch.Tensor:
         drawn = TensorImages(images, torch.full((len(images),), c))
