@@ -191,7 +191,8 @@ def main() -> None:
     # the ablation file is rewritten only by a run of all its variants, so that its rows
     # always share one recipe (a rerun of `otdistill` alone after a recipe change would not)
     ablation = [{"variant": v, "ipc": r["ipc"], "student": r["student"], "acc_mean": r["acc_mean"], "acc_std": r["acc_std"],
-                 "seeds": r["seeds"], "epochs": r["epochs"], "soft_loss": r.get("soft_loss")}
+                 "seeds": r["seeds"], "epochs": r["epochs"], "soft_loss": r.get("soft_loss"),
+                 "teacher_paths": r.get("teacher_paths")}
                 for v, m in ABLATION.items() for r in rows if r["method"] == m and r["labels"] == "soft"]
     if ablation and set(ABLATION.values()) <= set(args.methods):
         Path(args.result.replace("bench-", "lia-otm-")).write_text(json.dumps(ablation, indent=2) + "\n")
