@@ -73,7 +73,7 @@ def made_key(cfg, method: str, train: ImageSet) -> str:
 def row_config(method: str, ipc: int, args, work: Path, train: ImageSet):
     """The row's recipe, its folder named for what made its images (made_key): a row re-made
     by another teacher (herding's features), sampler or training split gets a new folder."""
-    how, recipe, extra = ROWS[method]
+    _, recipe, extra = ROWS[method]
     overrides = [f"sample.ipc={ipc}", f"student.protocols={json.dumps(args.protocols)}", *extra]
     if args.steps:
         overrides.append(f"sample.steps={args.steps}")

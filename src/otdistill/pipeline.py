@@ -290,10 +290,10 @@ def evaluate_stage(distilled: str | Path, ctx: RunContext | None = None, out: st
     ensemble = None
     cells = []
     for protocol in cfg.student.protocols:
+        key = cell_key(cfg.student, ds.manifest, protocol)  # the same for every seed
         for seed in cfg.student.seeds:
             name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{cfg.student.arch}-{protocol}-seed{seed}")
             cell_file = cells_dir / f"{name}.json"
-            key = cell_key(cfg.student, ds.manifest, protocol)
             cached = distributed.agree(read_cached_cell(cell_file))
             if (cached.get("key"), cached.get("scored_on")) == (key, scored_on):
                 cells.append(cached)
