@@ -100,12 +100,13 @@ def render(rows: list[dict]) -> str:
              "Final-epoch test accuracy (%), mean +- std over the seeds in the seeds column; one student recipe "
              "(AdamW + cosine, RandomResizedCrop + flip) and the same epochs for every row of an IPC and student. "
              "gen s = seconds to make the set on 2 CPU cores; OT dist (lower is closer) and coverage (higher "
-             "is better) compare the set with held-out real images in the first teacher's feature space. "
+             "is better) compare the set with held-out real images in the first teacher's feature space; agree = "
+             "share of the images the label teachers assign to the class they were made or picked for. "
              "IOR = the row minus the random real subset of the same cell (points); HLR (hard labels) = the "
              "student's full-data accuracy minus the row (points).", "",
              *made_with(rows),
-             "| method | IPC | student | labels | loss | epochs | seeds | accuracy | IOR | HLR | gen s | OT dist | coverage |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| method | IPC | student | labels | loss | epochs | seeds | accuracy | IOR | HLR | gen s | OT dist | coverage | agree |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def cell(value, fmt, scale=1):
         return "-" if value is None else format(scale * value, fmt)
@@ -116,7 +117,8 @@ def render(rows: list[dict]) -> str:
                      f"{','.join(map(str, r['seeds']))} | "
                      f"{100 * r['acc_mean']:.2f} +- {100 * r['acc_std']:.2f} | {cell(r.get('ior'), '+.2f', 100)} | "
                      f"{cell(r.get('hlr'), '.2f', 100)} | {cell(r['gen_seconds'], '.0f')} | "
-                     f"{cell(r.get('ot_distance'), '.2f')} | {cell(r.get('coverage'), '.3f')} |")
+                     f"{cell(r.get('ot_distance'), '.2f')} | {cell(r.get('coverage'), '.3f')} | "
+                     f"{cell(r.get('teacher_agreement'), '.2f')} |")
     return "\n".join(lines) + "\n"
 
 
@@ -176,6 +178,7 @@ def main() -> None:
                                  "gen_seconds": gen, "epochs": epochs, "acc": r["final"],
                                  "ot_distance": metrics.get("teacher_features", {}).get("ot_distance"),
                                  "coverage": metrics.get("teacher_features", {}).get("coverage"),
+                                 "teacher_agreement": manifest.get("teacher_agreement", {}).get("overall"),
                                  "test_images": len(test_data.test), "soft_loss": loss_weights(scfg.student, labels),
                                  "teachers": len(manifest.get("teachers", [])), **made_by(manifest)})
                     print(json.dumps({k: rows[-1][k] for k in ("method", "ipc", "student", "labels", "acc_mean")}),

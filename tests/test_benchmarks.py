@@ -127,15 +127,18 @@ def test_bench_table_lists_rows_best_first_with_their_metrics():
     bench = _script("distill_bench")
     rows = [{"method": m, "ipc": 10, "student": "convnet3", "labels": "soft", "epochs": 80, "acc_mean": a,
              "acc_std": 0.01, "seeds": [0, 1, 2], "gen_seconds": g, "ot_distance": d, "coverage": c,
-             "soft_loss": {"kl": 0.0, "ce": 1.0, "mse": 0.1, "sd": 1.0}}
-            for m, a, g, d, c in [("plain", 0.70, 25.4, 18.0, 0.04), ("otdistill", 0.75, 150.0, 17.5, 0.05)]]
+             "teacher_agreement": t, "soft_loss": {"kl": 0.0, "ce": 1.0, "mse": 0.1, "sd": 1.0}}
+            for m, a, g, d, c, t in [("plain", 0.70, 25.4, 18.0, 0.04, 0.82),
+                                     ("otdistill", 0.75, 150.0, 17.5, 0.05, 0.9)]]
     rows.append({"method": "full_data", "ipc": None, "student": "convnet3", "labels": "hard", "epochs": 3,
                  "acc_mean": 0.9, "acc_std": 0.0, "seeds": [0], "gen_seconds": None})
     table = bench.render(rows).splitlines()
     body = [line for line in table if line.startswith("| ") and not line.startswith("| method")]
-    assert body == ["| full_data | all | convnet3 | hard | ce | 3 | 0 | 90.00 +- 0.00 | - | - | - | - | - |",
-                    "| otdistill | 10 | convnet3 | soft | ce1+mse0.1+sd1 | 80 | 0,1,2 | 75.00 +- 1.00 | - | - | 150 | 17.50 | 0.050 |",
-                    "| plain | 10 | convnet3 | soft | ce1+mse0.1+sd1 | 80 | 0,1,2 | 70.00 +- 1.00 | - | - | 25 | 18.00 | 0.040 |"]
+    assert body == ["| full_data | all | convnet3 | hard | ce | 3 | 0 | 90.00 +- 0.00 | - | - | - | - | - | - |",
+                    "| otdistill | 10 | convnet3 | soft | ce1+mse0.1+sd1 | 80 | 0,1,2 | 75.00 +- 1.00 | - | - | 150 | 17.50 | 0.050 | "
+                    "0.90 |",
+                    "| plain | 10 | convnet3 | soft | ce1+mse0.1+sd1 | 80 | 0,1,2 | 70.00 +- 1.00 | - | - | 25 | 18.00 | 0.040 | "
+                    "0.82 |"]
 
 
 def test_bench_table_names_the_generator_and_teachers_its_rows_were_made_with():
