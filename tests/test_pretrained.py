@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from otdistill.cli import main
 from otdistill.errors import UserError
 from otdistill.models.generator import load_generator
-from otdistill.models.pretrained import dit_from_original, load_dit, read_state_dict
+from otdistill.models.pretrained import dit_from_original, load_dit, load_vae, read_state_dict
 from otdistill.teachers import load_teacher
 
 HIDDEN, HEADS, DEPTH, PATCH, IN_CH, CLASSES, SIZE = 32, 2, 2, 2, 4, 5, 4
@@ -171,6 +171,19 @@ def test_diffusers_dit_folders_load(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
     with pytest.raises(UserError, match="not a diffusers DiT folder"):
         load_dit(tmp_path)
+
+
+def test_vae_folders_load_frozen_or_say_which_file_is_missing(tmp_path):
+    _tiny_vae(tmp_path / "pipe")
+    vae = load_vae(tmp_path / "pipe")  # a pipeline's vae/ is found inside it
+    assert not vae.training and not any(p.requires_grad for p in vae.parameters())
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="no vae/config.json or config.json.*sd-vae-ft-ema"):
+        load_vae(tmp_path / "empty")
+    (tmp_path / "broken" / "vae").mkdir(parents=True)
+    (tmp_path / "broken" / "vae" / "config.json").write_text("{}")
+    with pytest.raises(UserError, match="could not load the autoencoder"):
+        load_vae(tmp_path / "broken")
 
 
 def test_import_torchvision_teacher_from_a_state_dict(tmp_path):

@@ -50,19 +50,21 @@ def build_autoencoder(cfg: AutoencoderConfig, channels: int, image_size: int):
     )
 
 
-def load_autoencoder(path: str | Path):
-    """The AutoencoderKL of a generator folder, or a diffusers AutoencoderKL folder itself."""
+def load_autoencoder(path: str | Path, subfolder: str = "autoencoder",
+                     hint: str = "point generator.autoencoder.pretrained at a generator folder or a diffusers "
+                                 "AutoencoderKL folder"):
+    """The frozen AutoencoderKL of a folder's `subfolder` (a generator's autoencoder/, a pipeline's
+    vae/), or of a diffusers AutoencoderKL folder itself; `hint` names the fix when there is none."""
     from diffusers import AutoencoderKL
 
     path = Path(path)
-    folder = path / "autoencoder" if (path / "autoencoder").is_dir() else path
+    folder = path / subfolder if (path / subfolder).is_dir() else path
     if not (folder / "config.json").is_file():
-        raise UserError(f"{path} holds no autoencoder (no autoencoder/config.json or config.json); point "
-                        "generator.autoencoder.pretrained at a generator folder or a diffusers AutoencoderKL folder")
+        raise UserError(f"{path} holds no autoencoder (no {subfolder}/config.json or config.json); {hint}")
     try:
         ae = AutoencoderKL.from_pretrained(folder, use_safetensors=True, low_cpu_mem_usage=False)
     except (OSError, ValueError, RuntimeError) as exc:
-        raise UserError(f"could not load the autoencoder in {folder}: {exc}") from None
+        raise UserError(f"could not load the autoencoder in {folder}: {str(exc).splitlines()[0]}") from None
     return ae.eval().requires_grad_(False)
 
 

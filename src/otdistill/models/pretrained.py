@@ -123,17 +123,9 @@ def load_dit(path: str | Path, heads: int | None = None):
 
 def load_vae(path: str | Path):
     """A diffusers AutoencoderKL folder (safetensors), e.g. sd-vae-ft-ema, or a pipeline's vae/."""
-    from diffusers import AutoencoderKL
+    from .generator import load_autoencoder
 
-    path = Path(path)
-    folder = path / "vae" if (path / "vae").is_dir() else path
-    if not (folder / "config.json").is_file():
-        raise UserError(f"{folder} is not a diffusers autoencoder folder (no config.json); give the local copy of "
-                        "stabilityai/sd-vae-ft-ema or sd-vae-ft-mse")
-    try:
-        return AutoencoderKL.from_pretrained(folder, use_safetensors=True, low_cpu_mem_usage=False)
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise UserError(f"{folder}: cannot load the autoencoder ({str(exc).splitlines()[0]})") from None
+    return load_autoencoder(path, "vae", "give the local copy of stabilityai/sd-vae-ft-ema or sd-vae-ft-mse")
 
 
 def _class_list(class_ids: list[str], class_names: list[str] | None, expected: int, what: str) -> list[str]:
@@ -164,7 +156,7 @@ def import_generator(dit_path: str | Path, vae_path: str | Path, class_ids: list
                 "dit": str(dit_path), "vae": str(vae_path),
                 "dit_sha256": sha256_file(dit_path) if Path(dit_path).is_file() else None},
             "command": invoked_command()}
-    model = Generator(vae.eval(), dit.eval(), info)
+    model = Generator(vae, dit.eval(), info)
     with atomic_path(out) as tmp:
         model.save(tmp)
     return Path(out)
