@@ -4,9 +4,10 @@ On disk a generator is a folder:
     autoencoder/   diffusers AutoencoderKL (save_pretrained); absent in pixel space
     dit/ | unet/   the denoiser (save_pretrained), named by its backend; class index K is the
                    null class used for classifier-free guidance
-    generator.json class names, image shape, backend, noise schedule, prediction type, how it
-                   was made (folders written before these keys existed read as a latent DiT
-                   predicting noise on the linear schedule, which is what they are)
+    generator.json class names, image shape, backend, noise schedule, prediction type, timestep
+                   embedding, how it was made (folders written before these keys existed read as
+                   a latent DiT predicting noise on the linear schedule with diffusers' timestep
+                   embedding, which is what they are)
 
 Nothing outside models/ reaches into the parts: the sampler, the guidance terms, the real-latent
 pools and the importers use `Generator`'s methods.
@@ -31,6 +32,10 @@ SCHEDULES = {
 }
 PREDICTIONS = ("epsilon", "v_prediction")
 SAMPLERS = ("ddim", "ddpm")  # sample.scheduler: the diffusers scheduler that draws samples
+# generator.json "timestep_embedding": the divisor shift of the sinusoidal frequencies
+# exp(-ln(10^4) i / (half - shift)), cosines first in both. diffusers' own models use 1; the
+# original facebookresearch DiT divides by half (0), and its weights compute its function only so.
+TIMESTEP_EMBEDDINGS = {"diffusers": 1, "dit-original": 0}
 
 
 def build_autoencoder(cfg: AutoencoderConfig, channels: int, image_size: int):
@@ -66,6 +71,32 @@ def load_autoencoder(path: str | Path, subfolder: str = "autoencoder",
     except (OSError, ValueError, RuntimeError) as exc:
         raise UserError(f"could not load the autoencoder in {folder}: {str(exc).splitlines()[0]}") from None
     return ae.eval().requires_grad_(False)
+
+
+def _time_projections(denoiser: torch.nn.Module) -> list:
+    from diffusers.models.embeddings import Timesteps
+
+    return [m for m in denoiser.modules() if isinstance(m, Timesteps)]
+
+
+def set_timestep_embedding(denoiser: torch.nn.Module, kind: str) -> None:
+    """Make every sinusoidal timestep projection of a denoiser the `kind` of TIMESTEP_EMBEDDINGS
+    (the diffusers DiT keeps one per block): the function its weights were trained with."""
+    if kind not in TIMESTEP_EMBEDDINGS:
+        raise UserError(f"unknown timestep embedding '{kind}' in generator.json; use one of "
+                        f"{', '.join(TIMESTEP_EMBEDDINGS)} (dit-original for a converted facebookresearch DiT)")
+    for proj in _time_projections(denoiser):
+        proj.downscale_freq_shift = TIMESTEP_EMBEDDINGS[kind]
+
+
+def timestep_embedding(denoiser: torch.nn.Module) -> str:
+    """The TIMESTEP_EMBEDDINGS name a denoiser's projections follow (what generator.json records)."""
+    shifts = {proj.downscale_freq_shift for proj in _time_projections(denoiser)}
+    names = [name for name, shift in TIMESTEP_EMBEDDINGS.items() if {shift} == shifts]
+    if not names:
+        raise UserError(f"the denoiser's timestep projections use the frequency shifts {sorted(shifts)}, "
+                        f"none of {', '.join(TIMESTEP_EMBEDDINGS)}")
+    return names[0]
 
 
 # ---------------------------------------------------------------- denoiser backends
@@ -171,6 +202,8 @@ class Generator:
         self.info = info
         self.labels: list[int] | None = None  # the denoiser's label of each dataset class, set by bind()
         self._backend = backend(self.backend_name)
+        if denoiser is not None:  # applied at load: save_pretrained's config does not keep it
+            set_timestep_embedding(denoiser, info.get("timestep_embedding", "diffusers"))
 
     @property
     def backend_name(self) -> str:
