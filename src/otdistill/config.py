@@ -181,8 +181,16 @@ class SampleConfig:
 
     ipc: int = 10  # images per class
     steps: int = 50  # sampling steps (respaced from the training timesteps)
-    scheduler: str = "ddim"  # ddim | ddpm
+    # ddim | ddpm (for a DiT with sigma channels, such as DiT-XL/2, with its learned variance: DiT's
+    # learned-range interpolation between the posterior variance and beta_t)
+    scheduler: str = "ddim"
+    # which training timesteps the steps visit: leading (diffusers': every T/steps-th from 0) | dit
+    # (DiT's and IGD's respacing: evenly strided over 0..T-1, both ends kept; ddpm only)
+    spacing: str = "leading"
     cfg_scale: float = 2.0  # classifier-free guidance scale (1 = none)
+    # latent channels CFG guides: all | first3 (DiT's forward_with_cfg, "for exact reproducibility");
+    # the others, and a DiT's sigma channels, are the conditional prediction's
+    cfg_channels: str = "all"
     batch_size: int = 50  # latents of one class per forward pass
     # classes sharing each DiT forward pass (fills a GPU at IPC 10); a class's bytes depend on
     # it, since the shared batch changes the float arithmetic, so keep it when resuming
