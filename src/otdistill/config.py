@@ -136,9 +136,12 @@ class OTGuidanceConfig:
 class DeviationConfig:
     """G_D of IGD: away from the most cosine-similar latent already generated for the class."""
 
-    weight: float = 0.0  # gamma, relative to the sampler's own update norm; 0 = off
+    weight: float = 0.0  # gamma, in the units `scaling` gives it; 0 = off
     memory_size: int = 64  # latents already generated for the class it compares with (most recent)
     input: str = "x0"  # x0 (predicted clean latent) | zt
+    # relative (gamma x the sampler update's norm x the unit gradient) | igd (IGD's code: gamma x the
+    # raw gradient of the cosine similarity, so IGD's published gamma works with input zt)
+    scaling: str = "relative"
 
 
 @dataclass
@@ -146,7 +149,10 @@ class InfluenceConfig:
     """G_I of IGD: match a surrogate's training gradient on the decoded predicted image to the
     mean gradient of real images of the class, over checkpoints of the surrogate's training."""
 
-    weight: float = 0.0  # k; the step is k * sqrt(1 - alpha_bar_t) * |update| * g / |g|; 0 = off
+    weight: float = 0.0  # k; the step is k * sqrt(1 - alpha_bar_t) * |reference| * g / |g|; 0 = off
+    # the reference: relative (the sampler update) | igd (IGD's code: 0.0015 x the predicted noise,
+    # so IGD's published k works as published)
+    scaling: str = "relative"
     surrogate: str = "checkpoints/fashion-mnist/surrogate"  # made by `otdistill train-surrogate`
     real_per_class: int = 100  # real images whose mean gradient is the target
     seed: int = 0  # seed of the real images' choice

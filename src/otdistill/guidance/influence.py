@@ -1,5 +1,8 @@
 """G_I (IGD): make the surrogate's training gradient on the decoded predicted image match
-the mean gradient of real images of the class, over checkpoints of its training."""
+the mean gradient of real images of the class, over checkpoints of its training. Its step is
+k * sqrt(1 - alpha_bar_t) * reference * g / |g|, IGD's adaptive rho_t: the reference is the
+sampler update's norm (scaling relative) or, as IGD's code has it, 0.0015 times the norm of the
+predicted noise (scaling igd; RMS(eps) / RMS(g) there, the same ratio)."""
 
 from __future__ import annotations
 
@@ -13,8 +16,11 @@ from ..data import LabelledData, class_subset, to_unit
 from ..errors import UserError
 from ..io import generator
 from ..surrogate import load_trajectory
-from .common import relative_step
+from .common import guidance_step
 from .registry import GuidanceTerm, TermInputs, register_term
+
+
+IGD_NOISE_SHARE = 0.0015  # IGD's code: rho_t's numerator is 0.0015 * RMS of the predicted noise
 
 
 def param_grads(net: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, create_graph: bool):
@@ -54,7 +60,7 @@ class InfluenceGuidance(GuidanceTerm):
                                           for g, t in zip(grads, target))
             grad, = torch.autograd.grad(distance, x0)
         weight = self.cfg.weight * math.sqrt(1 - state.alpha_bar)  # IGD's adaptive rho_t
-        return relative_step(grad, state.update, weight, "influence", state)
+        return guidance_step(grad, weight, "influence", state, self.cfg.scaling, IGD_NOISE_SHARE * state.noise)
 
 
 def build(cfg: InfluenceConfig, inputs: TermInputs) -> InfluenceGuidance:

@@ -7,7 +7,7 @@ import torch
 
 from ..config import OTGuidanceConfig
 from ..ot import entropic_ot
-from .common import current_latent, relative_step
+from .common import current_latent, guidance_step
 from .pool import real_latent_pools
 from .registry import GuidanceTerm, TermInputs, register_term
 
@@ -31,7 +31,7 @@ class OTGuidance(GuidanceTerm):
         # The potentials of a class's previous step start its next solve; anything else (another
         # chunk, a new call) starts cold, so a class's result never depends on what ran before.
         self._warm[state.class_index] = (len(state.memory), len(state.z), state.step_index, plan.potentials)
-        return relative_step(grad, state.update, self.cfg.weight, "OT", state)
+        return guidance_step(grad, self.cfg.weight, "OT", state)  # relative: the paper gives no formula for beta_1
 
     def _warm_start(self, state):
         memory, batch, step, potentials = self._warm.get(state.class_index, (None, None, None, None))
