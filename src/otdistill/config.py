@@ -153,6 +153,13 @@ class InfluenceConfig:
     # the reference: relative (the sampler update) | igd (IGD's code: 0.0015 x the predicted noise,
     # so IGD's published k works as published)
     scaling: str = "relative"
+    # how the gradients are matched: layers (1 - cosine per parameter tensor, summed) | flat (IGD's
+    # code: 1 - cosine of all parameters as one vector)
+    distance: str = "layers"
+    # where the gradient is taken: x0 (the predicted clean latent, d x0 / d z_t taken as the identity) |
+    # denoiser (IGD's code: z_t, through the denoiser's guided prediction; one more denoiser forward and
+    # backward per guided step)
+    through: str = "x0"
     surrogate: str = "checkpoints/fashion-mnist/surrogate"  # made by `otdistill train-surrogate`
     real_per_class: int = 100  # real images whose mean gradient is the target
     seed: int = 0  # seed of the real images' choice

@@ -207,6 +207,8 @@ RULES: dict[str, OneOf | Range | Rule] = {
     "sample.guidance.influence.weight": NON_NEGATIVE,
     "sample.guidance.influence.real_per_class": AT_LEAST_1,
     "sample.guidance.influence.scaling": OneOf(_owned("guidance.common", "SCALINGS")),
+    "sample.guidance.influence.distance": OneOf(_owned("guidance.influence", "DISTANCES")),
+    "sample.guidance.influence.through": OneOf(_owned("guidance.influence", "THROUGH")),
     "sample.guidance.surrogate.arch": Rule(_arch, lambda cfg: "convnet3-wide"),
     "sample.guidance.surrogate.epochs": AT_LEAST_1,
     "sample.guidance.surrogate.checkpoints": Rule(_checkpoints, lambda cfg: [-1]),

@@ -9,7 +9,7 @@ update). The loop below only calls terms, so it never changes when a term is add
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 
@@ -40,6 +40,9 @@ class SamplerState:
     # a check per step would be a GPU -> host sync per step
     checks: list = field(default_factory=list)
     noise: torch.Tensor | None = None  # the noise the sampler's (guided) prediction stands for
+    # that guided prediction as a function of z_t (differentiable), for a term that differentiates
+    # through the denoiser
+    predict: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
 def sample_group(model: Generator, classes: Sequence[int], n: int, cfg: SampleConfig,
@@ -88,7 +91,8 @@ def sample_group(model: Generator, classes: Sequence[int], n: int, cfg: SampleCo
                 alpha_bar = float(sched.alphas_cumprod[int(t)])
                 state = SamplerState(z, int(t), i, cfg.steps, out.pred_original_sample, z_next - z, alpha_bar, c,
                                      memories[j], model, checks,
-                                     model.predicted_noise(pred[j][:, :z.shape[1]], z, alpha_bar))
+                                     model.predicted_noise(pred[j][:, :z.shape[1]], z, alpha_bar),
+                                     lambda v, c=c, t=t: model.predict(v, t, c, cfg.cfg_scale, cfg.cfg_channels))
                 for term in terms:
                     z_next = z_next - term(state)
             zs[j] = z_next

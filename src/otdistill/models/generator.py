@@ -334,6 +334,13 @@ class Generator:
             return uncond + cfg_scale * (cond - uncond)
         return torch.cat([uncond[:, :k] + cfg_scale * (cond[:, :k] - uncond[:, :k]), cond[:, k:]], dim=1)
 
+    def clean(self, pred: torch.Tensor, z: torch.Tensor, alpha_bar: float) -> torch.Tensor:
+        """The clean latent a prediction stands for (the schedulers' x0): (z_t - sqrt(1 - ab) eps) / sqrt(ab),
+        or sqrt(ab) z_t - sqrt(1 - ab) v from a velocity; differentiable."""
+        if self.prediction == "epsilon":
+            return (z - (1 - alpha_bar) ** 0.5 * pred) / alpha_bar ** 0.5
+        return alpha_bar ** 0.5 * z - (1 - alpha_bar) ** 0.5 * pred
+
     def predicted_noise(self, pred: torch.Tensor, z: torch.Tensor, alpha_bar: float) -> torch.Tensor:
         """The noise a prediction stands for: itself, or sqrt(ab) v + sqrt(1 - ab) z_t from a velocity."""
         if self.prediction == "epsilon":
