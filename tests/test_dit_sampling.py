@@ -127,3 +127,31 @@ def test_spacing_dit_with_ddim_is_refused_at_load():
         load_config(TINY, ["sample.scheduler=ddim", "sample.spacing=dit"])
     assert load_config(TINY, ["sample.scheduler=ddpm", "sample.spacing=dit"]).sample.spacing == "dit"
     assert dataclasses.replace(SampleConfig(), cfg_channels="first3").cfg_channels == "first3"
+
+
+def test_the_imagenet_recipes_sampling_runs_on_a_tiny_learned_sigma_dit(dit):
+    """configs/imagenet-1k.yaml's sample section (DDPM, DiT spacing, CFG on three channels, one
+    latent at a time, IGD's deviation and influence with its own scaling, through the denoiser)."""
+    from conftest import ROOT
+
+    from otdistill.config import load_config
+    from otdistill.guidance.deviation import DeviationGuidance
+    from otdistill.guidance.influence import InfluenceGuidance, param_grads
+    from otdistill.models.classifiers import Classifier
+    from otdistill.sample import sample_class
+
+    model, _ = dit
+    cfg = dataclasses.replace(load_config(ROOT / "configs/imagenet-1k.yaml").sample, ipc=2, classes_per_pass=1)
+    g = cfg.guidance
+    assert (cfg.scheduler, cfg.spacing, cfg.cfg_channels, cfg.batch_size) == ("ddpm", "dit", "first3", 1)
+    assert (g.deviation.scaling, g.influence.scaling, g.influence.through) == ("igd", "igd", "denoiser")
+    torch.manual_seed(0)
+    nets = [Classifier(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(IN_CH * SIZE * SIZE, CLASSES)),
+                       [0.5] * IN_CH, [0.5] * IN_CH).eval()]
+    real_images = torch.rand(8, IN_CH, SIZE, SIZE, generator=torch.Generator().manual_seed(2))
+    real = {2: [[t.detach() for t in param_grads(nets[0], real_images, torch.full((8,), 2), False)]]}
+    terms = [InfluenceGuidance(g.influence, nets, real), DeviationGuidance(g.deviation)]
+    guided = sample_class(model, 2, cfg, terms, tuple(g.window))
+    plain = sample_class(model, 2, cfg)
+    assert guided.shape == plain.shape == (2, IN_CH, SIZE, SIZE) and not torch.equal(guided, plain)
+    assert all(term.seconds > 0 for term in terms)
