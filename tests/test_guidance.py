@@ -108,7 +108,7 @@ def test_terms_come_from_the_registry_and_so_do_their_listings(trained, digits, 
     from otdistill.guidance import TERMS, GuidanceTerm, method_label, off_overrides, register_term
 
     model, _, _ = setup
-    assert off_overrides() == [f"sample.guidance.{n}.weight=0.0" for n in ("influence", "deviation", "ot")]
+    assert off_overrides() == [f"sample.guidance.{n}.weight=0.0" for n in ("influence", "deviation", "ot", "feature_ot")]
     assert method_label(["influence", "deviation", "ot"]) == "igd+ot" and method_label(["deviation"]) == "deviation"
 
     class Stub(GuidanceTerm):

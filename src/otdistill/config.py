@@ -133,6 +133,25 @@ class OTGuidanceConfig:
 
 
 @dataclass
+class FeatureOTConfig:
+    """Our extension, not the paper's: entropic OT between the class's generated set and real
+    images in classifiers' penultimate features; the predicted clean latent is decoded and
+    embedded, and the gradient flows back through the classifier and the decoder."""
+
+    weight: float = 0.0  # relative to the sampler's own update norm; 0 = off
+    reg: float = 0.05  # relative to the mean ground cost
+    cost: str = "sqeuclidean"  # sqeuclidean | cosine | l1, between features
+    pool_size: int = 200  # real training images per class
+    pool_seed: int = 0  # seed of the pool's choice
+    # the classifiers whose features it matches: teacher folders (model.json; imported torchvision
+    # models too) or a surrogate folder (its last epoch); several add their log OT values, so each
+    # space counts alike; empty = the first label teacher (teachers.0.path)
+    classifiers: list[str] = field(default_factory=list)
+    max_iter: int = 1000  # Sinkhorn iteration cap
+    tol: float = 1e-6  # Sinkhorn marginal error
+
+
+@dataclass
 class DeviationConfig:
     """G_D of IGD: away from the most cosine-similar latent already generated for the class."""
 
@@ -183,6 +202,7 @@ class GuidanceConfig:
     # Steps [start, stop) of the respaced schedule (0 = noisiest) where terms act.
     window: list[int] = field(default_factory=lambda: [0, 50])
     ot: OTGuidanceConfig = field(default_factory=OTGuidanceConfig)
+    feature_ot: FeatureOTConfig = field(default_factory=FeatureOTConfig)
     deviation: DeviationConfig = field(default_factory=DeviationConfig)
     influence: InfluenceConfig = field(default_factory=InfluenceConfig)
     surrogate: SurrogateConfig = field(default_factory=SurrogateConfig)

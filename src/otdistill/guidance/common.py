@@ -41,3 +41,19 @@ def guidance_step(grad: torch.Tensor, weight: float, name: str, state, scaling: 
     g_norm = grad.flatten(1).norm(dim=1).view(shape)
     r_norm = reference.flatten(1).norm(dim=1).view(shape)
     return weight * r_norm * grad / g_norm.clamp_min(1e-12)
+
+
+class WarmStarts:
+    """Sinkhorn potentials kept per key (a class, or a class and a space) from one step to the
+    next: a class's previous step starts its next solve; anything else (another chunk, a new
+    call) starts cold, so a class's result never depends on what ran before."""
+
+    def __init__(self):
+        self._kept: dict = {}  # key -> ((memory size, batch size, step), potentials)
+
+    def get(self, key, state):
+        where, potentials = self._kept.get(key, (None, None))
+        return potentials if where == (len(state.memory), len(state.z), state.step_index - 1) else None
+
+    def put(self, key, state, potentials) -> None:
+        self._kept[key] = ((len(state.memory), len(state.z), state.step_index), potentials)
