@@ -257,7 +257,8 @@ def test_influence_can_match_igds_flat_gradient_through_the_denoiser(setup, digi
     grad, = torch.autograd.grad(distance, zz)
     rms = lambda v: v.flatten(1).pow(2).mean(1).sqrt().view(-1, 1, 1, 1)  # noqa: E731
     expected = 5.0 * 0.7 ** 0.5 * 0.0015 * rms(noise) / rms(grad) * grad
-    term = InfluenceGuidance(InfluenceConfig(weight=5.0, scaling="igd", distance="flat", through="denoiser"), nets, real)
+    igd = InfluenceConfig(weight=5.0, scaling="igd", distance="flat", through="denoiser")
+    term = InfluenceGuidance(igd, nets, real)
     assert torch.allclose(term(state), expected, rtol=1e-4, atol=1e-7)
     # the sampler hands the term its guided prediction as a function of z_t
     cfg = dataclasses.replace(setup[1], steps=3, ipc=2, batch_size=2)

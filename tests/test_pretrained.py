@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from diffusers import DiTTransformer2DModel
 
 from otdistill.cli import main
 from otdistill.errors import UserError
-from otdistill.models.generator import load_generator, timestep_embedding
+from otdistill.models.generator import load_generator
 from otdistill.models.pretrained import dit_from_original, import_generator, load_dit, load_vae, read_state_dict
 from otdistill.teachers import load_teacher
 
@@ -188,13 +189,16 @@ def test_import_generator_from_original_pt_and_sample_a_class_subset(tmp_path):
 
 def test_diffusers_dit_folders_load_as_they_are(tmp_path):
     """A diffusers folder (e.g. facebook/DiT-XL-2-256's transformer/) keeps diffusers' timestep
-    embedding, and import-generator records that one."""
-    model = dit_from_original(original_dit_state_dict(), heads=HEADS)
-    assert timestep_embedding(model) == "dit-original"
+    embedding, so the same weights compute another function than the original's; import-generator
+    records that one."""
+    sd = original_dit_state_dict()
+    model = dit_from_original(sd, heads=HEADS)
     model.save_pretrained(tmp_path / "pipe" / "transformer")
     loaded = load_dit(tmp_path / "pipe")
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
-    assert timestep_embedding(loaded) == "diffusers"
+    x, t, y = torch.randn(2, IN_CH, SIZE, SIZE), torch.tensor([999, 999]), torch.tensor([0, CLASSES])
+    with torch.no_grad():
+        assert relative_error(loaded(x, timestep=t, class_labels=y).sample, original_forward(sd, x, t, y)) > 0.1
     _tiny_vae(tmp_path / "sd-vae")
     import_generator(tmp_path / "pipe", tmp_path / "sd-vae", [f"c{i}" for i in range(CLASSES)], tmp_path / "g")
     assert load_generator(tmp_path / "g").info["timestep_embedding"] == "diffusers"
@@ -256,3 +260,24 @@ def test_imagenette_recipe_binds_its_wnids_to_an_imagenet_generator(tmp_path):
     model = Generator(None, None, {"class_names": imagenet, "class_ids": imagenet})  # bind reads info only
     model.bind(data.class_ids, data.class_names)
     assert [imagenet[i] for i in model.labels] == wnids
+
+
+def test_generators_keep_the_timestep_embedding_diffusers_built():
+    """Without a timestep_embedding in generator.json the projections stay as diffusers builds
+    them (a UNet's freq_shift 0, a DiT's 1); dit-original divides by half everywhere."""
+    from diffusers import UNet2DModel
+
+    from otdistill.models.generator import Generator
+
+    unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 8), norm_num_groups=4,
+                       down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2, num_class_embeds=3)
+    Generator(None, unet, {"class_names": ["a", "b"], "backend": "unet"})
+    assert unet.time_proj.downscale_freq_shift == unet.config.freq_shift == 0
+    dit = dit_from_original(original_dit_state_dict(), heads=HEADS)
+    projections = [b.norm1.emb.time_proj for b in dit.transformer_blocks]
+    assert {p.downscale_freq_shift for p in projections} == {0}
+    fresh = DiTTransformer2DModel.from_config(dit.config)
+    Generator(None, fresh, {"class_names": ["a"] * CLASSES})
+    assert {b.norm1.emb.time_proj.downscale_freq_shift for b in fresh.transformer_blocks} == {1}
+    with pytest.raises(UserError, match="unknown timestep embedding 'dit'.*dit-original"):
+        Generator(None, fresh, {"class_names": ["a"] * CLASSES, "timestep_embedding": "dit"})

@@ -34,10 +34,11 @@ PREDICTIONS = ("epsilon", "v_prediction")
 SAMPLERS = ("ddim", "ddpm")  # sample.scheduler: the diffusers scheduler that draws samples
 SPACINGS = ("leading", "dit")  # sample.spacing: which training timesteps the sampling steps visit
 CFG_CHANNELS = {"all": None, "first3": 3}  # sample.cfg_channels: the leading channels CFG guides (None = all)
-# generator.json "timestep_embedding": the divisor shift of the sinusoidal frequencies
-# exp(-ln(10^4) i / (half - shift)), cosines first in both. diffusers' own models use 1; the
-# original facebookresearch DiT divides by half (0), and its weights compute its function only so.
-TIMESTEP_EMBEDDINGS = {"diffusers": 1, "dit-original": 0}
+# generator.json "timestep_embedding": diffusers (the sinusoidal projections as the diffusers
+# class builds them; its DiT's frequencies are exp(-ln(10^4) i / (half - 1))) | dit-original (the
+# facebookresearch DiT's exp(-ln(10^4) i / half), cosines first as in diffusers' DiT: its
+# weights compute its function only so)
+TIMESTEP_EMBEDDINGS = ("diffusers", "dit-original")
 
 
 def dit_timesteps(num_train: int, steps: int) -> list[int]:
@@ -89,30 +90,18 @@ def load_autoencoder(path: str | Path, subfolder: str = "autoencoder",
     return ae.eval().requires_grad_(False)
 
 
-def _time_projections(denoiser: torch.nn.Module) -> list:
+def set_timestep_embedding(denoiser: torch.nn.Module, kind: str) -> None:
+    """Give a denoiser's sinusoidal timestep projections (the diffusers DiT keeps one per block)
+    the embedding `kind` of TIMESTEP_EMBEDDINGS, the function its weights were trained with."""
     from diffusers.models.embeddings import Timesteps
 
-    return [m for m in denoiser.modules() if isinstance(m, Timesteps)]
-
-
-def set_timestep_embedding(denoiser: torch.nn.Module, kind: str) -> None:
-    """Make every sinusoidal timestep projection of a denoiser the `kind` of TIMESTEP_EMBEDDINGS
-    (the diffusers DiT keeps one per block): the function its weights were trained with."""
     if kind not in TIMESTEP_EMBEDDINGS:
         raise UserError(f"unknown timestep embedding '{kind}' in generator.json; use one of "
                         f"{', '.join(TIMESTEP_EMBEDDINGS)} (dit-original for a converted facebookresearch DiT)")
-    for proj in _time_projections(denoiser):
-        proj.downscale_freq_shift = TIMESTEP_EMBEDDINGS[kind]
-
-
-def timestep_embedding(denoiser: torch.nn.Module) -> str:
-    """The TIMESTEP_EMBEDDINGS name a denoiser's projections follow (what generator.json records)."""
-    shifts = {proj.downscale_freq_shift for proj in _time_projections(denoiser)}
-    names = [name for name, shift in TIMESTEP_EMBEDDINGS.items() if {shift} == shifts]
-    if not names:
-        raise UserError(f"the denoiser's timestep projections use the frequency shifts {sorted(shifts)}, "
-                        f"none of {', '.join(TIMESTEP_EMBEDDINGS)}")
-    return names[0]
+    if kind == "dit-original":
+        for proj in denoiser.modules():
+            if isinstance(proj, Timesteps):
+                proj.downscale_freq_shift = 0
 
 
 # ---------------------------------------------------------------- denoiser backends

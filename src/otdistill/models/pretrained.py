@@ -148,7 +148,7 @@ def import_generator(dit_path: str | Path, vae_path: str | Path, class_ids: list
     """Convert a local DiT + VAE into an otdistill generator folder (autoencoder/, dit/,
     generator.json), written atomically; returns its path."""
     from ..io import atomic_path, invoked_command, sha256_file
-    from .generator import Generator, timestep_embedding
+    from .generator import Generator
 
     dit, vae = load_dit(dit_path, heads), load_vae(vae_path)
     if vae.config.latent_channels != dit.config.in_channels:
@@ -159,8 +159,8 @@ def import_generator(dit_path: str | Path, vae_path: str | Path, class_ids: list
     info = {"class_names": names, "class_ids": list(class_ids), "dataset": "imported",
             "channels": vae.config.in_channels, "image_size": dit.config.sample_size * factor,
             "num_train_timesteps": 1000,
-            # a converted original DiT: the original's; a diffusers folder: diffusers', as it is
-            "timestep_embedding": timestep_embedding(dit), "imported": {
+            # load_dit converts an original DiT file to the original's; a diffusers folder stays as it is
+            "timestep_embedding": "diffusers" if Path(dit_path).is_dir() else "dit-original", "imported": {
                 "dit": str(dit_path), "vae": str(vae_path),
                 "dit_sha256": sha256_file(dit_path) if Path(dit_path).is_file() else None},
             "command": invoked_command()}
