@@ -23,7 +23,7 @@ from ..errors import UserError
 from ..io import atomic_path, generator, sha256_file
 from ..metrics import features
 from ..ot import entropic_ot
-from .common import WarmStarts, relative_step
+from .common import WarmStarts, guidance_step
 from .registry import GuidanceTerm, TermInputs, register_term
 
 log = logging.getLogger(__name__)
@@ -116,7 +116,7 @@ class FeatureOTGuidance(GuidanceTerm):
             grad, = torch.autograd.grad(value, x0)
         for k, plan in enumerate(plans):
             self._warm.put((k, state.class_index), state, plan.potentials)
-        return relative_step(grad, state.update, self.cfg.weight, "feature OT", state)
+        return guidance_step(grad, self.cfg.weight, "feature OT", state)
 
     def _memory_features(self, k: int, net: torch.nn.Module, state) -> torch.Tensor:
         memory, kept = self._memory.get((k, state.class_index), (None, None))

@@ -7,7 +7,7 @@ import torch
 
 from ..config import OTGuidanceConfig
 from ..ot import entropic_ot
-from .common import WarmStarts, current_latent, relative_step
+from .common import WarmStarts, current_latent, guidance_step
 from .pool import real_latent_pools
 from .registry import GuidanceTerm, TermInputs, register_term
 
@@ -29,7 +29,7 @@ class OTGuidance(GuidanceTerm):
                                       tol=self.cfg.tol)
             grad, = torch.autograd.grad(value, current)
         self._warm.put(state.class_index, state, plan.potentials)
-        return relative_step(grad, state.update, self.cfg.weight, "OT", state)
+        return guidance_step(grad, self.cfg.weight, "OT", state)  # relative: the paper gives no formula for beta_1
 
 
 def build(cfg: OTGuidanceConfig, inputs: TermInputs) -> OTGuidance:
