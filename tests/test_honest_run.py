@@ -49,7 +49,7 @@ def test_junk_is_called_junk_and_a_real_subset_is_not(trained, tmp_path, caplog)
             metrics_stage(root, ctx)
             result = evaluate_stage(root, ctx)
         manifest = json.loads((root / "manifest.json").read_text())
-        text = summary_text(cfg.output, "digits", manifest, result, None, {})
+        text = summary_text(cfg.output, "digits", manifest, result, [], {})
         # the log line and the summary say it, and name the fix
         warned[name] = ("look like noise" in caplog.text, "WARNING" in text, "generator.diffusion.steps" in text)
     assert warned == {"noise": (True, True, True), "real": (False, False, False)}
@@ -70,16 +70,18 @@ def test_a_generator_check_follows_train_generator(trained, tmp_path, caplog):
                            load_dataset(cfg.data), "cpu") is None
 
 
-def test_run_summary_carries_the_random_real_row(finished_run):
+def test_run_summary_carries_a_row_and_a_difference_per_baseline(finished_run):
     out, _ = finished_run
     summary = (out / "summary.md").read_text()
-    assert "random real (baseline)" in summary and "distilled - baseline" in summary
+    for name in ("random", "herding"):
+        assert f"| {name} real (baseline) |" in summary and f"| distilled - {name} real |" in summary
+        assert f"over {name} real " in summary
+        baseline = json.loads((out / "baselines" / name / "eval.json").read_text())
+        ours = json.loads((out / "distilled" / "eval.json").read_text())
+        assert baseline["student_config"] == ours["student_config"] and baseline["full_data"]["accuracy"] > 0
     assert "better than picking real images" in summary and "full data" in summary
-    baseline = json.loads((out / "baselines" / "random" / "eval.json").read_text())
-    ours = json.loads((out / "distilled" / "eval.json").read_text())
-    assert baseline["student_config"] == ours["student_config"] and baseline["full_data"]["accuracy"] > 0
     report = (out / "report" / "report.md").read_text()
-    assert "vs random real (IOR)" in report and "baselines/random" in report
+    assert "vs random real (IOR)" in report and "baselines/random" in report and "baselines/herding" in report
 
 
 def test_two_sets_in_one_folder_keep_their_own_results(trained, tmp_path):

@@ -5,7 +5,8 @@ OUTPUT/
     distilled/         the distilled set (artifacts.py); sample writes images, relabel labels
         eval/          one JSON per (student, protocol, seed), reused on rerun
         eval.json      the summary over seeds
-    baselines/random/  the real-image set scored beside it (`baseline`), with its own eval/
+    baselines/METHOD/  each real-image set scored beside it (`baseline`: random, herding, ...),
+                       with its own eval/
     summary.md         what `run` printed
 
 An evaluation belongs to the set it scores and lives inside that set's folder, so scoring
@@ -321,18 +322,19 @@ def evaluate_stage(distilled: str | Path, ctx: RunContext | None = None, out: st
     return result
 
 
-def baseline_stage(ctx: RunContext) -> Evaluation | None:
-    """The real-image set of the same IPC that `run` scores beside the distilled one
-    (cfg.baseline: made once into OUTPUT/baselines/NAME, labelled by the same teachers and
-    evaluated with the same students); None when switched off."""
-    if ctx.cfg.baseline == "none":
-        return None
-    root = Path(ctx.cfg.output) / "baselines" / ctx.cfg.baseline
-    if ctx.rank.main:
-        select_stage(ctx, ctx.cfg.baseline, root)
-    distributed.barrier()
-    relabel_stage(root, ctx)
-    return evaluate_stage(root, ctx)
+def baseline_stage(ctx: RunContext) -> list[Evaluation]:
+    """The real-image sets of the same IPC that `run` scores beside the distilled one, one per
+    cfg.baseline method in order: each made once into OUTPUT/baselines/METHOD, labelled by the
+    same teachers and evaluated with the same students; [] when none is asked for."""
+    results = []
+    for method in ctx.cfg.baseline:
+        root = Path(ctx.cfg.output) / "baselines" / method
+        if ctx.rank.main:
+            select_stage(ctx, method, root)
+        distributed.barrier()
+        relabel_stage(root, ctx)
+        results.append(evaluate_stage(root, ctx))
+    return results
 
 
 @contextlib.contextmanager
@@ -368,13 +370,13 @@ def run(ctx: RunContext) -> Evaluation:
     with _timed(seconds, "evaluate"):
         result = evaluate_stage(root, ctx)
     with _timed(seconds, "baseline"):
-        baseline = baseline_stage(ctx)
-    if baseline is None:
+        baselines = baseline_stage(ctx)
+    if not baselines:
         del seconds["baseline"]
     if not ctx.rank.main:
         return result
     write_json(out / "timings.json", {k: round(v, 1) for k, v in seconds.items()})
-    text = report.summary_text(cfg.output, cfg.data.name, manifest, result, baseline, seconds)
+    text = report.summary_text(cfg.output, cfg.data.name, manifest, result, baselines, seconds)
     write_text(out / "summary.md", text)
     page = report.build(out, data=data)
     print(text + f"report: {page}")  # the result, on stdout even with --quiet; summary.md keeps it
