@@ -115,6 +115,9 @@ class GeneratorConfig:
     # generator folder, to measure how quality grows along one training
     snapshot_steps: list[int] = field(default_factory=list)
     seed: int = 0  # seed of generator training
+    # `run` and `sample` stop before sampling from a generator whose check (GENERATOR/quality.json)
+    # says "not ready"; true samples from it anyway (e.g. to look at what it draws, or a tiny test recipe)
+    allow_unready: bool = False
 
 
 @dataclass

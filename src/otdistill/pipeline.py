@@ -37,7 +37,7 @@ from .io import read_json, remove_stale_temporaries, write_json, write_text
 from .metrics import features, junk_warning, set_report
 from .models.generator import Generator, load_generator
 from .progress import progress
-from .readiness import check_generator
+from .readiness import check_generator, checked, require_ready
 from .records import Evaluation, read_cached_cell, write_evaluation
 from .relabel import choose_teachers, load_ensemble, soft_logits
 from .sample import sample_classes
@@ -70,11 +70,15 @@ def check_model_paths(cfg: Config, teachers: bool = True) -> None:
 def ensure_generator(ctx: RunContext, force: bool = False, extend: bool = False) -> Generator:
     """Load the generator at generator.path, training it first when absent (or forced); with
     `extend` (the train-generator command) a generator this project trained with fewer steps
-    than the config asks is trained on from its saved state."""
+    than the config asks is trained on from its saved state. A generator trained here, and one
+    that train-generator finds without a graded check, gets its check (readiness.py)."""
     cfg = ctx.cfg
     exists = Path(cfg.generator.path).exists()
     if exists and not force and not (extend and needs_more_steps(cfg.generator)):
-        return load_generator(cfg.generator.path, ctx.device)
+        model = load_generator(cfg.generator.path, ctx.device)
+        if extend and not checked(cfg):  # train-generator on a finished generator still leaves its check
+            check_generator(cfg, model, ctx.data, ctx.device)
+        return model
     if exists and not force and not training_dir(cfg.generator).is_dir():
         raise UserError(f"{cfg.generator.path} was trained with fewer steps than the config asks, but its training "
                         f"state ({training_dir(cfg.generator)}) is not here to continue from (shipped checkpoints "
@@ -124,6 +128,7 @@ def sample_stage(ctx: RunContext) -> Path:
     keep = candidate_keeper(cfg, ctx.device)  # before the generator, which may train: a missing teacher stops it now
     data, quiet = ctx.data, ctx.quiet
     model = ensure_generator(ctx)
+    require_ready(cfg, model, data, ctx.device)  # before any sampling: a "not ready" generator stops here
     model.bind(data.class_ids, data.class_names)
     if cfg.sample.guidance.influence.weight > 0:
         ensure_surrogate(ctx)
