@@ -92,13 +92,14 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
-def _grid(images: torch.Tensor, ncol: int) -> torch.Tensor:
-    """uint8 (N, C, H, W) -> (H', W', C) numpy-ready grid, padded to ncol columns."""
+def _grid(images: torch.Tensor, ncol: int):
+    """uint8 (N, C, H, W) -> (H', W', C) numpy grid, padded to ncol columns (numpy: matplotlib
+    copies a torch tensor through an __array__ call that NumPy 2 deprecates)."""
     if len(images) < ncol:
         pad = torch.full((ncol - len(images), *images.shape[1:]), 255, dtype=torch.uint8)
         images = torch.cat([images, pad])
     g = make_grid(images, nrow=ncol, padding=1, pad_value=255)
-    return g.permute(1, 2, 0)
+    return g.permute(1, 2, 0).numpy()
 
 
 def class_grids(entry: SetEntry, real: LabelledData | None) -> bytes:
