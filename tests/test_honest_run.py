@@ -79,7 +79,9 @@ def test_a_few_step_generator_is_not_ready_and_run_will_not_sample_from_it(train
         assert main(["--quiet", *args, "--set", "generator.allow_unready=false"]) == 2
     assert "is not ready" in caplog.text and "generator.diffusion.steps" in caplog.text
     assert "--set generator.allow_unready=true" in caplog.text and not list((tmp_path / "run").rglob("*.png"))
+    caplog.clear()
     assert main(["--quiet", "sample", *args[1:], "--set", "generator.allow_unready=true"]) == 0
+    assert "although it is not ready" in caplog.text and list((tmp_path / "run").rglob("*.png"))  # said, then drawn
     assert check_generator(tiny_config(tmp_path, "teachers.0.path=/nowhere"), load_generator(tmp_path / "g"),
                            load_dataset(cfg.data), "cpu") is None
 

@@ -117,33 +117,42 @@ def check_generator(cfg: Config, model: Generator, data: LabelledData, device) -
     return result
 
 
-def require_ready(cfg: Config, model: Generator, data: LabelledData, device) -> None:
-    """Stop before sampling when the generator's check says "not ready" (unless ALLOW is set).
-    A generator without quality.json is checked now (and its quality.json written), except an
-    imported one (e.g. DiT-XL/2: published weights, and a thousand samples of it are costly),
-    which is used as it is; without a teacher there is nothing to check with."""
+def stored_quality(cfg: Config, model: Generator, data: LabelledData, device) -> dict | None:
+    """GENERATOR/quality.json; a generator without one is checked now (and the file written),
+    except an imported one (e.g. DiT-XL/2: published weights, and a thousand samples of it are
+    costly) and one whose check ALLOW waives; None when unchecked (without a teacher there is
+    nothing to check with)."""
     path = Path(cfg.generator.path) / "quality.json"
+    if path.exists():
+        return read_json(path)
     if cfg.generator.allow_unready:
-        log.info("generator check not enforced (%s=true)", ALLOW)
+        log.info("generator %s is unchecked and %s=true: sampling without checking it", cfg.generator.path, ALLOW)
+        return None
+    if "imported" in model.info:
+        log.info("generator %s is imported and unchecked: sampling from it as it is (`otdistill train-generator "
+                 "CONFIG` checks it)", cfg.generator.path)
+        return None
+    log.info("generator %s has no quality check yet: checking it now (%d plain samples)", cfg.generator.path, SAMPLES)
+    if distributed.current().main:
+        check_generator(cfg, model, data, device)
+    distributed.barrier()
+    return read_json(path) if path.exists() else None
+
+
+def require_ready(cfg: Config, model: Generator, data: LabelledData, device) -> None:
+    """Stop before sampling when the generator's check says "not ready", unless ALLOW is set."""
+    quality = stored_quality(cfg, model, data, device)
+    if quality is None:
         return
-    if not path.exists():
-        if "imported" in model.info:
-            log.info("generator %s is imported and unchecked: sampling from it as it is (`otdistill "
-                     "train-generator CONFIG` checks it)", cfg.generator.path)
-            return
-        log.info("generator %s has no quality check yet: checking it now (%d plain samples)", cfg.generator.path,
-                 SAMPLES)
-        if distributed.current().main:
-            check_generator(cfg, model, data, device)
-        distributed.barrier()
-        if not path.exists():
-            return  # no teacher yet: check_generator said so
-    quality = read_json(path)
     verdict, reasons = grade_quality(quality, data.num_classes)
-    if verdict == "not ready":
-        raise UserError(f"the generator at {cfg.generator.path} is not ready ({path}: {'; '.join(reasons)}): "
-                        f"{FIX_GENERATOR}. To sample from it anyway, add --set {ALLOW}=true")
-    log.info("generator %s: %s (%s)", cfg.generator.path, verdict, "; ".join(reasons) or "nothing held it back")
+    if verdict == "not ready" and cfg.generator.allow_unready:
+        log.warning("sampling from the generator at %s although it is not ready (%s), as %s=true asks: %s",
+                    cfg.generator.path, "; ".join(reasons), ALLOW, FIX_GENERATOR)
+    elif verdict == "not ready":
+        raise UserError(f"the generator at {cfg.generator.path} is not ready ({cfg.generator.path}/quality.json: "
+                        f"{'; '.join(reasons)}): {FIX_GENERATOR}. To sample from it anyway, add --set {ALLOW}=true")
+    else:
+        log.info("generator %s: %s (%s)", cfg.generator.path, verdict, "; ".join(reasons) or "nothing held it back")
 
 
 def checked(cfg: Config) -> bool:
