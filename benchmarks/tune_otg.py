@@ -10,9 +10,13 @@ distance, coverage in the first teacher's features) compare with them, and the s
 are scored on them. The shipped generator and teachers were trained on the whole training
 split, which includes them; that is the same for every setting, so the ranking is fair.
 
-A setting is written as `+`-joined KEY=VALUE pairs, keys relative to sample.guidance:
-    ot.weight=1+ot.reg=0.1+window=[0,40]        plain   (no overrides: the recipe itself)
+A setting is written as `+`-joined KEY=VALUE pairs, keys relative to sample.guidance, or
+whole keys of the sample section (the CFG scale, the chunk size):
+    ot.weight=1+ot.reg=0.1+window=[0,40]+sample.cfg_scale=1.5+sample.batch_size=5
+`recipe` (no overrides) is the recipe itself.
 `off` switches every registered term off (the recipe's plain samples with its labels).
+`real:METHOD` (e.g. real:herding, real:random) scores a real-image selection of the same IPC
+on the same split with the same labels and students: the reference a setting must beat.
 
 Usage: python benchmarks/tune_otg.py [--settings SETTING ...] [--seeds 0 1] [--ipc 10]
 Writes benchmarks/results/tune-otg-fashion-mnist.json (rows of earlier runs are kept; one row
@@ -37,6 +41,7 @@ from otdistill.config import load_config
 from otdistill.context import RunContext
 from otdistill.data import hold_out, load_dataset
 from otdistill.guidance import off_overrides
+from otdistill.selection import SELECTIONS
 
 # a first grid around the recipes' values (configs/ot.yaml, igd.yaml): the OT weight and
 # regularisation, the window, the pool, and IGD's two weights with OT on and off
@@ -52,16 +57,20 @@ SETTINGS = [
 
 
 def overrides_of(setting: str) -> list[str]:
-    """`ot.weight=1+window=[0,40]` -> ["sample.guidance.ot.weight=1", "sample.guidance.window=[0,40]"]."""
+    """`ot.weight=1+sample.cfg_scale=2` -> ["sample.guidance.ot.weight=1", "sample.cfg_scale=2"]."""
     if setting == "recipe":
         return []
     if setting == "off":
         return off_overrides()
+    if setting.startswith("real:"):
+        if setting[5:] not in SELECTIONS:
+            raise SystemExit(f"setting '{setting}': no selection '{setting[5:]}'; use one of {', '.join(SELECTIONS)}")
+        return []
     pairs = setting.split("+")
     if not all(re.fullmatch(r"[a-z_.]+=\S+", p) for p in pairs):
         raise SystemExit(f"setting '{setting}': write KEY=VALUE pairs joined by +, keys relative to "
                          "sample.guidance, e.g. ot.weight=1+window=[0,40] (or recipe, off)")
-    return [f"sample.guidance.{p}" for p in pairs]
+    return [p if p.startswith("sample.") else f"sample.guidance.{p}" for p in pairs]
 
 
 def slug(setting: str) -> str:
@@ -94,7 +103,8 @@ def main(argv: list[str] | None = None) -> None:
         cfg = dataclasses.replace(cfg, output=str(Path(args.work) / f"{slug(setting)}-{pipeline.sample_fingerprint(cfg)[:8]}"))
         validation = validation or hold_out(load_dataset(cfg.data), args.per_class, args.split_seed)
         ctx = RunContext(cfg, quiet=True, data=validation)
-        root = pipeline.sample_stage(ctx)
+        root = (pipeline.select_stage(ctx, setting[5:], Path(cfg.output) / "distilled") if setting.startswith("real:")
+                else pipeline.sample_stage(ctx))
         pipeline.relabel_stage(root, ctx)
         metrics = pipeline.metrics_stage(root, ctx)["teacher_features"]
         result = pipeline.evaluate_stage(root, ctx)
@@ -110,7 +120,8 @@ def main(argv: list[str] | None = None) -> None:
         all_rows = write_merged(result_path, rows, key=key)  # after every setting: a killed sweep keeps its rows
     for labels in sorted({r["labels"] for r in all_rows}):
         print(f"{labels} labels, best first (validation accuracy, mean +- std over seeds; OT distance; coverage):")
-        for r in sorted((r for r in all_rows if r["labels"] == labels), key=lambda r: -r["acc_mean"]):
+        same = (r for r in all_rows if r["labels"] == labels and key(r)[2:] == key(rows[0])[2:])  # this run's IPC, recipe, split
+        for r in sorted(same, key=lambda r: -r["acc_mean"]):
             print(f"  {r['setting']:<40} {100 * r['acc_mean']:.2f} +- {100 * r['acc_std']:.2f}  "
                   f"{r['ot_distance']:.2f}  {r['coverage']:.3f}")
     print(f"{len(rows)} rows in {time.time() - start:.0f} s -> {result_path} ({len(all_rows)} in all)")

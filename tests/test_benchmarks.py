@@ -196,20 +196,26 @@ def test_guidance_sweep_scores_on_the_validation_split(trained, tmp_path):
     tune = _script("tune_otg")
     with pytest.raises(SystemExit, match="KEY=VALUE"):
         tune.main(["--settings", "ot.weight"])
+    with pytest.raises(SystemExit, match="no selection 'herd'"):
+        tune.main(["--settings", "real:herd"])
+    assert tune.overrides_of("feature_ot.weight=1+sample.cfg_scale=1.5") == [
+        "sample.guidance.feature_ot.weight=1", "sample.cfg_scale=1.5"]  # whole sample.* keys pass as they are
     result = tmp_path / "otg.json"
     args = ["--recipe", str(TINY), "--set", f"teachers.0.path={trained.teachers[0].path}",
             "--set", f"generator.path={trained.generator.path}", "--set", "student.protocols=[hard]",
-            "--settings", "recipe", "ot.weight=1+ot.pool_size=5+window=[0,5]", "--ipc", "2", "--seeds", "0",
+            "--settings", "recipe", "ot.weight=1+ot.pool_size=5+window=[0,5]", "real:random", "--ipc", "2", "--seeds", "0",
             "--per-class", "15", "--work", str(tmp_path / "work"), "--result", str(result)]
     tune.main(args)
     rows = json.loads(result.read_text())
     assert [(r["setting"], r["labels"]) for r in rows] == [("recipe", "hard"), ("ot.weight=1+ot.pool_size=5+window=[0,5]",
-                                                                                 "hard")]
+                                                                                 "hard"), ("real:random", "hard")]
     keys = {"setting", "split", "acc_mean", "acc_std", "seeds", "ot_distance", "coverage"}
     assert all(keys <= r.keys() and r["split"] == "validation" for r in rows)
     work = tmp_path / "work"
     guided = json.loads(next(work.glob("ot.weight=1_ot.pool_size=5_window=_0_5_-*/distilled/manifest.json")).read_text())
     assert guided["source"]["guidance"] == ["ot"] and guided["config"]["sample"]["guidance"]["ot"]["weight"] == 1.0
+    real = json.loads(next(work.glob("real_random-*/distilled/manifest.json")).read_text())
+    assert real["source"]["kind"] == "real-random"  # the reference row: real images, the same students
     cells = json.loads(next(work.glob("recipe-*/distilled/eval.json")).read_text())["cells"]
     validation = hold_out(load_dataset(load_config(TINY).data), 15, 0)
     assert cells[0]["scored_on"] == validation.test.content_id()

@@ -108,7 +108,7 @@ def test_terms_come_from_the_registry_and_so_do_their_listings(trained, digits, 
     from otdistill.guidance import TERMS, GuidanceTerm, method_label, off_overrides, register_term
 
     model, _, _ = setup
-    assert off_overrides() == [f"sample.guidance.{n}.weight=0.0" for n in ("influence", "deviation", "ot")]
+    assert off_overrides() == [f"sample.guidance.{n}.weight=0.0" for n in ("influence", "deviation", "ot", "feature_ot")]
     assert method_label(["influence", "deviation", "ot"]) == "igd+ot" and method_label(["deviation"]) == "deviation"
 
     class Stub(GuidanceTerm):
@@ -166,7 +166,7 @@ def test_influence_gradient_is_a_descent_direction(setup, digits):
     term = InfluenceGuidance(InfluenceConfig(weight=1.0), models, real)
     x0 = torch.randn(2, *model.latent_shape, generator=torch.Generator().manual_seed(0))
     update = torch.randn_like(x0)
-    state = SamplerState(x0, 500, 5, 10, x0, update, 0.5, 3, x0[:0], model)
+    state = SamplerState(x0, 500, 5, 10, x0, update, 0.5, 3, x0[:0], model, noise=torch.randn_like(x0))
     delta = term(state)
     assert delta.shape == x0.shape and torch.isfinite(delta).all()
     # the step's size is weight * sqrt(1 - alpha_bar) * |update| per latent
@@ -182,3 +182,85 @@ def test_influence_gradient_is_a_descent_direction(setup, digits):
 
     step = delta / delta.norm() * 0.05
     assert distance(x0 - step) < distance(x0) < distance(x0 + step)
+
+
+def test_igd_scaling_steps_are_igds_formulas(setup, digits):
+    """scaling igd: deviation's step is gamma times the raw gradient of the cosine similarity to the
+    most similar memory latent (IGD's dev-scale acting on z_t); influence's is
+    k * sqrt(1 - alpha_bar) * 0.0015 * RMS(eps) / RMS(g) * g, IGD's rho_t. Written here from the
+    equations: d cos(z, m) / dz = m / (|z| |m|) - cos(z, m) z / |z|^2."""
+    from otdistill.config import InfluenceConfig
+    from otdistill.guidance.influence import InfluenceGuidance, param_grads, real_gradients
+    from otdistill.models.classifiers import Classifier
+    from otdistill.sample import SamplerState
+
+    model, _, _ = setup
+    g = torch.Generator().manual_seed(0)
+    z, update, noise = (torch.randn(2, *model.latent_shape, generator=g) for _ in range(3))
+    x0, memory = 0.5 * z + 0.1 * update, torch.randn(5, *model.latent_shape, generator=g)
+    state = SamplerState(z, 400, 6, 50, x0, update, 0.3, 3, memory, model, noise=noise)
+
+    deviation = DeviationGuidance(DeviationConfig(weight=120.0, input="zt", scaling="igd"))(state)
+    for r in range(2):
+        v, ms = z[r].flatten(), memory.flatten(1)
+        cos = ms @ v / (ms.norm(dim=1) * v.norm())
+        m = ms[cos.argmax()]
+        grad = m / (v.norm() * m.norm()) - cos.max() * v / v.norm() ** 2
+        assert torch.allclose(deviation[r].flatten(), 120.0 * grad, atol=1e-6)
+
+    torch.manual_seed(0)
+    nets = [Classifier(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(256, 10)), [0.5], [0.5]).eval()
+            for _ in range(2)]
+    real = real_gradients(nets, digits, 20, 0, "cpu")
+    x = x0.clone().requires_grad_(True)
+    labels = torch.full((2,), 3)
+    distance = sum(sum(1 - F.cosine_similarity(a.flatten(), b.flatten(), dim=0)
+                       for a, b in zip(param_grads(net, model.decode(x), labels, True), target))
+                   for net, target in zip(nets, real[3]))
+    grad, = torch.autograd.grad(distance, x)
+    rms = lambda v: v.flatten(1).pow(2).mean(1).sqrt().view(-1, 1, 1, 1)  # noqa: E731
+    for scaling, expected in [("igd", 0.0015 * rms(noise) / rms(grad) * grad),
+                              ("relative", update.flatten(1).norm(dim=1).view(-1, 1, 1, 1) * grad
+                               / grad.flatten(1).norm(dim=1).view(-1, 1, 1, 1))]:
+        term = InfluenceGuidance(InfluenceConfig(weight=5.0, scaling=scaling), nets, real)
+        assert torch.allclose(term(state), 5.0 * (1 - 0.3) ** 0.5 * expected, rtol=1e-4, atol=1e-5), scaling
+
+
+def test_influence_can_match_igds_flat_gradient_through_the_denoiser(setup, digits):
+    """distance flat + through denoiser, as IGD's code: the gradient w.r.t. z_t of 1 - cosine of
+    all the surrogate's parameter gradients as one vector against the real one, at
+    x0(z_t) = (z_t - sqrt(1 - ab) eps(z_t)) / sqrt(ab), eps the CFG-guided prediction."""
+    from otdistill.config import InfluenceConfig
+    from otdistill.guidance.influence import InfluenceGuidance, param_grads, real_gradients
+    from otdistill.models.classifiers import Classifier
+    from otdistill.sample import SamplerState
+
+    model, _, _ = setup
+    g = torch.Generator().manual_seed(1)
+    z, update, noise = (torch.randn(2, *model.latent_shape, generator=g) for _ in range(3))
+    state = SamplerState(z, 400, 6, 50, z, update, 0.3, 3, z[:0], model, noise=noise,
+                         predict=lambda v: model.predict(v, 400, 3, 2.0))
+    torch.manual_seed(0)
+    nets = [Classifier(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(256, 10)), [0.5], [0.5]).eval()
+            for _ in range(2)]
+    real = real_gradients(nets, digits, 20, 0, "cpu")
+
+    zz = z.clone().requires_grad_(True)
+    t = torch.full((2,), 400)
+    cond, uncond = model.forward(zz, t, torch.full((2,), 3)), model.forward(zz, t, torch.full((2,), model.null_class))
+    x0 = (zz - 0.7 ** 0.5 * (uncond + 2.0 * (cond - uncond))) / 0.3 ** 0.5
+    images, labels = model.decode(x0), torch.full((2,), 3)
+    distance = 0.0
+    for net, target in zip(nets, real[3]):
+        ours = torch.cat([a.flatten() for a in param_grads(net, images, labels, True)])
+        distance = distance + 1 - F.cosine_similarity(ours, torch.cat([b.flatten() for b in target]), dim=0)
+    grad, = torch.autograd.grad(distance, zz)
+    rms = lambda v: v.flatten(1).pow(2).mean(1).sqrt().view(-1, 1, 1, 1)  # noqa: E731
+    expected = 5.0 * 0.7 ** 0.5 * 0.0015 * rms(noise) / rms(grad) * grad
+    igd = InfluenceConfig(weight=5.0, scaling="igd", distance="flat", through="denoiser")
+    term = InfluenceGuidance(igd, nets, real)
+    assert torch.allclose(term(state), expected, rtol=1e-4, atol=1e-7)
+    # the sampler hands the term its guided prediction as a function of z_t
+    cfg = dataclasses.replace(setup[1], steps=3, ipc=2, batch_size=2)
+    guided = sample_latents(model, 3, 2, cfg, [term])
+    assert torch.isfinite(guided).all() and not torch.equal(guided, sample_latents(model, 3, 2, cfg))

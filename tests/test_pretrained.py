@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from diffusers import DiTTransformer2DModel
 
 from otdistill.cli import main
 from otdistill.errors import UserError
 from otdistill.models.generator import load_generator
-from otdistill.models.pretrained import dit_from_original, load_dit, load_vae, read_state_dict
+from otdistill.models.pretrained import dit_from_original, import_generator, load_dit, load_vae, read_state_dict
 from otdistill.teachers import load_teacher
 
 HIDDEN, HEADS, DEPTH, PATCH, IN_CH, CLASSES, SIZE = 32, 2, 2, 2, 4, 5, 4
@@ -29,23 +30,25 @@ def sincos_2d(dim: int, grid: int) -> np.ndarray:
     return np.concatenate([one_d(dim // 2, w), one_d(dim // 2, h)], axis=1)
 
 
-def original_dit_state_dict(seed: int = 0) -> dict:
-    """Random weights under facebookresearch/DiT's parameter names (learned sigma: 2x channels out)."""
+def original_dit_state_dict(seed: int = 0, hidden: int = HIDDEN, depth: int = DEPTH, classes: int = CLASSES,
+                            size: int = SIZE) -> dict:
+    """Random weights under facebookresearch/DiT's parameter names (learned sigma: 2x channels out);
+    nothing is zero, adaLN included, so every part of the function counts."""
     g = torch.Generator().manual_seed(seed)
 
     def r(*shape):
         return torch.randn(*shape, generator=g) * 0.2
 
-    d = HIDDEN
+    d = hidden
     sd = {"x_embedder.proj.weight": r(d, IN_CH, PATCH, PATCH), "x_embedder.proj.bias": r(d),
           "t_embedder.mlp.0.weight": r(d, 256), "t_embedder.mlp.0.bias": r(d),
           "t_embedder.mlp.2.weight": r(d, d), "t_embedder.mlp.2.bias": r(d),
-          "y_embedder.embedding_table.weight": r(CLASSES + 1, d),
-          "pos_embed": torch.from_numpy(sincos_2d(d, SIZE // PATCH)).float()[None],
+          "y_embedder.embedding_table.weight": r(classes + 1, d),
+          "pos_embed": torch.from_numpy(sincos_2d(d, size // PATCH)).float()[None],
           "final_layer.linear.weight": r(PATCH * PATCH * 2 * IN_CH, d),
           "final_layer.linear.bias": r(PATCH * PATCH * 2 * IN_CH),
           "final_layer.adaLN_modulation.1.weight": r(2 * d, d), "final_layer.adaLN_modulation.1.bias": r(2 * d)}
-    for i in range(DEPTH):
+    for i in range(depth):
         b = f"blocks.{i}."
         sd.update({b + "attn.qkv.weight": r(3 * d, d), b + "attn.qkv.bias": r(3 * d),
                    b + "attn.proj.weight": r(d, d), b + "attn.proj.bias": r(d),
@@ -55,30 +58,37 @@ def original_dit_state_dict(seed: int = 0) -> dict:
     return sd
 
 
-def original_forward(sd: dict, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """The original DiT forward pass (models.py), independent of diffusers."""
-    from diffusers.models.embeddings import get_timestep_embedding
+def original_timestep_embedding(t: torch.Tensor, dim: int = 256) -> torch.Tensor:
+    """models.py TimestepEmbedder.timestep_embedding: frequencies exp(-ln(10^4) i / half), i < half,
+    cosines first, then sines."""
+    half = dim // 2
+    freqs = torch.exp(-float(np.log(10000.0)) * torch.arange(half, dtype=torch.float32) / half)
+    args = t.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
-    n, d, p = len(x), HIDDEN, PATCH
+
+def original_forward(sd: dict, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, heads: int = HEADS) -> torch.Tensor:
+    """The original DiT forward pass (models.py: DiT.forward with its TimestepEmbedder, adaLN-Zero
+    blocks and final layer), written from its equations, independent of diffusers."""
+    n, p = len(x), PATCH
+    d = sd["x_embedder.proj.weight"].shape[0]
     h = F.conv2d(x, sd["x_embedder.proj.weight"], sd["x_embedder.proj.bias"], stride=p)
     grid = h.shape[-1]
     h = h.flatten(2).transpose(1, 2) + sd["pos_embed"]
-    # diffusers' DiT embeds timesteps with downscale_freq_shift=1 (the original divides by half,
-    # not half - 1); that part is the model's, not the checkpoint's, so the reference follows it
-    temb = get_timestep_embedding(t, 256, flip_sin_to_cos=True, downscale_freq_shift=1)
-    temb = F.linear(F.silu(F.linear(temb, sd["t_embedder.mlp.0.weight"], sd["t_embedder.mlp.0.bias"])),
-                    sd["t_embedder.mlp.2.weight"], sd["t_embedder.mlp.2.bias"])
+    temb = F.linear(F.silu(F.linear(original_timestep_embedding(t), sd["t_embedder.mlp.0.weight"],
+                                    sd["t_embedder.mlp.0.bias"])), sd["t_embedder.mlp.2.weight"], sd["t_embedder.mlp.2.bias"])
     c = temb + sd["y_embedder.embedding_table.weight"][y]
 
-    def modulate(v, shift, scale):
+    def modulate(v, shift, scale):  # LayerNorm without affine, eps 1e-6, then x * (1 + scale) + shift
         return F.layer_norm(v, (d,), eps=1e-6) * (1 + scale[:, None]) + shift[:, None]
 
-    for i in range(DEPTH):
+    blocks = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
+    for i in range(blocks):
         b = f"blocks.{i}."
         mods = F.linear(F.silu(c), sd[b + "adaLN_modulation.1.weight"], sd[b + "adaLN_modulation.1.bias"]).chunk(6, 1)
         q, k, v = F.linear(modulate(h, mods[0], mods[1]), sd[b + "attn.qkv.weight"], sd[b + "attn.qkv.bias"]).chunk(3, -1)
-        q, k, v = (a.view(n, -1, HEADS, d // HEADS).transpose(1, 2) for a in (q, k, v))
-        att = torch.softmax(q @ k.transpose(-1, -2) / (d // HEADS) ** 0.5, -1) @ v
+        q, k, v = (a.view(n, -1, heads, d // heads).transpose(1, 2) for a in (q, k, v))
+        att = torch.softmax(q @ k.transpose(-1, -2) / (d // heads) ** 0.5, -1) @ v
         att = F.linear(att.transpose(1, 2).reshape(n, -1, d), sd[b + "attn.proj.weight"], sd[b + "attn.proj.bias"])
         h = h + mods[2][:, None] * att
         m = F.gelu(F.linear(modulate(h, mods[3], mods[4]), sd[b + "mlp.fc1.weight"], sd[b + "mlp.fc1.bias"]),
@@ -91,16 +101,24 @@ def original_forward(sd: dict, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor
     return torch.einsum("nhwpqc->nchpwq", h).reshape(n, -1, grid * p, grid * p)
 
 
-def test_original_dit_converts_to_the_same_function():
+def relative_error(ours: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((ours - ref).norm() / ref.norm()).item()
+
+
+@pytest.mark.parametrize("t", [999, 500, 1])
+def test_original_dit_converts_to_the_same_function(t):
+    """At every t, for a class and for the null class (label = classes), the converted DiT is the
+    original's function; timesteps far from 0 are where another timestep embedding shows."""
     sd = original_dit_state_dict()
     model = dit_from_original(sd, heads=HEADS).eval()
     assert model.config.num_layers == DEPTH and model.config.out_channels == 2 * IN_CH
     assert model.config.num_embeds_ada_norm == CLASSES and model.config.sample_size == SIZE
     x = torch.randn(3, IN_CH, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
-    t, y = torch.tensor([999, 500, 3]), torch.tensor([0, 4, CLASSES])  # CLASSES = the null class
+    ts, y = torch.full((3,), t), torch.tensor([0, 4, CLASSES])  # CLASSES = the null class
     with torch.no_grad():
-        ours = model(x, timestep=t, class_labels=y).sample
-    assert torch.allclose(ours, original_forward(sd, x, t, y), atol=1e-4)
+        ours = model(x, timestep=ts, class_labels=y).sample
+    ref = original_forward(sd, x, ts, y)
+    assert relative_error(ours, ref) < 1e-5
 
 
 def test_checkpoint_files_load_safely_or_say_why_not(tmp_path):
@@ -145,6 +163,11 @@ def test_import_generator_from_original_pt_and_sample_a_class_subset(tmp_path):
                  "--classes", str(tmp_path / "classes.txt"), "--heads", str(HEADS), "--out", str(out)]) == 0
     model = load_generator(out)
     assert model.info["image_size"] == SIZE * 2 and model.info["class_ids"] == wnids
+    # generator.json records the original's timestep embedding and loading applies it again
+    assert model.info["timestep_embedding"] == "dit-original"
+    x, t999, y = torch.randn(2, IN_CH, SIZE, SIZE), torch.tensor([999, 999]), torch.tensor([1, CLASSES])
+    with torch.no_grad():
+        assert relative_error(model.forward(x, t999, y), original_forward(original_dit_state_dict(), x, t999, y)[:, :IN_CH]) < 1e-5
     model.bind([wnids[3], wnids[1]], ["c", "a"])  # a two-class subset, e.g. ImageNette of ImageNet-1K
     assert model.labels == [3, 1] and model.null_class == CLASSES
     z = torch.randn(2, IN_CH, SIZE, SIZE)
@@ -164,11 +187,21 @@ def test_import_generator_from_original_pt_and_sample_a_class_subset(tmp_path):
     assert not (tmp_path / "g2").exists()
 
 
-def test_diffusers_dit_folders_load(tmp_path):
-    model = dit_from_original(original_dit_state_dict(), heads=HEADS)
+def test_diffusers_dit_folders_load_as_they_are(tmp_path):
+    """A diffusers folder (e.g. facebook/DiT-XL-2-256's transformer/) keeps diffusers' timestep
+    embedding, so the same weights compute another function than the original's; import-generator
+    records that one."""
+    sd = original_dit_state_dict()
+    model = dit_from_original(sd, heads=HEADS)
     model.save_pretrained(tmp_path / "pipe" / "transformer")
     loaded = load_dit(tmp_path / "pipe")
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
+    x, t, y = torch.randn(2, IN_CH, SIZE, SIZE), torch.tensor([999, 999]), torch.tensor([0, CLASSES])
+    with torch.no_grad():
+        assert relative_error(loaded(x, timestep=t, class_labels=y).sample, original_forward(sd, x, t, y)) > 0.1
+    _tiny_vae(tmp_path / "sd-vae")
+    import_generator(tmp_path / "pipe", tmp_path / "sd-vae", [f"c{i}" for i in range(CLASSES)], tmp_path / "g")
+    assert load_generator(tmp_path / "g").info["timestep_embedding"] == "diffusers"
     with pytest.raises(UserError, match="not a diffusers DiT folder"):
         load_dit(tmp_path)
 
@@ -227,3 +260,24 @@ def test_imagenette_recipe_binds_its_wnids_to_an_imagenet_generator(tmp_path):
     model = Generator(None, None, {"class_names": imagenet, "class_ids": imagenet})  # bind reads info only
     model.bind(data.class_ids, data.class_names)
     assert [imagenet[i] for i in model.labels] == wnids
+
+
+def test_generators_keep_the_timestep_embedding_diffusers_built():
+    """Without a timestep_embedding in generator.json the projections stay as diffusers builds
+    them (a UNet's freq_shift 0, a DiT's 1); dit-original divides by half everywhere."""
+    from diffusers import UNet2DModel
+
+    from otdistill.models.generator import Generator
+
+    unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 8), norm_num_groups=4,
+                       down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2, num_class_embeds=3)
+    Generator(None, unet, {"class_names": ["a", "b"], "backend": "unet"})
+    assert unet.time_proj.downscale_freq_shift == unet.config.freq_shift == 0
+    dit = dit_from_original(original_dit_state_dict(), heads=HEADS)
+    projections = [b.norm1.emb.time_proj for b in dit.transformer_blocks]
+    assert {p.downscale_freq_shift for p in projections} == {0}
+    fresh = DiTTransformer2DModel.from_config(dit.config)
+    Generator(None, fresh, {"class_names": ["a"] * CLASSES})
+    assert {b.norm1.emb.time_proj.downscale_freq_shift for b in fresh.transformer_blocks} == {1}
+    with pytest.raises(UserError, match="unknown timestep embedding 'dit'.*dit-original"):
+        Generator(None, fresh, {"class_names": ["a"] * CLASSES, "timestep_embedding": "dit"})

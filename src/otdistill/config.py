@@ -136,12 +136,34 @@ class OTGuidanceConfig:
 
 
 @dataclass
+class FeatureOTConfig:
+    """Our extension, not the paper's: entropic OT between the class's generated set and real
+    images in classifiers' penultimate features; the predicted clean latent is decoded and
+    embedded, and the gradient flows back through the classifier and the decoder."""
+
+    weight: float = 0.0  # relative to the sampler's own update norm; 0 = off
+    reg: float = 0.05  # relative to the mean ground cost
+    cost: str = "sqeuclidean"  # sqeuclidean | cosine | l1, between features
+    pool_size: int = 200  # real training images per class
+    pool_seed: int = 0  # seed of the pool's choice
+    # the classifiers whose features it matches: teacher folders (model.json; imported torchvision
+    # models too) or a surrogate folder (its last epoch); several add their log OT values, so each
+    # space counts alike; empty = the first label teacher (teachers.0.path)
+    classifiers: list[str] = field(default_factory=list)
+    max_iter: int = 1000  # Sinkhorn iteration cap
+    tol: float = 1e-6  # Sinkhorn marginal error
+
+
+@dataclass
 class DeviationConfig:
     """G_D of IGD: away from the most cosine-similar latent already generated for the class."""
 
-    weight: float = 0.0  # gamma, relative to the sampler's own update norm; 0 = off
+    weight: float = 0.0  # gamma, in the units `scaling` gives it; 0 = off
     memory_size: int = 64  # latents already generated for the class it compares with (most recent)
     input: str = "x0"  # x0 (predicted clean latent) | zt
+    # relative (gamma x the sampler update's norm x the unit gradient) | igd (IGD's code: gamma x the
+    # raw gradient of the cosine similarity, so IGD's published gamma works with input zt)
+    scaling: str = "relative"
 
 
 @dataclass
@@ -149,7 +171,17 @@ class InfluenceConfig:
     """G_I of IGD: match a surrogate's training gradient on the decoded predicted image to the
     mean gradient of real images of the class, over checkpoints of the surrogate's training."""
 
-    weight: float = 0.0  # k; the step is k * sqrt(1 - alpha_bar_t) * |update| * g / |g|; 0 = off
+    weight: float = 0.0  # k; the step is k * sqrt(1 - alpha_bar_t) * |reference| * g / |g|; 0 = off
+    # the reference: relative (the sampler update) | igd (IGD's code: 0.0015 x the predicted noise,
+    # so IGD's published k works as published)
+    scaling: str = "relative"
+    # how the gradients are matched: layers (1 - cosine per parameter tensor, summed) | flat (IGD's
+    # code: 1 - cosine of all parameters as one vector)
+    distance: str = "layers"
+    # where the gradient is taken: x0 (the predicted clean latent, d x0 / d z_t taken as the identity) |
+    # denoiser (IGD's code: z_t, through the denoiser's guided prediction; one more denoiser forward and
+    # backward per guided step)
+    through: str = "x0"
     surrogate: str = "checkpoints/fashion-mnist/surrogate"  # made by `otdistill train-surrogate`
     real_per_class: int = 100  # real images whose mean gradient is the target
     seed: int = 0  # seed of the real images' choice
@@ -173,6 +205,7 @@ class GuidanceConfig:
     # Steps [start, stop) of the respaced schedule (0 = noisiest) where terms act.
     window: list[int] = field(default_factory=lambda: [0, 50])
     ot: OTGuidanceConfig = field(default_factory=OTGuidanceConfig)
+    feature_ot: FeatureOTConfig = field(default_factory=FeatureOTConfig)
     deviation: DeviationConfig = field(default_factory=DeviationConfig)
     influence: InfluenceConfig = field(default_factory=InfluenceConfig)
     surrogate: SurrogateConfig = field(default_factory=SurrogateConfig)
@@ -184,8 +217,16 @@ class SampleConfig:
 
     ipc: int = 10  # images per class
     steps: int = 50  # sampling steps (respaced from the training timesteps)
-    scheduler: str = "ddim"  # ddim | ddpm
+    # ddim | ddpm (for a DiT with sigma channels, such as DiT-XL/2, with its learned variance: DiT's
+    # learned-range interpolation between the posterior variance and beta_t)
+    scheduler: str = "ddim"
+    # which training timesteps the steps visit: leading (diffusers': every T/steps-th from 0) | dit
+    # (DiT's and IGD's respacing: evenly strided over 0..T-1, both ends kept; ddpm only)
+    spacing: str = "leading"
     cfg_scale: float = 2.0  # classifier-free guidance scale (1 = none)
+    # latent channels CFG guides: all | first3 (DiT's forward_with_cfg, "for exact reproducibility");
+    # the others, and a DiT's sigma channels, are the conditional prediction's
+    cfg_channels: str = "all"
     batch_size: int = 50  # latents of one class per forward pass
     # classes sharing each DiT forward pass (fills a GPU at IPC 10); a class's bytes depend on
     # it, since the shared batch changes the float arithmetic, so keep it when resuming

@@ -113,6 +113,17 @@ def _window(value, cfg) -> Problem:
             f"last step means to the end), got {value}")
 
 
+def _spacing(value, cfg) -> Problem:
+    from .models.generator import SPACINGS
+
+    if value not in SPACINGS:
+        return f"must be one of {', '.join(SPACINGS)}, got {value!r}"
+    if value == "dit" and cfg.sample.scheduler != "ddpm":
+        return (f"dit needs sample.scheduler=ddpm (diffusers' {cfg.sample.scheduler} steps by a fixed stride); "
+                "set the scheduler to ddpm or the spacing to leading")
+    return None
+
+
 def _snapshots(value, cfg) -> Problem:
     steps = cfg.generator.diffusion.steps
     bad = [s for s in value if not 1 <= s <= steps]
@@ -176,7 +187,9 @@ RULES: dict[str, OneOf | Range | Rule] = {
     "sample.ipc": AT_LEAST_1,
     "sample.steps": AT_LEAST_1,
     "sample.scheduler": OneOf(_owned("models.generator", "SAMPLERS")),
+    "sample.spacing": Rule(_spacing, lambda cfg: "trailing"),
     "sample.cfg_scale": NON_NEGATIVE,
+    "sample.cfg_channels": OneOf(_owned("models.generator", "CFG_CHANNELS")),
     "sample.batch_size": AT_LEAST_1,
     "sample.classes_per_pass": AT_LEAST_1,
     "sample.oversample": AT_LEAST_1,
@@ -193,11 +206,21 @@ RULES: dict[str, OneOf | Range | Rule] = {
     "sample.guidance.ot.input": OneOf(_owned("guidance.common", "INPUTS")),
     "sample.guidance.ot.max_iter": AT_LEAST_1,
     "sample.guidance.ot.tol": POSITIVE,
+    "sample.guidance.feature_ot.weight": NON_NEGATIVE,
+    "sample.guidance.feature_ot.reg": POSITIVE,
+    "sample.guidance.feature_ot.cost": OneOf(_owned("ot", "COSTS")),
+    "sample.guidance.feature_ot.pool_size": AT_LEAST_1,
+    "sample.guidance.feature_ot.max_iter": AT_LEAST_1,
+    "sample.guidance.feature_ot.tol": POSITIVE,
     "sample.guidance.deviation.weight": NON_NEGATIVE,
     "sample.guidance.deviation.memory_size": AT_LEAST_1,
     "sample.guidance.deviation.input": OneOf(_owned("guidance.common", "INPUTS")),
+    "sample.guidance.deviation.scaling": OneOf(_owned("guidance.common", "SCALINGS")),
     "sample.guidance.influence.weight": NON_NEGATIVE,
     "sample.guidance.influence.real_per_class": AT_LEAST_1,
+    "sample.guidance.influence.scaling": OneOf(_owned("guidance.common", "SCALINGS")),
+    "sample.guidance.influence.distance": OneOf(_owned("guidance.influence", "DISTANCES")),
+    "sample.guidance.influence.through": OneOf(_owned("guidance.influence", "THROUGH")),
     "sample.guidance.surrogate.arch": Rule(_arch, lambda cfg: "convnet3-wide"),
     "sample.guidance.surrogate.epochs": AT_LEAST_1,
     "sample.guidance.surrogate.checkpoints": Rule(_checkpoints, lambda cfg: [-1]),

@@ -32,7 +32,7 @@ from .context import RunContext
 from .data import TensorImages
 from .errors import UserError
 from .evaluate import summarise, train_student
-from .guidance import build_terms
+from .guidance import build_terms, models_read
 from .io import read_json, remove_stale_temporaries, write_json, write_text
 from .metrics import features, junk_warning, set_report
 from .models.generator import Generator, load_generator
@@ -112,8 +112,9 @@ def ensure_surrogate(ctx: RunContext, force: bool = False) -> None:
 
 def sample_fingerprint(cfg: Config) -> str:
     """What a sampled set depends on: two configs with the same one draw the same bytes."""
-    used = model_read(cfg.sample.keep, cfg) if cfg.sample.oversample > 1 else None  # the model keep reads
-    return fingerprint(cfg.data, cfg.generator.path, cfg.sample, *([used] if used else []))
+    used = [model_read(cfg.sample.keep, cfg)] if cfg.sample.oversample > 1 else []  # the model keep reads
+    used.append(models_read(cfg.sample.guidance, [t.path for t in cfg.teachers]))  # and those guidance reads
+    return fingerprint(cfg.data, cfg.generator.path, cfg.sample, *[u for u in used if u])
 
 
 def sample_stage(ctx: RunContext) -> Path:
@@ -138,7 +139,7 @@ def sample_stage(ctx: RunContext) -> Path:
     groups = [groups[g] for g in rank.mine(range(len(groups)))]  # all of them in a single process
     classes = [c for group in groups for c in group]
     terms = build_terms(cfg.sample.guidance, model, data, cache_dir=Path(cfg.output) / "cache", quiet=quiet,
-                        classes=classes)
+                        classes=classes, teachers=[t.path for t in cfg.teachers])
     window = tuple(cfg.sample.guidance.window)
     drawn = dataclasses.replace(cfg.sample, ipc=cfg.sample.ipc * cfg.sample.oversample)
     start = time.time()
@@ -169,6 +170,7 @@ def sample_stage(ctx: RunContext) -> Path:
     source = {"kind": "generated", "generator": cfg.generator.path, "guidance": [t.name for t in terms],
               "sample_seconds": max(s["seconds"] for s in shards),
               "ot_seconds": sum(s["guidance_seconds"].get("ot", 0.0) for s in shards),
+              "guidance_seconds": {t.name: sum(s["guidance_seconds"].get(t.name, 0.0) for s in shards) for t in terms},
               "ranks": rank.world}
     artifacts.write_manifest(
         root, ipc=cfg.sample.ipc, class_names=data.class_names, class_ids=data.class_ids, channels=data.channels,

@@ -9,7 +9,7 @@ update). The loop below only calls terms, so it never changes when a term is add
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 
@@ -39,7 +39,10 @@ class SamplerState:
     # (term, step, class, all-finite flag) per guidance gradient, checked once after the loop:
     # a check per step would be a GPU -> host sync per step
     checks: list = field(default_factory=list)
-
+    noise: torch.Tensor | None = None  # the noise the sampler's (guided) prediction stands for
+    # that guided prediction as a function of z_t (differentiable), for a term that differentiates
+    # through the denoiser
+    predict: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
 def sample_group(model: Generator, classes: Sequence[int], n: int, cfg: SampleConfig,
@@ -50,7 +53,8 @@ def sample_group(model: Generator, classes: Sequence[int], n: int, cfg: SampleCo
     them. Noise, the scheduler's variance noise and guidance stay per class (a generator seeded
     by (seed, class, chunk)), so a class's latents do not depend on the other classes beyond
     the float arithmetic of the shared forward pass. The scheduler reads the prediction as
-    the generator was trained to make it (noise or velocity). With a start (n latents, e.g. D4M's
+    the generator was trained to make it (noise or velocity), with CFG on cfg.cfg_channels; DDPM
+    reads a learned-sigma DiT's variance. With a start (n latents, e.g. D4M's
     prototypes), sampling begins from them noised to where cfg.init_strength of the schedule
     remains."""
     device = model.device
@@ -60,8 +64,8 @@ def sample_group(model: Generator, classes: Sequence[int], n: int, cfg: SampleCo
     scheds, gens, zs = [], [], []
     first = 0 if starts[0] is None else cfg.steps - max(1, round(cfg.steps * cfg.init_strength))
     for c, start in zip(classes, starts):
-        sched = model.noise_scheduler(cfg.scheduler)  # one per class: a scheduler may keep state
-        sched.set_timesteps(cfg.steps)
+        # one per class: a scheduler may keep state
+        sched = model.noise_scheduler(cfg.scheduler, cfg.steps, cfg.spacing)
         g = generator(cfg.seed, "sample", c, chunk)
         noise = torch.randn((n, *model.latent_shape), generator=g).to(device)
         zs.append(noise * sched.init_noise_sigma if start is None
@@ -72,18 +76,23 @@ def sample_group(model: Generator, classes: Sequence[int], n: int, cfg: SampleCo
     rows = [c for c in classes for _ in range(n)]
     lo, hi = window if window is not None else (0, cfg.steps)
     checks: list = []
+    variance = model.reads_variance(cfg.scheduler)
     for i, t in enumerate(scheds[0].timesteps[first:], start=first):
         with torch.no_grad():
-            pred = model.predict(torch.cat(zs), t, rows, cfg.cfg_scale).split(n)
+            pred = model.predict(torch.cat(zs), t, rows, cfg.cfg_scale, cfg.cfg_channels, variance).split(n)
         for j, (c, sched, g) in enumerate(zip(classes, scheds, gens)):
             z = zs[j]
             with torch.no_grad():
-                # DDPM draws its variance noise from `g`; DDIM (eta=0) ignores it.
+                # DDPM draws its variance noise from `g` (and splits off the variance channels);
+                # DDIM (eta=0) ignores it.
                 out = sched.step(pred[j], t, z, generator=g, return_dict=True)
             z_next = out.prev_sample
             if terms and lo <= i < hi:
-                state = SamplerState(z, int(t), i, cfg.steps, out.pred_original_sample, z_next - z,
-                                     float(sched.alphas_cumprod[int(t)]), c, memories[j], model, checks)
+                alpha_bar = float(sched.alphas_cumprod[int(t)])
+                state = SamplerState(z, int(t), i, cfg.steps, out.pred_original_sample, z_next - z, alpha_bar, c,
+                                     memories[j], model, checks,
+                                     model.predicted_noise(pred[j][:, :z.shape[1]], z, alpha_bar),
+                                     lambda v, c=c, t=t: model.predict(v, t, c, cfg.cfg_scale, cfg.cfg_channels))
                 for term in terms:
                     z_next = z_next - term(state)
             zs[j] = z_next

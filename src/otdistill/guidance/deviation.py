@@ -1,5 +1,6 @@
 """G_D (IGD): push each new latent away from the most cosine-similar latent already
-generated for its class, so the class's samples stay diverse."""
+generated for its class, so the class's samples stay diverse. With scaling igd the step is
+IGD's: gamma times the raw gradient of that cosine similarity (IGD measures z_t: input zt)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import DeviationConfig
-from .common import current_latent, relative_step
+from .common import current_latent, guidance_step
 from .registry import GuidanceTerm, register_term
 
 
@@ -23,7 +24,7 @@ class DeviationGuidance(GuidanceTerm):
         with torch.enable_grad():
             sims = F.normalize(current.flatten(1), dim=1) @ F.normalize(memory.flatten(1), dim=1).T
             grad, = torch.autograd.grad(sims.max(dim=1).values.sum(), current)
-        return relative_step(grad, state.update, self.cfg.weight, "deviation", state)
+        return guidance_step(grad, self.cfg.weight, "deviation", state, self.cfg.scaling)
 
 
 register_term("deviation", lambda cfg, inputs: DeviationGuidance(cfg), family="igd")

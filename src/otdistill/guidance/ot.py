@@ -7,7 +7,7 @@ import torch
 
 from ..config import OTGuidanceConfig
 from ..ot import entropic_ot
-from .common import current_latent, relative_step
+from .common import WarmStarts, current_latent, guidance_step
 from .pool import real_latent_pools
 from .registry import GuidanceTerm, TermInputs, register_term
 
@@ -18,25 +18,18 @@ class OTGuidance(GuidanceTerm):
     def __init__(self, cfg: OTGuidanceConfig, pools: dict[int, torch.Tensor]):
         super().__init__(cfg)
         self.pools = pools
-        self._warm: dict[int, tuple] = {}  # class -> (memory size, batch size, step, potentials)
+        self._warm = WarmStarts()
 
     def delta(self, state) -> torch.Tensor:
         real = self.pools[state.class_index].to(state.z)
         current = current_latent(state, self.cfg.input).detach().requires_grad_(True)
         with torch.enable_grad():
             value, plan = entropic_ot(torch.cat([state.memory, current]), real, self.cfg.reg, self.cfg.cost,
-                                      warmstart=self._warm_start(state), max_iter=self.cfg.max_iter,
+                                      warmstart=self._warm.get(state.class_index, state), max_iter=self.cfg.max_iter,
                                       tol=self.cfg.tol)
             grad, = torch.autograd.grad(value, current)
-        # The potentials of a class's previous step start its next solve; anything else (another
-        # chunk, a new call) starts cold, so a class's result never depends on what ran before.
-        self._warm[state.class_index] = (len(state.memory), len(state.z), state.step_index, plan.potentials)
-        return relative_step(grad, state.update, self.cfg.weight, "OT", state)
-
-    def _warm_start(self, state):
-        memory, batch, step, potentials = self._warm.get(state.class_index, (None, None, None, None))
-        same_run = (memory, batch, step) == (len(state.memory), len(state.z), state.step_index - 1)
-        return potentials if same_run else None
+        self._warm.put(state.class_index, state, plan.potentials)
+        return guidance_step(grad, self.cfg.weight, "OT", state)  # relative: the paper gives no formula for beta_1
 
 
 def build(cfg: OTGuidanceConfig, inputs: TermInputs) -> OTGuidance:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -51,6 +51,7 @@ class TermInputs:
     cache_dir: str | Path | None = None  # where costly per-class inputs (real pools) are cached
     quiet: bool = True
     classes: list[int] | None = None  # the classes this process samples (None = all)
+    teachers: list[str] = field(default_factory=list)  # the configured label teachers' folders, in order
 
 
 @dataclass(frozen=True)
@@ -58,19 +59,29 @@ class TermEntry:
     name: str
     build: Callable[[Any, TermInputs], GuidanceTerm]
     family: str | None = None  # a method name standing for all the terms of a family together (igd)
+    # (its config section, the label teachers' folders) -> the folders of models it reads beyond the
+    # generator, which therefore shape the images (a sampled set's fingerprint names them)
+    reads: Callable[[Any, list[str]], list[str]] | None = None
 
 
 TERMS: dict[str, TermEntry] = {}  # in the order the terms apply at each step
 
 
-def register_term(name: str, build: Callable[[Any, TermInputs], GuidanceTerm], family: str | None = None) -> None:
-    TERMS[name] = TermEntry(name, build, family)
+def register_term(name: str, build: Callable[[Any, TermInputs], GuidanceTerm], family: str | None = None,
+                  reads: Callable[[Any, list[str]], list[str]] | None = None) -> None:
+    TERMS[name] = TermEntry(name, build, family, reads)
+
+
+def models_read(cfg, teachers: list[str]) -> list[str]:
+    """The folders of the models the enabled terms of a GuidanceConfig read beyond the generator."""
+    return [path for name, entry in TERMS.items() if entry.reads and getattr(cfg, name).weight > 0
+            for path in entry.reads(getattr(cfg, name), teachers)]
 
 
 def build_terms(cfg, model: Generator, data: LabelledData, cache_dir: str | Path | None = None,
-                quiet: bool = True, classes: list[int] | None = None) -> list[GuidanceTerm]:
+                quiet: bool = True, classes: list[int] | None = None, teachers: list[str] = ()) -> list[GuidanceTerm]:
     """The enabled terms (weight > 0) of a GuidanceConfig, in the order they apply."""
-    inputs = TermInputs(model, data, cache_dir, quiet, classes)
+    inputs = TermInputs(model, data, cache_dir, quiet, classes, list(teachers))
     return [entry.build(getattr(cfg, name), inputs) for name, entry in TERMS.items() if getattr(cfg, name).weight > 0]
 
 

@@ -4,9 +4,10 @@ On disk a generator is a folder:
     autoencoder/   diffusers AutoencoderKL (save_pretrained); absent in pixel space
     dit/ | unet/   the denoiser (save_pretrained), named by its backend; class index K is the
                    null class used for classifier-free guidance
-    generator.json class names, image shape, backend, noise schedule, prediction type, how it
-                   was made (folders written before these keys existed read as a latent DiT
-                   predicting noise on the linear schedule, which is what they are)
+    generator.json class names, image shape, backend, noise schedule, prediction type, timestep
+                   embedding, how it was made (folders written before these keys existed read as
+                   a latent DiT predicting noise on the linear schedule with diffusers' timestep
+                   embedding, which is what they are)
 
 Nothing outside models/ reaches into the parts: the sampler, the guidance terms, the real-latent
 pools and the importers use `Generator`'s methods.
@@ -31,6 +32,27 @@ SCHEDULES = {
 }
 PREDICTIONS = ("epsilon", "v_prediction")
 SAMPLERS = ("ddim", "ddpm")  # sample.scheduler: the diffusers scheduler that draws samples
+SPACINGS = ("leading", "dit")  # sample.spacing: which training timesteps the sampling steps visit
+CFG_CHANNELS = {"all": None, "first3": 3}  # sample.cfg_channels: the leading channels CFG guides (None = all)
+# generator.json "timestep_embedding": diffusers (the sinusoidal projections as the diffusers
+# class builds them; its DiT's frequencies are exp(-ln(10^4) i / (half - 1))) | dit-original (the
+# facebookresearch DiT's exp(-ln(10^4) i / half), cosines first as in diffusers' DiT: its
+# weights compute its function only so)
+TIMESTEP_EMBEDDINGS = ("diffusers", "dit-original")
+
+
+def dit_timesteps(num_train: int, steps: int) -> list[int]:
+    """DiT's (and IGD's) respacing, diffusion/respace.py space_timesteps(T, "steps"): `steps`
+    timesteps evenly strided over 0..T-1 by (T-1)/(steps-1), each rounded, both ends kept;
+    noisiest first, as diffusers walks them. (diffusers' "leading" spacing never visits T-1.)"""
+    if not 1 <= steps <= num_train:
+        raise UserError(f"sample.steps={steps} must lie in 1..{num_train} (the generator's training timesteps)")
+    stride = (num_train - 1) / (steps - 1) if steps > 1 else 1
+    kept, at = [], 0.0
+    for _ in range(steps):  # accumulated as DiT does, so the rounding matches it
+        kept.append(round(at))
+        at += stride
+    return sorted(kept, reverse=True)
 
 
 def build_autoencoder(cfg: AutoencoderConfig, channels: int, image_size: int):
@@ -68,6 +90,20 @@ def load_autoencoder(path: str | Path, subfolder: str = "autoencoder",
     return ae.eval().requires_grad_(False)
 
 
+def set_timestep_embedding(denoiser: torch.nn.Module, kind: str) -> None:
+    """Give a denoiser's sinusoidal timestep projections (the diffusers DiT keeps one per block)
+    the embedding `kind` of TIMESTEP_EMBEDDINGS, the function its weights were trained with."""
+    from diffusers.models.embeddings import Timesteps
+
+    if kind not in TIMESTEP_EMBEDDINGS:
+        raise UserError(f"unknown timestep embedding '{kind}' in generator.json; use one of "
+                        f"{', '.join(TIMESTEP_EMBEDDINGS)} (dit-original for a converted facebookresearch DiT)")
+    if kind == "dit-original":
+        for proj in denoiser.modules():
+            if isinstance(proj, Timesteps):
+                proj.downscale_freq_shift = 0
+
+
 # ---------------------------------------------------------------- denoiser backends
 
 
@@ -77,7 +113,8 @@ class Backend:
 
     build: Callable[[GeneratorConfig, int, int, int], torch.nn.Module]  # (cfg, channels, size, classes)
     load: Callable[[Path], torch.nn.Module]  # from its save_pretrained folder
-    forward: Callable[[torch.nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (m, z, t, labels)
+    # (m, z, t, labels) -> the prediction, then any learned-variance channels
+    forward: Callable[[torch.nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
     null_class: Callable[[torch.nn.Module], int]  # the label CFG's unconditional branch uses
 
 
@@ -116,8 +153,8 @@ def _load_dit(path: Path):
 
 
 def _forward_dit(m, z, t, labels):
-    # a DiT trained with learned variance (DiT-XL/2) also outputs sigma channels: keep the prediction
-    return m(z, timestep=t, class_labels=labels).sample[:, :z.shape[1]]
+    # a DiT trained with learned variance (DiT-XL/2) also outputs sigma channels after the prediction
+    return m(z, timestep=t, class_labels=labels).sample
 
 
 def _build_unet(cfg: GeneratorConfig, channels: int, size: int, num_classes: int):
@@ -171,6 +208,8 @@ class Generator:
         self.info = info
         self.labels: list[int] | None = None  # the denoiser's label of each dataset class, set by bind()
         self._backend = backend(self.backend_name)
+        if denoiser is not None:  # applied at load: save_pretrained's config does not keep it
+            set_timestep_embedding(denoiser, info.get("timestep_embedding", "diffusers"))
 
     @property
     def backend_name(self) -> str:
@@ -221,22 +260,53 @@ class Generator:
         self.denoiser.to(device)
         return self
 
-    def noise_scheduler(self, kind: str = "ddpm"):
+    @property
+    def learned_sigma(self) -> bool:
+        """Whether the denoiser also outputs variance channels (DiT-XL/2 does: DiT's learned range)."""
+        return self.denoiser.config.out_channels == 2 * self.denoiser.config.in_channels
+
+    def reads_variance(self, kind: str) -> bool:
+        """Whether sampler `kind` uses the learned variance: DDPM does, DDIM has no variance to learn."""
+        return kind == "ddpm" and self.learned_sigma
+
+    def noise_scheduler(self, kind: str = "ddpm", steps: int | None = None, spacing: str = "leading"):
+        """The diffusers scheduler `kind` on the generator's noise schedule; given `steps`, set to
+        visit them by `spacing` (SPACINGS). A learned-sigma DiT's DDPM interpolates its variance
+        between the posterior's and beta_t (diffusers' learned_range, DiT's LEARNED_RANGE)."""
         from diffusers import DDIMScheduler, DDPMScheduler
 
         classes = dict(zip(SAMPLERS, (DDIMScheduler, DDPMScheduler)))
         if kind not in classes:
             raise UserError(f"unknown scheduler '{kind}'; sample.scheduler must be one of {', '.join(SAMPLERS)}")
-        return classes[kind](num_train_timesteps=self.info["num_train_timesteps"], clip_sample=False,
-                             prediction_type=self.prediction, **SCHEDULES[self.info.get("noise_schedule", "linear")])
+        variance = {"variance_type": "learned_range"} if self.reads_variance(kind) else {}
+        sched = classes[kind](num_train_timesteps=self.info["num_train_timesteps"], clip_sample=False,
+                              prediction_type=self.prediction, **variance,
+                              **SCHEDULES[self.info.get("noise_schedule", "linear")])
+        if steps is None:
+            return sched
+        if spacing == "leading":
+            sched.set_timesteps(steps)
+        elif spacing == "dit" and kind == "ddpm":
+            sched.set_timesteps(timesteps=dit_timesteps(self.info["num_train_timesteps"], steps))
+        else:
+            raise UserError(f"sample.spacing={spacing} needs sample.scheduler=ddpm (diffusers' DDIM steps by a fixed "
+                            f"stride); spacing must be one of {', '.join(SPACINGS)}")
+        return sched
 
-    def forward(self, z: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """The denoiser's raw prediction (noise or velocity, see `prediction`) for denoiser labels."""
-        return self._backend.forward(self.denoiser, z, t, labels)
+    def forward(self, z: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, variance: bool = False) -> torch.Tensor:
+        """The denoiser's raw prediction (noise or velocity, see `prediction`) for denoiser labels;
+        with `variance`, a learned-sigma DiT's variance channels follow it."""
+        out = self._backend.forward(self.denoiser, z, t, labels)
+        return out if variance else out[:, :z.shape[1]]
 
-    def predict(self, z: torch.Tensor, t, class_index: int | Sequence[int], cfg_scale: float) -> torch.Tensor:
+    def predict(self, z: torch.Tensor, t, class_index: int | Sequence[int], cfg_scale: float,
+                cfg_channels: str = "all", variance: bool = False) -> torch.Tensor:
         """The prediction with classifier-free guidance in one batched forward pass; one class
-        for all rows, or a class per row. At scale 1 the unconditional half is skipped."""
+        for all rows, or a class per row. At scale 1 the unconditional half is skipped. CFG acts
+        on the leading channels `cfg_channels` names (CFG_CHANNELS); the rest, variance channels
+        included, are the conditional branch's, as in DiT's forward_with_cfg."""
+        if cfg_channels not in CFG_CHANNELS:
+            raise UserError(f"unknown sample.cfg_channels '{cfg_channels}'; use one of {', '.join(CFG_CHANNELS)}")
         n = len(z)
         rows = [class_index] * n if isinstance(class_index, int) else list(class_index)
         labels = [self.label(c) for c in rows]
@@ -244,11 +314,27 @@ class Generator:
             labels += [self.null_class] * n
             z = torch.cat([z, z])
         timesteps = torch.full((len(labels),), int(t), device=z.device, dtype=torch.long)
-        out = self.forward(z, timesteps, torch.tensor(labels, device=z.device))
+        out = self.forward(z, timesteps, torch.tensor(labels, device=z.device), variance)
         if cfg_scale == 1.0:
             return out
         cond, uncond = out.chunk(2)
-        return uncond + cfg_scale * (cond - uncond)
+        k = CFG_CHANNELS[cfg_channels] or z.shape[1]
+        if k == out.shape[1]:
+            return uncond + cfg_scale * (cond - uncond)
+        return torch.cat([uncond[:, :k] + cfg_scale * (cond[:, :k] - uncond[:, :k]), cond[:, k:]], dim=1)
+
+    def clean(self, pred: torch.Tensor, z: torch.Tensor, alpha_bar: float) -> torch.Tensor:
+        """The clean latent a prediction stands for (the schedulers' x0): (z_t - sqrt(1 - ab) eps) / sqrt(ab),
+        or sqrt(ab) z_t - sqrt(1 - ab) v from a velocity; differentiable."""
+        if self.prediction == "epsilon":
+            return (z - (1 - alpha_bar) ** 0.5 * pred) / alpha_bar ** 0.5
+        return alpha_bar ** 0.5 * z - (1 - alpha_bar) ** 0.5 * pred
+
+    def predicted_noise(self, pred: torch.Tensor, z: torch.Tensor, alpha_bar: float) -> torch.Tensor:
+        """The noise a prediction stands for: itself, or sqrt(ab) v + sqrt(1 - ab) z_t from a velocity."""
+        if self.prediction == "epsilon":
+            return pred
+        return alpha_bar ** 0.5 * pred + (1 - alpha_bar) ** 0.5 * z
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:

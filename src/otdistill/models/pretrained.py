@@ -54,9 +54,12 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 def dit_from_original(sd: dict[str, torch.Tensor], heads: int | None = None, where: str = "checkpoint"):
     """A diffusers DiTTransformer2DModel with the weights of an original-format DiT state dict
-    (facebookresearch/DiT models.py names). Its shape is read from the tensors; the number of
-    heads from the published sizes unless given."""
+    (facebookresearch/DiT models.py names), computing the original's function: its timestep
+    embedding included (generator.json records it, see TIMESTEP_EMBEDDINGS). Its shape is read
+    from the tensors; the number of heads from the published sizes unless given."""
     from diffusers import DiTTransformer2DModel
+
+    from .generator import set_timestep_embedding
 
     needed = ["x_embedder.proj.weight", "t_embedder.mlp.0.weight", "y_embedder.embedding_table.weight",
               "blocks.0.attn.qkv.weight", "final_layer.linear.weight", "pos_embed"]
@@ -99,6 +102,7 @@ def dit_from_original(sd: dict[str, torch.Tensor], heads: int | None = None, whe
         model.load_state_dict(new, strict=True)
     except RuntimeError as exc:
         raise UserError(f"{where}: the DiT weights do not fit together ({str(exc).splitlines()[1].strip()})") from None
+    set_timestep_embedding(model, "dit-original")
     fixed = model.pos_embed.pos_embed
     if not torch.allclose(sd["pos_embed"].float().view_as(fixed), fixed, atol=1e-4):
         raise UserError(f"{where}: its positional embedding is not DiT's fixed 2-D sin-cos table; it is not a DiT "
@@ -107,7 +111,9 @@ def dit_from_original(sd: dict[str, torch.Tensor], heads: int | None = None, whe
 
 
 def load_dit(path: str | Path, heads: int | None = None):
-    """A DiT from an original .pt/.safetensors state dict or a diffusers folder (safetensors)."""
+    """A DiT from an original .pt/.safetensors state dict (converted to compute the original's
+    function) or a diffusers folder (safetensors), which loads as it is, diffusers' timestep
+    embedding included."""
     from diffusers import DiTTransformer2DModel
 
     path = Path(path)
@@ -152,7 +158,9 @@ def import_generator(dit_path: str | Path, vae_path: str | Path, class_ids: list
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
     info = {"class_names": names, "class_ids": list(class_ids), "dataset": "imported",
             "channels": vae.config.in_channels, "image_size": dit.config.sample_size * factor,
-            "num_train_timesteps": 1000, "imported": {
+            "num_train_timesteps": 1000,
+            # load_dit converts an original DiT file to the original's; a diffusers folder stays as it is
+            "timestep_embedding": "diffusers" if Path(dit_path).is_dir() else "dit-original", "imported": {
                 "dit": str(dit_path), "vae": str(vae_path),
                 "dit_sha256": sha256_file(dit_path) if Path(dit_path).is_file() else None},
             "command": invoked_command()}

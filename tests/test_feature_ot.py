@@ -1,0 +1,150 @@
+"""Feature OT guidance (guidance/feature_ot.py) on digits-tiny: its gradient against a finite
+difference of the entropic OT objective written here with POT, and its effect on a sampled set."""
+
+import dataclasses
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import ot
+import pytest
+import torch
+
+from otdistill.config import FeatureOTConfig, load_config
+from otdistill.errors import UserError
+from otdistill.guidance import FeatureOTGuidance, build_terms
+from otdistill.guidance.feature_ot import real_feature_pools
+from otdistill.metrics import features, held_out
+from otdistill.models.generator import load_generator
+from otdistill.sample import sample_latents
+from otdistill.teachers import load_teacher
+
+TINY = Path(__file__).resolve().parents[1] / "configs" / "digits-tiny.yaml"
+
+
+@pytest.fixture(scope="module")
+def parts(trained, digits):
+    model = load_generator(trained.generator.path)
+    teacher, _ = load_teacher(trained.teachers[0].path)
+    return model, teacher
+
+
+def make_term(trained, digits, model, cfg, cache=None):
+    g = dataclasses.replace(trained.sample.guidance, feature_ot=cfg)
+    (term,) = build_terms(g, model, digits, cache_dir=cache, teachers=[trained.teachers[0].path])
+    return term
+
+
+def entropic_objective(made: np.ndarray, real: np.ndarray, reg: float, scale: float) -> tuple[float, float]:
+    """min_P <P, C> + reg * scale * sum P log P over uniform couplings, squared Euclidean C, and
+    <P, C> at the optimum: the entropic problem with the term's regularisation (relative to the
+    mean cost `scale`), solved by POT to high precision in float64."""
+    C = ((made[:, None, :] - real[None, :, :]) ** 2).sum(-1)
+    a, b = np.full(len(made), 1 / len(made)), np.full(len(real), 1 / len(real))
+    P = ot.sinkhorn(a, b, C / scale, reg, method="sinkhorn_log", stopThr=1e-13, numItermax=100_000)
+    return float((P * C).sum() + reg * scale * (P * np.log(P)).sum()), float((P * C).sum())
+
+
+def test_gradient_matches_a_finite_difference(trained, digits, parts):
+    model, teacher = parts
+    model.autoencoder.double()
+    try:
+        term = make_term(trained, digits, model, FeatureOTConfig(weight=1.0, reg=0.5, pool_size=12, tol=1e-13,
+                                                                  max_iter=100_000))
+        term.nets = [n.double() for n in term.nets]
+        g = torch.Generator().manual_seed(0)
+        memory = torch.randn((1, *model.latent_shape), generator=g, dtype=torch.float64)
+        x0 = torch.randn((2, *model.latent_shape), generator=g, dtype=torch.float64)
+        state = SimpleNamespace(model=model, class_index=3, memory=memory, z=x0, step_index=0)
+        x = x0.clone().requires_grad_(True)
+        with torch.enable_grad():
+            value, _ = term.objective(x, state)
+            grad, = torch.autograd.grad(value, x)
+        real = term.pools[0][3].double().numpy()
+
+        def embed(latents):
+            with torch.no_grad():
+                return teacher.double().embed(model.decode(latents)).flatten(1).numpy()
+
+        made = np.concatenate([embed(memory), embed(x0)])
+        C = ((made[:, None, :] - real[None, :, :]) ** 2).sum(-1)
+        scale = C.mean()  # the regularisation's reference, held where the gradient is taken
+        _, linear = entropic_objective(made, real, 0.5, scale)
+        assert value.item() == pytest.approx(np.log(linear), rel=1e-6)
+        direction = torch.randn(x0.shape, generator=g, dtype=torch.float64)
+        h = 1e-4
+        plus, _ = entropic_objective(np.concatenate([embed(memory), embed(x0 + h * direction)]), real, 0.5, scale)
+        minus, _ = entropic_objective(np.concatenate([embed(memory), embed(x0 - h * direction)]), real, 0.5, scale)
+        # d log<P, C> with P held (the envelope theorem) = d W_eps / <P, C>
+        assert (grad * direction).sum().item() == pytest.approx((plus - minus) / (2 * h) / linear, rel=1e-4)
+    finally:
+        model.autoencoder.float()
+        teacher.float()
+
+
+def generate(model, cfg, c, terms):
+    done = []
+    for chunk in range(cfg.ipc // cfg.batch_size):
+        memory = torch.cat(done) if done else None
+        done.append(sample_latents(model, c, cfg.batch_size, cfg, terms, None, memory, chunk))
+    return torch.cat(done)
+
+
+def test_it_lowers_the_ot_distance_in_its_feature_space(trained, digits, parts):
+    model, teacher = parts
+    cfg = dataclasses.replace(trained.sample, ipc=4, batch_size=2, steps=10)
+    term = make_term(trained, digits, model, FeatureOTConfig(weight=1.0, pool_size=30))
+    idx = held_out(digits.test, digits.num_classes, 30)
+    real, labels = features(teacher, digits.test.get(idx), "cpu"), digits.test.labels[idx]
+
+    def distance(latents, c):
+        with torch.no_grad():
+            made = teacher.embed(model.decode(latents))
+        return ot.emd2([], [], torch.cdist(made.double(), real[labels == c].double()).pow(2).numpy())
+
+    plain = sum(distance(generate(model, cfg, c, []), c) for c in range(4))
+    guided = sum(distance(generate(model, cfg, c, [term]), c) for c in range(4))
+    assert guided < 0.9 * plain
+    assert term.seconds > 0
+
+
+def test_pools_are_cached_per_classifier_and_images(trained, digits, parts, tmp_path):
+    _, teacher = parts
+    weights = Path(trained.teachers[0].path) / "model.safetensors"
+    a = real_feature_pools(teacher, weights, digits, 8, 0, [0, 1], tmp_path)
+    files = sorted(tmp_path.glob("real-features-*.safetensors"))
+    assert len(files) == 2 and a[0].shape[0] == 8
+    files[0].write_bytes(b"damaged")  # an unreadable class file is embedded again
+    b = real_feature_pools(teacher, weights, digits, 8, 0, [0, 1], tmp_path)
+    assert all(torch.equal(a[c], b[c]) for c in a)
+    real_feature_pools(teacher, weights, digits, 8, 1, [0], tmp_path)  # another seed, other images, another file
+    assert len(list(tmp_path.glob("real-features-*.safetensors"))) == 3
+    with pytest.raises(UserError, match="fewer than the feature pool size"):
+        real_feature_pools(teacher, weights, digits, 10_000, 0, [0], None)
+
+
+def test_classifiers_default_to_the_first_teacher_and_take_a_surrogate(trained, digits, parts, tmp_path):
+    from otdistill.config import SurrogateConfig
+    from otdistill.surrogate import train_surrogate
+
+    model, _ = parts
+    term = make_term(trained, digits, model, FeatureOTConfig(weight=1.0, pool_size=5))
+    assert isinstance(term, FeatureOTGuidance) and len(term.nets) == 1
+    surrogate = tmp_path / "surrogate"
+    train_surrogate(SurrogateConfig(arch="convnet2", epochs=1, checkpoints=[0, 1], train_subset=200, batch_size=64),
+                    surrogate, digits, "cpu", quiet=True)
+    both = make_term(trained, digits, model, FeatureOTConfig(weight=1.0, pool_size=5,
+                                                              classifiers=[trained.teachers[0].path, str(surrogate)]))
+    assert len(both.nets) == 2 and len(both.pools) == 2
+    with pytest.raises(UserError, match="neither a teacher folder"):
+        make_term(trained, digits, model, FeatureOTConfig(weight=1.0, classifiers=[str(tmp_path)]))
+
+
+def test_a_sampled_set_is_keyed_by_the_classifier_it_reads(tmp_path):
+    from otdistill.pipeline import sample_fingerprint
+    on = ["sample.guidance.feature_ot.weight=1"]
+    a = load_config(TINY, [*on, f"teachers.0.path={tmp_path / 'a'}"])
+    b = load_config(TINY, [*on, f"teachers.0.path={tmp_path / 'b'}"])
+    assert sample_fingerprint(a) != sample_fingerprint(b)
+    off_a, off_b = (load_config(TINY, [f"teachers.0.path={tmp_path / n}"]) for n in "ab")
+    assert sample_fingerprint(off_a) == sample_fingerprint(off_b)  # off, the teacher does not shape the images
