@@ -3,7 +3,8 @@
 - wall time of the README's demo command (`otdistill run configs/fashion-mnist.yaml`);
 - the ConvNet-3 ceiling (the shipped teacher: ConvNet-3 trained on all 60k images);
 - soft- and hard-label accuracy of the demo's distilled set (IPC 10, 3 seeds, final epoch);
-- the random real subset of IPC 10 that the demo itself scores beside its set (`baseline`);
+- the real subsets of IPC 10 that the demo itself scores beside its set (`baseline`: random,
+  herding), the random one also under the v0.1 keys;
 - the teacher's accuracy on the generated images, per class.
 
 Usage: python benchmarks/foundation_fashion_mnist.py [--out-dir runs/bench-foundation]
@@ -70,7 +71,9 @@ def main() -> None:
         "full_data": {"model": "ConvNet-3 teacher on all 60k training images", "epochs": teacher_cfg.epochs,
                       "command": teacher["command"]},
         "student": demo["student"], "student_epochs": demo["epochs"],
-        "random_real_seconds": timings["baseline"],
+        "baseline_seconds": timings["baseline"],  # every set in `baseline`, together
+        "baselines": {method: {p: read_evaluation(out / "demo" / "baselines" / method / "eval.json")["protocols"][p]
+                               for p in ("soft", "hard")} for method in load_config(CONFIG).baseline},
         "distribution_metrics": {k: {m: v[m] for m in ("ot_distance", "coverage", "density")}
                                  for k, v in manifest.get("metrics", {}).items() if isinstance(v, dict) and "coverage" in v},
         "machine": "2 CPU cores (the project's CI kind), nothing else running",

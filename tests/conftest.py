@@ -48,6 +48,6 @@ def finished_run(trained, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("e2e") / "run"
     args = ["run", str(TINY), "--set", f"output={out}", "--set", f"generator.path={trained.generator.path}",
-            "--set", f"teachers.0.path={trained.teachers[0].path}"]
+            "--set", f"teachers.0.path={trained.teachers[0].path}", "--set", "baseline=[random,herding]"]
     assert main(["--quiet", *args]) == 0
     return out, args

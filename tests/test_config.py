@@ -106,3 +106,16 @@ def test_fingerprint_ignores_fields_left_at_their_defaults():
     assert fingerprint(base) != fingerprint(dataclasses.replace(base, init="prototypes"))
     nested = dataclasses.replace(base, guidance=dataclasses.replace(base.guidance, window=[1, 2]))
     assert fingerprint(base) != fingerprint(nested)
+
+
+def test_baseline_is_a_list_and_a_single_name_still_loads():
+    """Recipes and manifests written when `baseline` held one name load as a one-item list."""
+    assert load_config(TINY).baseline == ["random"]
+    assert load_config(TINY, ["baseline=herding"]).baseline == ["herding"]
+    assert load_config(TINY, ["baseline=[random,herding]"]).baseline == ["random", "herding"]
+    assert load_config(TINY, ["baseline=none"]).baseline == load_config(TINY, ["baseline=[]"]).baseline == []
+    assert from_dict({"baseline": "kmeans"}).baseline == ["kmeans"]
+    with pytest.raises(UserError, match="baseline: lists random more than once"):
+        load_config(TINY, ["baseline=[random,herding,random]"])
+    with pytest.raises(UserError, match="baseline.1: must be one of .*did you mean 'herding'"):
+        load_config(TINY, ["baseline=[random,herd]"])

@@ -1,9 +1,13 @@
-"""A first run tells the truth: junk is called junk, the random real row stands beside ours,
-results never overwrite each other, global flags work anywhere, logs off a terminal stay short."""
+"""A first run tells the truth: junk is called junk, a generator not ready is not sampled from,
+the real baseline rows stand beside ours, results never overwrite each other, global flags
+work anywhere, logs off a terminal stay short."""
 
 import json
 import logging
+import shutil
+import types
 
+import pytest
 import torch
 from conftest import TINY, tiny_config
 
@@ -12,9 +16,10 @@ from otdistill.cli import build_parser, main
 from otdistill.config import to_dict
 from otdistill.context import RunContext
 from otdistill.data import load_dataset
+from otdistill.errors import UserError
 from otdistill.models.generator import load_generator
 from otdistill.pipeline import ensure_generator, evaluate_stage, metrics_stage, relabel_stage, select_stage
-from otdistill.readiness import check_generator
+from otdistill.readiness import NOT_READY_FD_RATIO, check_generator, require_ready
 from otdistill.report import build, summary_text
 
 
@@ -49,7 +54,7 @@ def test_junk_is_called_junk_and_a_real_subset_is_not(trained, tmp_path, caplog)
             metrics_stage(root, ctx)
             result = evaluate_stage(root, ctx)
         manifest = json.loads((root / "manifest.json").read_text())
-        text = summary_text(cfg.output, "digits", manifest, result, None, {})
+        text = summary_text(cfg.output, "digits", manifest, result, [], {})
         # the log line and the summary say it, and name the fix
         warned[name] = ("look like noise" in caplog.text, "WARNING" in text, "generator.diffusion.steps" in text)
     assert warned == {"noise": (True, True, True), "real": (False, False, False)}
@@ -57,29 +62,58 @@ def test_junk_is_called_junk_and_a_real_subset_is_not(trained, tmp_path, caplog)
     assert report.count("**WARNING**") == 1 and "noise: the distilled images look like noise" in report
 
 
-def test_a_generator_check_follows_train_generator(trained, tmp_path, caplog):
-    cfg = _cfg(trained, tmp_path, f"generator.path={tmp_path / 'g'}", "generator.diffusion.steps=3")
+def test_a_few_step_generator_is_not_ready_and_run_will_not_sample_from_it(trained, tmp_path, caplog):
+    cfg = _cfg(trained, tmp_path, f"generator.path={tmp_path / 'g'}", "generator.diffusion.steps=3",
+               "generator.allow_unready=false")
     with caplog.at_level(logging.INFO):
         ensure_generator(RunContext(cfg, quiet=True), extend=True)
     quality = json.loads((tmp_path / "g" / "quality.json").read_text())
-    assert quality["samples"] == 500 and 0 <= quality["teacher_agreement"] <= 1
+    assert quality["samples"] == 500 and 0 <= quality["teacher_agreement"] <= 1 and 0 <= quality["coverage"] <= 1
     # 3 steps of training are noise: far from real, and said so before any sampling
-    assert quality["fd_teacher"] > quality["fd_teacher_real_vs_real"] and not quality["ready"]
+    assert quality["fd_ratio"] > NOT_READY_FD_RATIO and quality["verdict"] == "not ready" and not quality["ready"]
     assert "generator check" in caplog.text and "is not ready" in caplog.text
+    # `run` and `sample` stop before the first image, naming the fix and the key that goes on anyway
+    args = ["run", str(TINY), "--set", f"output={tmp_path / 'run'}", "--set", f"generator.path={tmp_path / 'g'}",
+            "--set", f"teachers.0.path={trained.teachers[0].path}", "--set", "student.epochs=1"]
+    with caplog.at_level(logging.INFO):
+        assert main(["--quiet", *args, "--set", "generator.allow_unready=false"]) == 2
+    assert "is not ready" in caplog.text and "generator.diffusion.steps" in caplog.text
+    assert "--set generator.allow_unready=true" in caplog.text and not list((tmp_path / "run").rglob("*.png"))
+    caplog.clear()
+    assert main(["--quiet", "sample", *args[1:], "--set", "generator.allow_unready=true"]) == 0
+    assert "although it is not ready" in caplog.text and list((tmp_path / "run").rglob("*.png"))  # said, then drawn
     assert check_generator(tiny_config(tmp_path, "teachers.0.path=/nowhere"), load_generator(tmp_path / "g"),
                            load_dataset(cfg.data), "cpu") is None
 
 
-def test_run_summary_carries_the_random_real_row(finished_run):
+def test_an_unchecked_generator_is_checked_before_sampling_unless_imported(trained, tmp_path, caplog):
+    cfg = _cfg(trained, tmp_path, "generator.allow_unready=false")
+    data = load_dataset(cfg.data)
+    imported = types.SimpleNamespace(info={"imported": {"dit": "DiT-XL-2-256x256.pt"}})
+    cfg.generator.path = str(tmp_path / "imported")
+    with caplog.at_level(logging.INFO):
+        require_ready(cfg, imported, data, "cpu")  # no quality.json, no check: used as it is
+    assert "imported and unchecked" in caplog.text and not (tmp_path / "imported" / "quality.json").exists()
+    shutil.copytree(trained.generator.path, tmp_path / "g")
+    (tmp_path / "g" / "quality.json").unlink(missing_ok=True)  # trained before its teacher: never checked
+    cfg.generator.path = str(tmp_path / "g")
+    with pytest.raises(UserError, match="is not ready .*generator.allow_unready=true"):
+        require_ready(cfg, load_generator(tmp_path / "g"), data, "cpu")
+    assert json.loads((tmp_path / "g" / "quality.json").read_text())["verdict"] == "not ready"  # stored once
+
+
+def test_run_summary_carries_a_row_and_a_difference_per_baseline(finished_run):
     out, _ = finished_run
     summary = (out / "summary.md").read_text()
-    assert "random real (baseline)" in summary and "distilled - baseline" in summary
+    for name in ("random", "herding"):
+        assert f"| {name} real (baseline) |" in summary and f"| distilled - {name} real |" in summary
+        assert f"over {name} real " in summary
+        baseline = json.loads((out / "baselines" / name / "eval.json").read_text())
+        ours = json.loads((out / "distilled" / "eval.json").read_text())
+        assert baseline["student_config"] == ours["student_config"] and baseline["full_data"]["accuracy"] > 0
     assert "better than picking real images" in summary and "full data" in summary
-    baseline = json.loads((out / "baselines" / "random" / "eval.json").read_text())
-    ours = json.loads((out / "distilled" / "eval.json").read_text())
-    assert baseline["student_config"] == ours["student_config"] and baseline["full_data"]["accuracy"] > 0
     report = (out / "report" / "report.md").read_text()
-    assert "vs random real (IOR)" in report and "baselines/random" in report
+    assert "vs random real (IOR)" in report and "baselines/random" in report and "baselines/herding" in report
 
 
 def test_two_sets_in_one_folder_keep_their_own_results(trained, tmp_path):

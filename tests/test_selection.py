@@ -48,7 +48,7 @@ def test_a_registered_selection_is_a_baseline_everywhere(trained, tmp_path, monk
     monkeypatch.setitem(selection.SELECTIONS, "lowest", None)  # removed again after the test
     selection.register_selection("lowest", lambda order, images, embed, ipc, seed, candidates: order.sort().values[:ipc])
     assert build_parser().parse_args(["select", str(TINY), "--method", "lowest", "--out", "x"]).method == "lowest"
-    assert load_config(TINY, ["baseline=lowest"]).baseline == "lowest"
+    assert load_config(TINY, ["baseline=lowest"]).baseline == ["lowest"]
     assert main(["--quiet", "select", str(TINY), "--method", "lowest", "--out", str(tmp_path / "low"),
                  "--set", f"teachers.0.path={trained.teachers[0].path}"]) == 0
     manifest = json.loads((tmp_path / "low" / "manifest.json").read_text())

@@ -3,6 +3,7 @@ recognised by the shipped teacher as the class they were generated for, and the 
 teachers are four architectures that score what they record on real test images."""
 
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from otdistill.config import load_config
 from otdistill.data.fashion_mnist import CLASS_NAMES
 from otdistill.metrics import teacher_agreement
 from otdistill.models.generator import load_generator
+from otdistill.readiness import SAMPLES, grade_quality
 from otdistill.sample import sample_class
 from otdistill.teachers import load_teacher
 from otdistill.train import accuracy
@@ -46,6 +48,16 @@ def test_generated_images_are_recognised_as_their_class():
     images = torch.cat([sample_class(model, c, cfg) for c in range(10)])
     agreement = teacher_agreement(teacher, images, torch.arange(10).repeat_interleave(6), "cpu")
     assert agreement >= 0.75, agreement  # docs/generator.md: about 85 % at CFG 1 on 2,000 samples
+
+
+def test_the_shipped_generator_is_checked_good_with_the_recipes_sampler():
+    """Its committed quality.json (remade by `otdistill train-generator configs/fashion-mnist.yaml`,
+    about 3 minutes on 2 cores) was measured with the recipe's sampler and teacher, at the check's size."""
+    quality = json.loads((ROOT / CFG.generator.path / "quality.json").read_text())
+    assert (quality["samples"], quality["cfg_scale"], quality["steps"], quality["scheduler"], quality["teacher"]) == (
+        SAMPLES, CFG.sample.cfg_scale, CFG.sample.steps, CFG.sample.scheduler, CFG.teachers[0].path)
+    assert quality["verdict"] == "good" and quality["ready"]
+    assert grade_quality(quality, 10) == ("good", [])  # today's thresholds agree with the stored verdict
 
 
 @pytest.fixture(scope="module")

@@ -115,6 +115,9 @@ class GeneratorConfig:
     # generator folder, to measure how quality grows along one training
     snapshot_steps: list[int] = field(default_factory=list)
     seed: int = 0  # seed of generator training
+    # `run` and `sample` stop before sampling from a generator whose check (GENERATOR/quality.json)
+    # says "not ready"; true samples from it anyway (e.g. to look at what it draws, or a tiny test recipe)
+    allow_unready: bool = False
 
 
 @dataclass
@@ -332,9 +335,15 @@ class Config:
     relabel: RelabelConfig = field(default_factory=RelabelConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
-    # the real-image set `run` also evaluates with the same students, to answer "better than
-    # picking real images?" (made once into OUTPUT/baselines/): random | herding | kmeans | none
-    baseline: str = "random"
+    # the real-image sets `run` also evaluates with the same students, to answer "better than
+    # picking real images?" (each made once into OUTPUT/baselines/METHOD/): a list of random |
+    # herding | kmeans; [] (or none) = no baseline; a single name is a one-item list
+    baseline: str | list[str] = field(default_factory=lambda: ["random"])
+
+    def __post_init__(self):
+        # recipes and manifests written before `baseline` became a list hold one name (or none)
+        if isinstance(self.baseline, str):
+            self.baseline = [] if self.baseline == "none" else [self.baseline]
 
 
 # ---------------------------------------------------------------- conversion

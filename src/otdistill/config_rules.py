@@ -100,6 +100,11 @@ def _non_empty(value, cfg) -> Problem:
     return None if value else "must list at least one entry"
 
 
+def _distinct(value, cfg) -> Problem:
+    repeated = sorted({v for v in value if value.count(v) > 1})
+    return f"lists {', '.join(repeated)} more than once" if repeated else None
+
+
 def _window(value, cfg) -> Problem:
     steps = cfg.sample.steps
     if len(value) == 2 and 0 <= value[0] < value[1] and value[0] < steps:
@@ -141,7 +146,8 @@ def _schedule(value, cfg) -> Problem:
 # Dotted keys; N stands for every index of a list.
 RULES: dict[str, OneOf | Range | Rule] = {
     "device": Rule(_device, lambda cfg: "gpu"),
-    "baseline": OneOf(lambda: ("none", *_owned("selection", "SELECTIONS")())),
+    "baseline": Rule(_distinct, lambda cfg: ["random", "random"]),
+    "baseline.N": OneOf(_owned("selection", "SELECTIONS")),
     "data.name": OneOf(_owned("data", "ADAPTERS")),
     "data.channels": OneOf(("auto", 1, 3)),
     "data.image_size": AT_LEAST_1,

@@ -5,7 +5,8 @@ OUTPUT/
     distilled/         the distilled set (artifacts.py); sample writes images, relabel labels
         eval/          one JSON per (student, protocol, seed), reused on rerun
         eval.json      the summary over seeds
-    baselines/random/  the real-image set scored beside it (`baseline`), with its own eval/
+    baselines/METHOD/  each real-image set scored beside it (`baseline`: random, herding, ...),
+                       with its own eval/
     summary.md         what `run` printed
 
 An evaluation belongs to the set it scores and lives inside that set's folder, so scoring
@@ -36,7 +37,7 @@ from .io import read_json, remove_stale_temporaries, write_json, write_text
 from .metrics import features, junk_warning, set_report
 from .models.generator import Generator, load_generator
 from .progress import progress
-from .readiness import check_generator
+from .readiness import check_generator, checked, require_ready
 from .records import Evaluation, read_cached_cell, write_evaluation
 from .relabel import choose_teachers, load_ensemble, soft_logits
 from .sample import sample_classes
@@ -69,11 +70,15 @@ def check_model_paths(cfg: Config, teachers: bool = True) -> None:
 def ensure_generator(ctx: RunContext, force: bool = False, extend: bool = False) -> Generator:
     """Load the generator at generator.path, training it first when absent (or forced); with
     `extend` (the train-generator command) a generator this project trained with fewer steps
-    than the config asks is trained on from its saved state."""
+    than the config asks is trained on from its saved state. A generator trained here, and one
+    that train-generator finds without a graded check, gets its check (readiness.py)."""
     cfg = ctx.cfg
     exists = Path(cfg.generator.path).exists()
     if exists and not force and not (extend and needs_more_steps(cfg.generator)):
-        return load_generator(cfg.generator.path, ctx.device)
+        model = load_generator(cfg.generator.path, ctx.device)
+        if extend and not checked(cfg):  # train-generator on a finished generator still leaves its check
+            check_generator(cfg, model, ctx.data, ctx.device)
+        return model
     if exists and not force and not training_dir(cfg.generator).is_dir():
         raise UserError(f"{cfg.generator.path} was trained with fewer steps than the config asks, but its training "
                         f"state ({training_dir(cfg.generator)}) is not here to continue from (shipped checkpoints "
@@ -124,6 +129,7 @@ def sample_stage(ctx: RunContext) -> Path:
     keep = candidate_keeper(cfg, ctx.device)  # before the generator, which may train: a missing teacher stops it now
     data, quiet = ctx.data, ctx.quiet
     model = ensure_generator(ctx)
+    require_ready(cfg, model, data, ctx.device)  # before any sampling: a "not ready" generator stops here
     model.bind(data.class_ids, data.class_names)
     if cfg.sample.guidance.influence.weight > 0:
         ensure_surrogate(ctx)
@@ -323,18 +329,19 @@ def evaluate_stage(distilled: str | Path, ctx: RunContext | None = None, out: st
     return result
 
 
-def baseline_stage(ctx: RunContext) -> Evaluation | None:
-    """The real-image set of the same IPC that `run` scores beside the distilled one
-    (cfg.baseline: made once into OUTPUT/baselines/NAME, labelled by the same teachers and
-    evaluated with the same students); None when switched off."""
-    if ctx.cfg.baseline == "none":
-        return None
-    root = Path(ctx.cfg.output) / "baselines" / ctx.cfg.baseline
-    if ctx.rank.main:
-        select_stage(ctx, ctx.cfg.baseline, root)
-    distributed.barrier()
-    relabel_stage(root, ctx)
-    return evaluate_stage(root, ctx)
+def baseline_stage(ctx: RunContext) -> list[Evaluation]:
+    """The real-image sets of the same IPC that `run` scores beside the distilled one, one per
+    cfg.baseline method in order: each made once into OUTPUT/baselines/METHOD, labelled by the
+    same teachers and evaluated with the same students; [] when none is asked for."""
+    results = []
+    for method in ctx.cfg.baseline:
+        root = Path(ctx.cfg.output) / "baselines" / method
+        if ctx.rank.main:
+            select_stage(ctx, method, root)
+        distributed.barrier()
+        relabel_stage(root, ctx)
+        results.append(evaluate_stage(root, ctx))
+    return results
 
 
 @contextlib.contextmanager
@@ -370,13 +377,13 @@ def run(ctx: RunContext) -> Evaluation:
     with _timed(seconds, "evaluate"):
         result = evaluate_stage(root, ctx)
     with _timed(seconds, "baseline"):
-        baseline = baseline_stage(ctx)
-    if baseline is None:
+        baselines = baseline_stage(ctx)
+    if not baselines:
         del seconds["baseline"]
     if not ctx.rank.main:
         return result
     write_json(out / "timings.json", {k: round(v, 1) for k, v in seconds.items()})
-    text = report.summary_text(cfg.output, cfg.data.name, manifest, result, baseline, seconds)
+    text = report.summary_text(cfg.output, cfg.data.name, manifest, result, baselines, seconds)
     write_text(out / "summary.md", text)
     page = report.build(out, data=data)
     print(text + f"report: {page}")  # the result, on stdout even with --quiet; summary.md keeps it

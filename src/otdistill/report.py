@@ -92,13 +92,14 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
-def _grid(images: torch.Tensor, ncol: int) -> torch.Tensor:
-    """uint8 (N, C, H, W) -> (H', W', C) numpy-ready grid, padded to ncol columns."""
+def _grid(images: torch.Tensor, ncol: int):
+    """uint8 (N, C, H, W) -> (H', W', C) numpy grid, padded to ncol columns (numpy: matplotlib
+    copies a torch tensor through an __array__ call that NumPy 2 deprecates)."""
     if len(images) < ncol:
         pad = torch.full((ncol - len(images), *images.shape[1:]), 255, dtype=torch.uint8)
         images = torch.cat([images, pad])
     g = make_grid(images, nrow=ncol, padding=1, pad_value=255)
-    return g.permute(1, 2, 0)
+    return g.permute(1, 2, 0).numpy()
 
 
 def class_grids(entry: SetEntry, real: LabelledData | None) -> bytes:
@@ -177,37 +178,42 @@ def inspect_text(distilled: str | Path) -> str:
     return "\n".join(lines)
 
 
-def summary_text(output: str, dataset: str, manifest: Manifest, result: Evaluation, baseline: Evaluation | None,
+def summary_text(output: str, dataset: str, manifest: Manifest, result: Evaluation, baselines: list[Evaluation],
                  seconds: dict) -> str:
-    """What `run` prints: the distilled set's accuracy beside the real-image baseline's, the
-    difference (improvement over random), the hard-label gap to full data, and any warning."""
+    """What `run` prints: one row for the distilled set and one per real-image baseline, the
+    set's difference to each (improvement over random, over herding, ...), the hard-label gap
+    to full data, and any warning."""
     full = result.get("full_data")
+    protocols = list(result["protocols"])
     lines = [f"# otdistill run: {output}", "",
              f"dataset {dataset}, IPC {manifest['ipc']}, {result['num_images']} images, "
-             f"student {result['student']} ({result['epochs']} epochs), final-epoch top-1 (mean +- std over seeds)", ""]
-    header = ["labels", "distilled"]
-    if baseline is not None:
-        header += [f"{baseline_name(baseline)} (baseline)", "distilled - baseline"]
+             f"student {result['student']} ({result['epochs']} epochs), final-epoch top-1 (mean +- std over seeds)", "",
+             "| set | " + " | ".join(protocols) + " |", "|" + "---|" * (len(protocols) + 1)]
+
+    def row(name: str, cells: list[str]) -> None:
+        lines.append("| " + " | ".join([name, *cells]) + " |")
+
+    def accuracy(evaluation: Evaluation, protocol: str) -> str:
+        r = evaluation["protocols"].get(protocol)
+        return "-" if r is None else f"{100 * r['final_mean']:.2f} +- {100 * r['final_std']:.2f} ({len(r['seeds'])})"
+
+    row("distilled", [accuracy(result, p) for p in protocols])
+    for b in baselines:
+        row(f"{baseline_name(b)} (baseline)", [accuracy(b, p) for p in protocols])
+    verdicts = []
+    for b in baselines:
+        diffs = {p: 100 * (result["protocols"][p]["final_mean"] - b["protocols"][p]["final_mean"])
+                 for p in protocols if p in b["protocols"]}
+        row(f"distilled - {baseline_name(b)}", [f"{diffs[p]:+.2f}" if p in diffs else "-" for p in protocols])
+        if diffs:
+            verdicts.append(f"over {baseline_name(b)} {'yes' if all(d > 0 for d in diffs.values()) else 'no'} ("
+                            + ", ".join(f"{p} {d:+.2f}" for p, d in diffs.items()) + " points)")
     if full is not None:
-        header.append(f"full data ({100 * full['accuracy']:.2f}) - distilled")
-    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    diffs = {}
-    for protocol, r in result["protocols"].items():
-        cells = [protocol, f"{100 * r['final_mean']:.2f} +- {100 * r['final_std']:.2f} ({len(r['seeds'])})"]
-        if baseline is not None:
-            b = baseline["protocols"].get(protocol)
-            diff = None if b is None else 100 * (r["final_mean"] - b["final_mean"])
-            cells += ["-", "-"] if b is None else [f"{100 * b['final_mean']:.2f} +- {100 * b['final_std']:.2f} "
-                                                   f"({len(b['seeds'])})", f"{diff:+.2f}"]
-            if diff is not None:
-                diffs[protocol] = diff
-        if full is not None:
-            cells.append(f"{100 * (full['accuracy'] - r['final_mean']):.2f}" if protocol == "hard" else "-")
-        lines.append("| " + " | ".join(cells) + " |")
-    if diffs:
-        answer = "yes" if all(d > 0 for d in diffs.values()) else "no"
-        lines += ["", f"better than picking real images ({baseline_name(baseline)}, same students)? {answer}: "
-                      + ", ".join(f"{p} {d:+.2f}" for p, d in diffs.items()) + " points"]
+        row(f"full data ({100 * full['accuracy']:.2f}) - distilled",
+            [f"{100 * (full['accuracy'] - result['protocols'][p]['final_mean']):.2f}" if p == "hard" else "-"
+             for p in protocols])
+    if verdicts:
+        lines += ["", "better than picking real images (same students)? " + "; ".join(verdicts)]
     if full is not None:
         lines.append(f"full data: teacher {full['teacher']} ({result['student']} on the whole training split)")
     if "teacher_agreement" in manifest:
@@ -225,7 +231,7 @@ def summary_text(output: str, dataset: str, manifest: Manifest, result: Evaluati
 
 
 def baseline_name(result: Evaluation) -> str:
-    """`random real` for the evaluation of OUTPUT/baselines/random."""
+    """`random real` for the evaluation of OUTPUT/baselines/random, `herding real` for herding's."""
     return f"{Path(result['distilled']).name} real"
 
 
