@@ -37,7 +37,7 @@ from pathlib import Path
 from bench_rows import ROOT, write_merged
 
 from otdistill import pipeline
-from otdistill.config import load_config
+from otdistill.config import load_config, non_defaults
 from otdistill.context import RunContext
 from otdistill.data import hold_out, load_dataset
 from otdistill.guidance import off_overrides
@@ -114,7 +114,9 @@ def main(argv: list[str] | None = None) -> None:
                          "seeds": r["seeds"], "ot_distance": metrics["ot_distance"], "coverage": metrics["coverage"],
                          "validation": {"per_class": args.per_class, "split_seed": args.split_seed,
                                         "from": "training split"}, "recipe": Path(args.recipe).name,
-                         "base_overrides": args.overrides})
+                         "base_overrides": args.overrides,
+                         # what the recipe file said when the row was made: a recipe is edited as choices are made
+                         "cfg_scale": cfg.sample.cfg_scale, "guidance": non_defaults(cfg.sample.guidance)})
             print(json.dumps({k: rows[-1][k] for k in ("setting", "labels", "acc_mean", "ot_distance", "coverage")}),
                   flush=True)
         all_rows = write_merged(result_path, rows, key=key)  # after every setting: a killed sweep keeps its rows

@@ -209,11 +209,12 @@ def test_guidance_sweep_scores_on_the_validation_split(trained, tmp_path):
     rows = json.loads(result.read_text())
     assert [(r["setting"], r["labels"]) for r in rows] == [("recipe", "hard"), ("ot.weight=1+ot.pool_size=5+window=[0,5]",
                                                                                  "hard"), ("real:random", "hard")]
-    keys = {"setting", "split", "acc_mean", "acc_std", "seeds", "ot_distance", "coverage"}
+    keys = {"setting", "split", "acc_mean", "acc_std", "seeds", "ot_distance", "coverage", "cfg_scale", "guidance"}
     assert all(keys <= r.keys() and r["split"] == "validation" for r in rows)
     work = tmp_path / "work"
     guided = json.loads(next(work.glob("ot.weight=1_ot.pool_size=5_window=_0_5_-*/distilled/manifest.json")).read_text())
     assert guided["source"]["guidance"] == ["ot"] and guided["config"]["sample"]["guidance"]["ot"]["weight"] == 1.0
+    assert rows[1]["guidance"]["ot"]["weight"] == 1.0 and rows[1]["guidance"]["window"] == [0, 5]  # as sampled
     real = json.loads(next(work.glob("real_random-*/distilled/manifest.json")).read_text())
     assert real["source"]["kind"] == "real-random"  # the reference row: real images, the same students
     cells = json.loads(next(work.glob("recipe-*/distilled/eval.json")).read_text())["cells"]

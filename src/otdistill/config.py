@@ -499,7 +499,7 @@ def dump_config(cfg: Config) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
 
-def _changed(obj):
+def non_defaults(obj):
     """A config section as plain data without the fields left at their defaults, so a key added
     in a later version (whose default keeps the old behaviour) does not orphan earlier outputs."""
     if dataclasses.is_dataclass(obj):
@@ -509,14 +509,14 @@ def _changed(obj):
             default = f.default if f.default is not dataclasses.MISSING else (
                 f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING)
             if value != default:
-                out[f.name] = _changed(value)
+                out[f.name] = non_defaults(value)
         return out
     if isinstance(obj, (list, tuple)):
-        return [_changed(v) for v in obj]
+        return [non_defaults(v) for v in obj]
     return obj
 
 
 def fingerprint(*sections) -> str:
     """A short stable hash of config sections: a stage's output records the inputs that made it."""
-    blob = json.dumps([_changed(s) for s in sections], sort_keys=True)
+    blob = json.dumps([non_defaults(s) for s in sections], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
