@@ -33,7 +33,7 @@ GUIDED_BY_OTHERS = ["sample.guidance.feature_ot.classifiers=[" + ",".join(
                                                          "resnetap10-w32-batchnorm-e5")) + "]"]
 # method -> (how the set is made, recipe in configs/, overrides)
 ROWS = {
-    **{name: ("select", "fashion-mnist", []) for name in SELECTIONS},  # every real-image selection
+    **{name: ("select", "base/fashion-mnist", []) for name in SELECTIONS},  # every real-image selection
     "plain": ("sample", "plain", []),
     "d4m": ("sample", "plain", ["sample.init=prototypes"]),
     "igd": ("sample", "igd", []),

@@ -149,7 +149,7 @@ def main() -> None:
         args.work = args.work + "-quick"
         args.result = args.result.replace(".json", "-quick.json")
     work = Path(args.work)
-    default = load_config(ROOT / "configs" / "fashion-mnist.yaml")  # every row's recipe is based on it
+    default = load_config(ROOT / "configs" / "base" / "fashion-mnist.yaml")  # every row's recipe is based on it
     data = load_dataset(default.data)
     test_data = data if not args.test_subset else dataclasses.replace(data, test=every_nth(data.test, args.test_subset))
     rows = []

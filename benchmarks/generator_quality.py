@@ -57,7 +57,7 @@ from otdistill.sample import latents_to_uint8
 from otdistill.teachers import load_teacher
 from otdistill.train_generator import encode_all
 
-CONFIG = ROOT / "configs" / "fashion-mnist.yaml"
+CONFIG = ROOT / "configs" / "base" / "fashion-mnist.yaml"  # plain sampling
 RESULT = ROOT / "benchmarks" / "results" / "generator-quality-fashion-mnist.json"
 IPC = 10
 
