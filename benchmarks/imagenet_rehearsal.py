@@ -123,7 +123,7 @@ def overrides(work: Path, size: str, paths: dict) -> list[str]:
         f"generator.path={work / 'generator'}",
         "sample.ipc=2",  # 2 images per class: the second sees the first in the deviation memory and the OT set
         # 3 steps, the middle one guided: the recipe's 50 with 16 guided would take hours on 2 cores (at full
-        # size a plain step is about 15 s here, a guided one about 70 s more)
+        # size one image's plain step took 7-15 s on a busy 2-core machine, a guided one 50-70 s)
         "sample.steps=3", "sample.guidance.window=[1,2]",
         # the pool and the influence target cannot be larger than a class's 4 training images (recipe: 300, 200)
         "sample.guidance.ot.pool_size=2", f"sample.guidance.influence.real_per_class={TRAIN_PER_CLASS}",

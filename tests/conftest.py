@@ -15,7 +15,7 @@ from otdistill.data import load_dataset
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "digits-tiny.yaml"
 # the benchmark scripts' shared modules (checkpoint_files, bench_rows), importable as when they run
-sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.append(str(ROOT / "benchmarks"))
 
 torch.set_num_threads(2)
 
