@@ -3,6 +3,7 @@ generator and teacher trained once per test session."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,8 @@ from otdistill.data import load_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "digits-tiny.yaml"
+# the benchmark scripts' shared modules (checkpoint_files, bench_rows), importable as when they run
+sys.path.append(str(ROOT / "benchmarks"))
 
 torch.set_num_threads(2)
 

@@ -224,3 +224,35 @@ def test_guidance_sweep_scores_on_the_validation_split(trained, tmp_path):
     tune.main([*args[:args.index("--settings")], "--set", "sample.seed=1", "--settings", "recipe",
                *args[args.index("--ipc"):]])
     assert len(list(work.glob("recipe-*"))) == 2
+
+
+def test_imagenet_rehearsal_runs_the_recipe_at_toy_shapes(tmp_path):
+    """imagenet_rehearsal.py --size tiny: the full-size rehearsal's code path (stand-in files,
+    import-generator, import-teacher, the imagenet-1k recipe's stages, FLOP counts, the H200 projection)."""
+    rehearsal = _script("imagenet_rehearsal")
+    out = tmp_path / "imagenet-rehearsal.json"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # toy shapes: a second thread only waits on a busy machine (100x slower here)
+    try:
+        result = rehearsal.rehearse("tiny", tmp_path / "work", out)
+    finally:
+        torch.set_num_threads(threads)
+    assert json.loads(out.read_text()) == result
+    stages = result["stages"]
+    assert list(stages) == ["write_inputs", "import_generator", "import_teacher", "train_surrogate", "sample",
+                            "relabel", "evaluate", "count_flops"]
+    assert all(s["seconds"] > 0 and s["peak_rss_mb"] >= s["rss_at_start_mb"] > 0 for s in stages.values())
+    assert result["images"] == 4  # 2 classes x IPC 2
+    flops = result["flops"]
+    assert flops["guidance_terms"] == ["influence", "deviation", "ot"]
+    assert 0 < flops["plain_step"] < flops["guided_step"]
+    assert min(flops["decode"], flops["encode"], flops["student_train_step"]) > 0
+    assert flops["real_gradient"] == pytest.approx(4 * flops["surrogate_train_step"])  # the recipe's 4 checkpoints
+    assert set(flops["teacher_forward"]) == {"tv:resnet18", "tv:mobilenet_v2", "tv:efficientnet_b0", "tv:resnet50"}
+    projection = result["projection"]
+    assert projection["status"].startswith("PROJECTION")
+    assert (projection["steps"], projection["guided_steps"]) == (50, 16)  # the recipe's, not the rehearsal's
+    ten, fifty = projection["ipc"]["10"], projection["ipc"]["50"]
+    assert 0 < ten["sampling_h200_hours"] < fifty["sampling_h200_hours"] and len(fifty["teachers"]) == 4
+    parts = ten["sampling_h200_hours"] + 3 * ten["student_h200_hours_per_seed"] + projection["surrogate_h200_hours"]
+    assert ten["total_h200_hours"] == pytest.approx(parts, rel=0.02)  # each part rounded to 3 digits

@@ -5,6 +5,7 @@ independent implementation of the original DiT forward pass."""
 import argparse
 import json
 
+import checkpoint_files  # benchmarks/, on the path through conftest
 import numpy as np
 import pytest
 import torch
@@ -20,42 +21,10 @@ from otdistill.teachers import load_teacher
 HIDDEN, HEADS, DEPTH, PATCH, IN_CH, CLASSES, SIZE = 32, 2, 2, 2, 4, 5, 4
 
 
-def sincos_2d(dim: int, grid: int) -> np.ndarray:
-    """DiT's fixed positional table (the MAE recipe), written out independently."""
-    def one_d(d, pos):
-        omega = 1.0 / 10000 ** (np.arange(d // 2) / (d / 2))
-        out = np.outer(pos.reshape(-1), omega)
-        return np.concatenate([np.sin(out), np.cos(out)], axis=1)
-    w, h = np.meshgrid(np.arange(grid, dtype=np.float64), np.arange(grid, dtype=np.float64))
-    return np.concatenate([one_d(dim // 2, w), one_d(dim // 2, h)], axis=1)
-
-
 def original_dit_state_dict(seed: int = 0, hidden: int = HIDDEN, depth: int = DEPTH, classes: int = CLASSES,
                             size: int = SIZE) -> dict:
-    """Random weights under facebookresearch/DiT's parameter names (learned sigma: 2x channels out);
-    nothing is zero, adaLN included, so every part of the function counts."""
-    g = torch.Generator().manual_seed(seed)
-
-    def r(*shape):
-        return torch.randn(*shape, generator=g) * 0.2
-
-    d = hidden
-    sd = {"x_embedder.proj.weight": r(d, IN_CH, PATCH, PATCH), "x_embedder.proj.bias": r(d),
-          "t_embedder.mlp.0.weight": r(d, 256), "t_embedder.mlp.0.bias": r(d),
-          "t_embedder.mlp.2.weight": r(d, d), "t_embedder.mlp.2.bias": r(d),
-          "y_embedder.embedding_table.weight": r(classes + 1, d),
-          "pos_embed": torch.from_numpy(sincos_2d(d, size // PATCH)).float()[None],
-          "final_layer.linear.weight": r(PATCH * PATCH * 2 * IN_CH, d),
-          "final_layer.linear.bias": r(PATCH * PATCH * 2 * IN_CH),
-          "final_layer.adaLN_modulation.1.weight": r(2 * d, d), "final_layer.adaLN_modulation.1.bias": r(2 * d)}
-    for i in range(depth):
-        b = f"blocks.{i}."
-        sd.update({b + "attn.qkv.weight": r(3 * d, d), b + "attn.qkv.bias": r(3 * d),
-                   b + "attn.proj.weight": r(d, d), b + "attn.proj.bias": r(d),
-                   b + "mlp.fc1.weight": r(4 * d, d), b + "mlp.fc1.bias": r(4 * d),
-                   b + "mlp.fc2.weight": r(d, 4 * d), b + "mlp.fc2.bias": r(d),
-                   b + "adaLN_modulation.1.weight": r(6 * d, d), b + "adaLN_modulation.1.bias": r(6 * d)})
-    return sd
+    """A tiny random original-format DiT (checkpoint_files.py, shared with imagenet_rehearsal.py)."""
+    return checkpoint_files.original_dit_state_dict(seed, hidden, depth, classes, size, PATCH, IN_CH)
 
 
 def original_timestep_embedding(t: torch.Tensor, dim: int = 256) -> torch.Tensor:
@@ -144,11 +113,7 @@ def test_checkpoint_files_load_safely_or_say_why_not(tmp_path):
 
 
 def _tiny_vae(folder):
-    from diffusers import AutoencoderKL
-
-    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
-                        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 8), latent_channels=IN_CH,
-                        norm_num_groups=4, layers_per_block=1, scaling_factor=0.18215)
+    vae = checkpoint_files.autoencoder_kl(latent_channels=IN_CH)
     vae.save_pretrained(folder / "vae")  # a pipeline-style folder: vae/ inside
     return vae
 
