@@ -10,23 +10,19 @@ flows back through the classifier and the decoder to the latent.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
 from ..config import FeatureOTConfig, fingerprint
 from ..data import LabelledData, class_subset
 from ..errors import UserError
-from ..io import atomic_path, generator, sha256_file
+from ..io import generator, sha256_file
 from ..metrics import features
 from ..ot import entropic_ot
 from .common import WarmStarts, guidance_step
+from .pool import cached_pool
 from .registry import GuidanceTerm, TermInputs, register_term
-
-log = logging.getLogger(__name__)
 
 
 def feature_classifiers(cfg: FeatureOTConfig, teachers: list[str]) -> list[str]:
@@ -61,7 +57,7 @@ def real_feature_pools(net: torch.nn.Module, weights: Path, data: LabelledData, 
     """{class: (size, d) penultimate features of `size` seeded real training images}, cached per
     class under a name that covers the weights and the very images chosen (a validation split
     holds images out, so it picks others)."""
-    digest = sha256_file(weights)
+    digest, device = sha256_file(weights), next(net.parameters()).device
     pools = {}
     for c in classes:
         idx = data.train.indices_of(c)
@@ -71,16 +67,8 @@ def real_feature_pools(net: torch.nn.Module, weights: Path, data: LabelledData, 
         idx = class_subset(data.train, c, size, generator(seed, "feature-pool", c)).sort().values
         cached = (Path(cache_dir) / f"real-features-{fingerprint(digest, idx.tolist())}-{c}.safetensors"
                   if cache_dir else None)
-        if cached is not None and cached.is_file():
-            try:
-                pools[c] = load_file(cached)["features"]
-                continue
-            except (SafetensorError, OSError, KeyError) as exc:
-                log.warning("re-embedding the real feature pool of class %d: %s is unreadable (%s)", c, cached, exc)
-        pools[c] = features(net, data.train.get(idx), next(net.parameters()).device)
-        if cached is not None:
-            with atomic_path(cached) as tmp:
-                save_file({"features": pools[c].contiguous()}, tmp)
+        pools[c] = cached_pool(cached, "features", lambda: features(net, data.train.get(idx), device),
+                               f"real feature pool of class {c}")
     return pools
 
 
