@@ -68,6 +68,8 @@ def main() -> None:
         "per_seed": {"ipc10_soft": soft["final"], "ipc10_hard": hard["final"],
                      "random_real_soft": real_soft["final"], "random_real_hard": real_hard["final"]},
         "demo_command": "otdistill run configs/fashion-mnist.yaml",
+        "guidance": manifest["source"]["guidance"], "teachers": manifest.get("teachers"),  # what the demo ran
+        "stage_seconds": timings,
         "full_data": {"model": "ConvNet-3 teacher on all 60k training images", "epochs": teacher_cfg.epochs,
                       "command": teacher["command"]},
         "student": demo["student"], "student_epochs": demo["epochs"],
