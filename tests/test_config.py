@@ -119,3 +119,15 @@ def test_baseline_is_a_list_and_a_single_name_still_loads():
         load_config(TINY, ["baseline=[random,herding,random]"])
     with pytest.raises(UserError, match="baseline.1: must be one of .*did you mean 'herding'"):
         load_config(TINY, ["baseline=[random,herd]"])
+
+
+def test_combined_recipes_keep_what_each_part_says():
+    """A recipe of several bases (X+lia.yaml, the main job) samples as its sampling recipe and
+    labels as LIA: a later base's own base must not reset what an earlier one chose."""
+    from otdistill.pipeline import sample_fingerprint
+
+    lia = load_config(ROOT / "configs" / "lia.yaml")
+    for combined, sampler in [("feature-ot+lia.yaml", "feature-ot.yaml"), ("fashion-mnist.yaml", "igd+ot.yaml")]:
+        cfg, alone = load_config(ROOT / "configs" / combined), load_config(ROOT / "configs" / sampler)
+        assert sample_fingerprint(cfg) == sample_fingerprint(alone), combined
+        assert cfg.teachers == lia.teachers and cfg.relabel == lia.relabel, combined
