@@ -20,6 +20,18 @@ sys.path.append(str(ROOT / "benchmarks"))
 torch.set_num_threads(2)
 
 
+def generate(model, cfg, c, terms):
+    """cfg.ipc latents of class c, sample.batch_size at a time, each chunk seeing the earlier
+    ones as the class memory (as sample.sample_classes does, but keeping the latents)."""
+    from otdistill.sample import sample_latents
+
+    done = []
+    for chunk in range(cfg.ipc // cfg.batch_size):
+        memory = torch.cat(done) if done else None
+        done.append(sample_latents(model, c, cfg.batch_size, cfg, terms, None, memory, chunk))
+    return torch.cat(done)
+
+
 def tiny_config(tmp: Path, *overrides: str) -> Config:
     return load_config(TINY, [f"output={tmp / 'run'}", *overrides])
 

@@ -9,6 +9,7 @@ import numpy as np
 import ot
 import pytest
 import torch
+from conftest import generate
 
 from otdistill.config import FeatureOTConfig, load_config
 from otdistill.errors import UserError
@@ -16,7 +17,6 @@ from otdistill.guidance import FeatureOTGuidance, build_terms
 from otdistill.guidance.feature_ot import real_feature_pools
 from otdistill.metrics import features, held_out
 from otdistill.models.generator import load_generator
-from otdistill.sample import sample_latents
 from otdistill.teachers import load_teacher
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "digits-tiny.yaml"
@@ -80,14 +80,6 @@ def test_gradient_matches_a_finite_difference(trained, digits, parts):
     finally:
         model.autoencoder.float()
         teacher.float()
-
-
-def generate(model, cfg, c, terms):
-    done = []
-    for chunk in range(cfg.ipc // cfg.batch_size):
-        memory = torch.cat(done) if done else None
-        done.append(sample_latents(model, c, cfg.batch_size, cfg, terms, None, memory, chunk))
-    return torch.cat(done)
 
 
 def test_it_lowers_the_ot_distance_in_its_feature_space(trained, digits, parts):

@@ -4,6 +4,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import generate
 
 from otdistill.config import DeviationConfig, OTGuidanceConfig
 from otdistill.errors import UserError
@@ -26,14 +27,6 @@ def setup(trained, digits):
     cfg = dataclasses.replace(trained.sample, ipc=6, batch_size=2, steps=10)
     pools = real_latent_pools(model, digits, size=40, select="random", seed=0)
     return model, cfg, pools
-
-
-def generate(model, cfg, c, terms):
-    done = []
-    for chunk in range(cfg.ipc // cfg.batch_size):
-        memory = torch.cat(done) if done else None
-        done.append(sample_latents(model, c, cfg.batch_size, cfg, terms, None, memory, chunk))
-    return torch.cat(done)
 
 
 def test_ot_guidance_lowers_ot_distance_to_held_out_real_latents(setup, digits):
@@ -184,14 +177,24 @@ def test_influence_gradient_is_a_descent_direction(setup, digits):
     assert distance(x0 - step) < distance(x0) < distance(x0 + step)
 
 
+def linear_surrogates(digits):
+    """Two seeded linear surrogates (a smooth trajectory) and each class's real mean gradients."""
+    from otdistill.guidance.influence import real_gradients
+    from otdistill.models.classifiers import Classifier
+
+    torch.manual_seed(0)
+    nets = [Classifier(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(256, 10)), [0.5], [0.5]).eval()
+            for _ in range(2)]
+    return nets, real_gradients(nets, digits, 20, 0, "cpu")
+
+
 def test_igd_scaling_steps_are_igds_formulas(setup, digits):
     """scaling igd: deviation's step is gamma times the raw gradient of the cosine similarity to the
     most similar memory latent (IGD's dev-scale acting on z_t); influence's is
     k * sqrt(1 - alpha_bar) * 0.0015 * RMS(eps) / RMS(g) * g, IGD's rho_t. Written here from the
     equations: d cos(z, m) / dz = m / (|z| |m|) - cos(z, m) z / |z|^2."""
     from otdistill.config import InfluenceConfig
-    from otdistill.guidance.influence import InfluenceGuidance, param_grads, real_gradients
-    from otdistill.models.classifiers import Classifier
+    from otdistill.guidance.influence import InfluenceGuidance, param_grads
     from otdistill.sample import SamplerState
 
     model, _, _ = setup
@@ -208,10 +211,7 @@ def test_igd_scaling_steps_are_igds_formulas(setup, digits):
         grad = m / (v.norm() * m.norm()) - cos.max() * v / v.norm() ** 2
         assert torch.allclose(deviation[r].flatten(), 120.0 * grad, atol=1e-6)
 
-    torch.manual_seed(0)
-    nets = [Classifier(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(256, 10)), [0.5], [0.5]).eval()
-            for _ in range(2)]
-    real = real_gradients(nets, digits, 20, 0, "cpu")
+    nets, real = linear_surrogates(digits)
     x = x0.clone().requires_grad_(True)
     labels = torch.full((2,), 3)
     distance = sum(sum(1 - F.cosine_similarity(a.flatten(), b.flatten(), dim=0)
@@ -231,8 +231,7 @@ def test_influence_can_match_igds_flat_gradient_through_the_denoiser(setup, digi
     all the surrogate's parameter gradients as one vector against the real one, at
     x0(z_t) = (z_t - sqrt(1 - ab) eps(z_t)) / sqrt(ab), eps the CFG-guided prediction."""
     from otdistill.config import InfluenceConfig
-    from otdistill.guidance.influence import InfluenceGuidance, param_grads, real_gradients
-    from otdistill.models.classifiers import Classifier
+    from otdistill.guidance.influence import InfluenceGuidance, param_grads
     from otdistill.sample import SamplerState
 
     model, _, _ = setup
@@ -240,10 +239,7 @@ def test_influence_can_match_igds_flat_gradient_through_the_denoiser(setup, digi
     z, update, noise = (torch.randn(2, *model.latent_shape, generator=g) for _ in range(3))
     state = SamplerState(z, 400, 6, 50, z, update, 0.3, 3, z[:0], model, noise=noise,
                          predict=lambda v: model.predict(v, 400, 3, 2.0))
-    torch.manual_seed(0)
-    nets = [Classifier(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(256, 10)), [0.5], [0.5]).eval()
-            for _ in range(2)]
-    real = real_gradients(nets, digits, 20, 0, "cpu")
+    nets, real = linear_surrogates(digits)
 
     zz = z.clone().requires_grad_(True)
     t = torch.full((2,), 400)
