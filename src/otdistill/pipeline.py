@@ -167,10 +167,10 @@ def sample_stage(ctx: RunContext) -> Path:
         distributed.barrier()  # until the main rank has written the manifest
         return root
     shards = [read_json(root / ".shards" / f"rank{r}.json") for r in range(rank.world)]
+    guidance_seconds = {t.name: sum(s["guidance_seconds"].get(t.name, 0.0) for s in shards) for t in terms}
     source = {"kind": "generated", "generator": cfg.generator.path, "guidance": [t.name for t in terms],
-              "sample_seconds": max(s["seconds"] for s in shards),
-              "ot_seconds": sum(s["guidance_seconds"].get("ot", 0.0) for s in shards),
-              "guidance_seconds": {t.name: sum(s["guidance_seconds"].get(t.name, 0.0) for s in shards) for t in terms},
+              "sample_seconds": max(s["seconds"] for s in shards), "guidance_seconds": guidance_seconds,
+              "ot_seconds": guidance_seconds.get("ot", 0.0),  # kept for readers of older manifests' key
               "ranks": rank.world}
     artifacts.write_manifest(
         root, ipc=cfg.sample.ipc, class_names=data.class_names, class_ids=data.class_ids, channels=data.channels,

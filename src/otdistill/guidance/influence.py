@@ -77,7 +77,6 @@ class InfluenceGuidance(GuidanceTerm):
         weight = self.cfg.weight * math.sqrt(1 - state.alpha_bar)  # IGD's adaptive rho_t
         return guidance_step(grad, weight, "influence", state, self.cfg.scaling, IGD_NOISE_SHARE * state.noise)
 
-
     def _clean_latent(self, state) -> tuple[torch.Tensor, torch.Tensor]:
         """(the latent the gradient is taken at, the predicted clean latent): x0 itself, or z_t
         through the denoiser's guided prediction and x0's formula (through: denoiser, as IGD's
