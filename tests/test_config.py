@@ -1,3 +1,5 @@
+import itertools
+
 import pytest
 from conftest import ROOT, TINY
 
@@ -72,6 +74,24 @@ def test_base_recipes_merge_and_cycles_are_refused(tmp_path):
         load_config(tmp_path / "c.yaml")
 
 
+def test_per_ipc_settings_apply_from_their_ipc_on_and_overrides_still_win(tmp_path):
+    (tmp_path / "a.yaml").write_text("sample:\n  cfg_scale: 1.5\n  steps: 7\nper_ipc:\n  10:\n    sample: {cfg_scale: 1.0}\n"
+                                     "  50:\n    sample: {cfg_scale: 3.0, steps: 9}\n")
+    at = lambda ipc, *more: load_config(tmp_path / "a.yaml", [f"sample.ipc={ipc}", *more]).sample  # noqa: E731
+    assert [(at(i).cfg_scale, at(i).steps) for i in (1, 9, 10, 49, 50, 100)] == \
+        [(1.5, 7), (1.5, 7), (1.0, 7), (1.0, 7), (3.0, 9), (3.0, 9)]
+    assert at(10, "sample.cfg_scale=2.5").cfg_scale == 2.5  # the command line over the recipe's choice
+    (tmp_path / "b.yaml").write_text("base: a.yaml\nper_ipc:\n  10:\n    sample: {steps: 8}\n")  # merged like any key
+    b = load_config(tmp_path / "b.yaml").sample
+    assert (b.cfg_scale, b.steps) == (1.0, 8)
+    (tmp_path / "c.yaml").write_text("per_ipc:\n  10:\n    sample: {cfg_scael: 1.0}\n")
+    with pytest.raises(UserError, match="per_ipc.10.sample.cfg_scael.*cfg_scale"):
+        load_config(tmp_path / "c.yaml")
+    (tmp_path / "d.yaml").write_text("per_ipc:\n  ten: {}\n")
+    with pytest.raises(UserError, match="per_ipc.*whole numbers"):
+        load_config(tmp_path / "d.yaml")
+
+
 def test_config_reference_is_current_and_complete():
     """docs/config.md is generated from the dataclasses; regenerate with
     `otdistill config --reference > docs/config.md` when a key changes."""
@@ -127,7 +147,9 @@ def test_combined_recipes_keep_what_each_part_says():
     from otdistill.pipeline import sample_fingerprint
 
     lia = load_config(ROOT / "configs" / "lia.yaml")
-    for combined, sampler in [("feature-ot+lia.yaml", "feature-ot.yaml"), ("fashion-mnist.yaml", "igd+ot.yaml")]:
-        cfg, alone = load_config(ROOT / "configs" / combined), load_config(ROOT / "configs" / sampler)
-        assert sample_fingerprint(cfg) == sample_fingerprint(alone), combined
+    for (combined, sampler), ipc in itertools.product([("feature-ot+lia.yaml", "feature-ot.yaml"),
+                                                       ("fashion-mnist.yaml", "igd+ot.yaml")], [1, 10, 50]):
+        at = [f"sample.ipc={ipc}"]  # per_ipc settings included
+        cfg, alone = load_config(ROOT / "configs" / combined, at), load_config(ROOT / "configs" / sampler, at)
+        assert sample_fingerprint(cfg) == sample_fingerprint(alone), (combined, ipc)
         assert cfg.teachers == lia.teachers and cfg.relabel == lia.relabel, combined

@@ -483,16 +483,42 @@ def read_recipe(path: str | Path, _seen: tuple = ()) -> dict:
     return _merge(merged, tree)
 
 
+def _per_ipc_block(per_ipc: Any, ipc: int) -> dict:
+    """The keys a recipe's `per_ipc` section sets at this IPC: each `N: {keys}` entry says "from
+    IPC N on" (like relabel.schedule), the last entry not above `ipc` applies; {} below the first."""
+    if not isinstance(per_ipc, dict) or not all(isinstance(k, int) and k >= 1 for k in per_ipc):
+        raise UserError("config key 'per_ipc' must map IPC values (whole numbers >= 1) to keys, e.g. "
+                        "per_ipc: {10: {sample: {cfg_scale: 1.0}}}")
+    chosen = [k for k in sorted(per_ipc) if k <= ipc]
+    if not chosen:
+        return {}
+    block = per_ipc[chosen[-1]] or {}
+    if not isinstance(block, dict):
+        raise UserError(f"config key 'per_ipc.{chosen[-1]}' must hold a mapping of keys")
+    _build(Config, block, f"per_ipc.{chosen[-1]}.")  # its keys and types, named by where they sit
+    return block
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Read a YAML recipe (or the defaults) and apply `key.path=value` overrides."""
+    """Read a YAML recipe (or the defaults) and apply `key.path=value` overrides. A recipe's
+    `per_ipc` section (settings chosen separately per IPC) goes over the file's keys for the
+    run's sample.ipc, and the overrides over both."""
     tree = read_recipe(path) if path is not None else {}
-    # Validate the file's keys and types first, then expand it to a full tree so overrides can
-    # reach any key; values are checked once the overrides are in.
-    tree = to_dict(from_dict(tree, check=False))
-    for text in overrides:
-        key, value = parse_override(text)
-        _set_dotted(tree, key, value, tree)
-    return from_dict(tree)
+    per_ipc = tree.pop("per_ipc", None)
+
+    def expanded(tree: dict) -> dict:
+        # Validate the file's keys and types first, then expand it to a full tree so overrides can
+        # reach any key; values are checked once the overrides are in.
+        tree = to_dict(from_dict(tree, check=False))
+        for text in overrides:
+            key, value = parse_override(text)
+            _set_dotted(tree, key, value, tree)
+        return tree
+
+    full = expanded(tree)
+    if per_ipc is not None:
+        full = expanded(_merge(tree, _per_ipc_block(per_ipc, full["sample"]["ipc"])))
+    return from_dict(full)
 
 
 def dump_config(cfg: Config) -> str:

@@ -75,8 +75,9 @@ def _sections(cls, prefix: str, out: list[str]) -> None:
 def reference() -> str:
     out = ["# Config reference", "",
            "Generated from `src/otdistill/config.py` by `otdistill config --reference`; do not edit by hand.",
-           "A recipe (YAML) sets any of these keys; `base: other.yaml` inherits another recipe; on the command",
-           "line `--set key.path=value` overrides one (list items by index: `--set teachers.0.epochs=10`).", ""]
+           "A recipe (YAML) sets any of these keys; `base: other.yaml` inherits another recipe; `per_ipc:",
+           "{10: {keys}}` sets keys from that IPC on (the last entry not above sample.ipc applies); on the",
+           "command line `--set key.path=value` overrides one (list items by index: `--set teachers.0.epochs=10`).", ""]
     _sections(Config, "", out)
     return "\n".join(out)
 
