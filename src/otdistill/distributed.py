@@ -10,6 +10,7 @@ augmentation from one seeded generator and trains on its share of the rows.
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import os
 from dataclasses import dataclass
@@ -47,9 +48,18 @@ def init() -> Rank:
         # a rank may wait hours for the others to finish their classes
         torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo",
                                              timeout=datetime.timedelta(hours=24))
+        # left to interpreter finalisation, gloo's worker threads can free tensors after the
+        # interpreter is gone and the rank dies with SIGABRT (pytorch/pytorch#179291)
+        atexit.register(leave)
         if torch.cuda.is_available():
             torch.cuda.set_device(r.local)
     return r
+
+
+def leave() -> None:
+    """Leave the process group while the interpreter is still whole; a no-op outside one."""
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def barrier() -> None:
