@@ -224,6 +224,12 @@ def test_guidance_sweep_scores_on_the_validation_split(trained, tmp_path):
     tune.main([*args[:args.index("--settings")], "--set", "sample.seed=1", "--settings", "recipe",
                *args[args.index("--ipc"):]])
     assert len(list(work.glob("recipe-*"))) == 2
+    # one row over several sampled sets: every set scored, the accuracy over sets x student seeds
+    tune.main([*args[:args.index("--settings")], "--settings", "recipe", "--sample-seeds", "0", "2",
+               *args[args.index("--ipc"):]])
+    row = next(r for r in json.loads(result.read_text()) if r.get("sample_seeds") == [0, 2])
+    assert len(row["acc"]) == 2 and row["set_means"] == row["acc"] and row["acc_mean"] == pytest.approx(sum(row["acc"]) / 2)
+    assert len(list(work.glob("recipe-*"))) == 3  # seed 0's set is the recipe's own; seed 2 is new
 
 
 def test_imagenet_rehearsal_runs_the_recipe_at_toy_shapes(tmp_path):
