@@ -76,8 +76,9 @@ def reference() -> str:
     out = ["# Config reference", "",
            "Generated from `src/otdistill/config.py` by `otdistill config --reference`; do not edit by hand.",
            "A recipe (YAML) sets any of these keys; `base: other.yaml` inherits another recipe; `per_ipc:",
-           "{10: {keys}}` sets keys from that IPC on (the last entry not above sample.ipc applies); on the",
-           "command line `--set key.path=value` overrides one (list items by index: `--set teachers.0.epochs=10`).", ""]
+           "{10: {keys}}` sets keys from that IPC on, over the recipe's own (the last entry not above",
+           "sample.ipc applies); on the command line `--set key.path=value` overrides one (list items by",
+           "index: `--set teachers.0.epochs=10`).", ""]
     _sections(Config, "", out)
     return "\n".join(out)
 
