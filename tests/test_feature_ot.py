@@ -115,6 +115,22 @@ def test_pools_are_cached_per_classifier_and_images(trained, digits, parts, tmp_
         real_feature_pools(teacher, weights, digits, 10_000, 0, [0], None)
 
 
+def test_a_herding_pool_holds_the_herding_baselines_picks(trained, digits, parts, tmp_path):
+    """pool_select=herding: the pool is the features of the images the herding baseline would pick
+    (its own seed and candidates), cached apart from the random pool of the same size."""
+    from otdistill.selection import TEACHER, select_class
+
+    _, teacher = parts
+    weights = Path(trained.teachers[0].path) / "model.safetensors"
+    herded = real_feature_pools(teacher, weights, digits, 6, 0, [0, 3], tmp_path, select="herding")
+    drawn = real_feature_pools(teacher, weights, digits, 6, 0, [0, 3], tmp_path)
+    embed = TEACHER.build(trained.teachers[0].path, "cpu")
+    for c in (0, 3):
+        expected = embed(digits.train.get(select_class("herding", digits.train, c, 6, 0, embed)))
+        assert torch.allclose(herded[c], expected, atol=1e-5) and not torch.allclose(drawn[c], expected)
+    assert len(list(tmp_path.glob("real-features-*.safetensors"))) == 4
+
+
 def test_classifiers_default_to_the_first_teacher_and_take_a_surrogate(trained, digits, parts, tmp_path):
     from otdistill.config import SurrogateConfig
     from otdistill.surrogate import train_surrogate

@@ -145,6 +145,9 @@ class FeatureOTConfig:
     reg: float = 0.05  # relative to the mean ground cost
     cost: str = "sqeuclidean"  # sqeuclidean | cosine | l1, between features
     pool_size: int = 200  # real training images per class
+    # random | herding (our herding baseline's pool_size picks in the classifier's features: the
+    # class's most typical images, spread so that their mean stays on the class mean)
+    pool_select: str = "random"
     pool_seed: int = 0  # seed of the pool's choice
     # the classifiers whose features it matches: teacher folders (model.json; imported torchvision
     # models too) or a surrogate folder (its last epoch); several add their log OT values, so each
@@ -238,9 +241,11 @@ class SampleConfig:
     oversample: int = 1
     keep: str = "herding"  # random | herding (the first teacher's features) | kmeans (latents)
     # noise | prototypes (D4M-style: each latent starts from a k-means centre of its class's real
-    # latents, noised to init_strength of the schedule, then denoised)
+    # latents, noised to init_strength of the schedule, then denoised) | a real-image selection
+    # (random, herding, kmeans; our extension: each latent starts from the latent of one of the
+    # images it picks, as the baseline of that name would, noised and denoised the same way)
     init: str = "noise"
-    init_strength: float = 0.7  # prototypes: share of the sampling steps run (1.0 = from pure noise)
+    init_strength: float = 0.7  # prototypes or a selection: share of the sampling steps run (1.0 = from pure noise)
     prototype_candidates: int = 2000  # prototypes: real images per class the k-means sees
     # guidance terms added inside a window of steps (plain sampling when all weights are 0)
     guidance: GuidanceConfig = field(default_factory=GuidanceConfig)

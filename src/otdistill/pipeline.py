@@ -41,7 +41,7 @@ from .readiness import check_generator, checked, require_ready
 from .records import Evaluation, read_cached_cell, write_evaluation
 from .relabel import choose_teachers, load_ensemble, soft_logits
 from .sample import sample_classes
-from .selection import candidate_keeper, class_prototypes, embedding, model_read, select_class
+from .selection import SELECTIONS, candidate_keeper, class_starts, embedding, model_read, select_class
 from .teachers import full_data_reference, load_teacher, train_teacher
 from .train_generator import encode_all, needs_more_steps, train_generator, training_dir
 
@@ -113,6 +113,8 @@ def ensure_surrogate(ctx: RunContext, force: bool = False) -> None:
 def sample_fingerprint(cfg: Config) -> str:
     """What a sampled set depends on: two configs with the same one draw the same bytes."""
     used = [model_read(cfg.sample.keep, cfg)] if cfg.sample.oversample > 1 else []  # the model keep reads
+    if cfg.sample.init in SELECTIONS:  # the model the starting selection reads
+        used.append(model_read(cfg.sample.init, cfg))
     used.append(models_read(cfg.sample.guidance, [t.path for t in cfg.teachers]))  # and those guidance reads
     return fingerprint(cfg.data, cfg.generator.path, cfg.sample, *[u for u in used if u])
 
@@ -127,6 +129,7 @@ def sample_stage(ctx: RunContext) -> Path:
     remove_stale_temporaries(root)
     check_model_paths(cfg, teachers=False)  # sampling trains no teacher
     keep = candidate_keeper(cfg, ctx.device)  # before the generator, which may train: a missing teacher stops it now
+    init_embed = embedding(cfg.sample.init, cfg, ctx.device) if cfg.sample.init in SELECTIONS else None
     data, quiet = ctx.data, ctx.quiet
     model = ensure_generator(ctx)
     require_ready(cfg, model, data, ctx.device)  # before any sampling: a "not ready" generator stops here
@@ -149,9 +152,9 @@ def sample_stage(ctx: RunContext) -> Path:
         todo = [c for c in group if not artifacts.class_done(root, folders[c], cfg.sample.ipc)]
         if todo:  # the whole group again: its classes' bytes depend on the batch they shared
             t = time.time()
-            prototypes = ({c: class_prototypes(model, data.train, c, drawn) for c in group}
-                          if cfg.sample.init == "prototypes" else None)
-            images = sample_classes(model, group, drawn, terms, window, prototypes)
+            starts = ({c: class_starts(model, data.train, c, drawn, init_embed) for c in group}
+                      if cfg.sample.init != "noise" else None)
+            images = sample_classes(model, group, drawn, terms, window, starts)
             for c in todo:
                 artifacts.write_class_images(root, folders[c], keep(images[c], c) if keep else images[c])
                 log.info("sample: class %d/%d '%s' done, %d images (%d class(es) per pass, %.1f s)", c + 1, k,

@@ -60,6 +60,7 @@ class Selection:
 
 
 SELECTIONS: dict[str, Selection] = {}
+HERDING_CANDIDATES = 2000  # images of a class that herding and k-means see (seeded), to stay CPU-sized
 
 
 def register_selection(name: str, pick: Callable[..., torch.Tensor], space: Embedding | None = None) -> None:
@@ -136,7 +137,7 @@ register_selection("kmeans", _kmeans, LATENT)
 
 
 def select_class(method: str, images: ImageSet, c: int, ipc: int, seed: int, embed=None,
-                 candidates: int = 2000) -> torch.Tensor:
+                 candidates: int = HERDING_CANDIDATES) -> torch.Tensor:
     """Indices into `images` of the ipc picks for class c. `embed(uint8 batch) -> (n, ...)`
     maps images to the method's space (its Embedding), when it has one."""
     order = class_subset(images, c, None, generator(seed, "select", method, c))
@@ -158,10 +159,14 @@ def candidate_keeper(cfg, device) -> Callable[[torch.Tensor, int], torch.Tensor]
     return keep
 
 
-def class_prototypes(model, images: ImageSet, c: int, cfg) -> torch.Tensor:
-    """D4M's starting points for sampling class c: sample.ipc k-means centres of the latents of
-    up to sample.prototype_candidates of its real images."""
+def class_starts(model, images: ImageSet, c: int, cfg, embed=None) -> torch.Tensor:
+    """Where sampling of class c starts (sample.init, cfg a SampleConfig): D4M's prototypes,
+    sample.ipc k-means centres of the latents of up to sample.prototype_candidates of its real
+    images; or (our extension) the latents of the sample.ipc real images a selection method
+    picks, e.g. herding's, which the sampler re-noises and guides. `embed` is the method's space."""
     from .train_generator import encode_all
 
-    idx = class_subset(images, c, cfg.prototype_candidates, generator(cfg.seed, "prototypes", c))
-    return kmeans_centres(encode_all(model, images, model.device, idx.sort().values), cfg.ipc, cfg.seed)
+    if cfg.init == "prototypes":
+        idx = class_subset(images, c, cfg.prototype_candidates, generator(cfg.seed, "prototypes", c))
+        return kmeans_centres(encode_all(model, images, model.device, idx.sort().values), cfg.ipc, cfg.seed)
+    return encode_all(model, images, model.device, select_class(cfg.init, images, c, cfg.ipc, cfg.seed, embed))

@@ -20,6 +20,7 @@ from ..errors import UserError
 from ..io import generator, sha256_file
 from ..metrics import features
 from ..ot import entropic_ot
+from ..selection import HERDING_CANDIDATES, select_class
 from .common import WarmStarts, guidance_step
 from .pool import cached_pool
 from .registry import GuidanceTerm, TermInputs, register_term
@@ -53,22 +54,29 @@ def load_classifier(path: str | Path, device) -> tuple[torch.nn.Module, Path]:
 
 
 def real_feature_pools(net: torch.nn.Module, weights: Path, data: LabelledData, size: int, seed: int,
-                       classes: list[int], cache_dir: str | Path | None) -> dict[int, torch.Tensor]:
-    """{class: (size, d) penultimate features of `size` seeded real training images}, cached per
-    class under a name that covers the weights and the very images chosen (a validation split
-    holds images out, so it picks others)."""
+                       classes: list[int], cache_dir: str | Path | None, select: str = "random") -> dict[int, torch.Tensor]:
+    """{class: (size, d) penultimate features of `size` real training images}, cached per class
+    under a name that covers the weights, the training images (a validation split holds some
+    out), the selection and its seed. select: random (seeded) | herding (the herding baseline's
+    greedy class-mean matching, in these features, among as many candidates as that baseline
+    sees: the class's most typical images, spread so that their mean stays on the class mean)."""
     digest, device = sha256_file(weights), next(net.parameters()).device
+    embed = lambda x: features(net, x, device)  # noqa: E731
     pools = {}
     for c in classes:
-        idx = data.train.indices_of(c)
-        if len(idx) < size:
-            raise UserError(f"class '{data.class_names[c]}' has {len(idx)} training images, fewer than the feature "
+        count = len(data.train.indices_of(c))
+        if count < size:
+            raise UserError(f"class '{data.class_names[c]}' has {count} training images, fewer than the feature "
                             f"pool size {size}; lower sample.guidance.feature_ot.pool_size")
-        idx = class_subset(data.train, c, size, generator(seed, "feature-pool", c)).sort().values
-        cached = (Path(cache_dir) / f"real-features-{fingerprint(digest, idx.tolist())}-{c}.safetensors"
-                  if cache_dir else None)
-        pools[c] = cached_pool(cached, "features", lambda: features(net, data.train.get(idx), device),
-                               f"real feature pool of class {c}")
+        if select == "herding":
+            make = lambda: embed(data.train.get(select_class(  # noqa: E731
+                "herding", data.train, c, size, seed, embed, max(HERDING_CANDIDATES, size))))
+        else:
+            make = lambda: embed(data.train.get(  # noqa: E731
+                class_subset(data.train, c, size, generator(seed, "feature-pool", c)).sort().values))
+        key = fingerprint(digest, data.train.content_id(), select, size, seed)
+        cached = Path(cache_dir) / f"real-features-{key}-{c}.safetensors" if cache_dir else None
+        pools[c] = cached_pool(cached, "features", make, f"real feature pool of class {c}")
     return pools
 
 
@@ -124,7 +132,7 @@ def build(cfg: FeatureOTConfig, inputs: TermInputs) -> FeatureOTGuidance:
         net, weights = load_classifier(path, device)
         nets.append(net)
         pools.append(real_feature_pools(net, weights, inputs.data, cfg.pool_size, cfg.pool_seed, classes,
-                                        inputs.cache_dir))
+                                        inputs.cache_dir, cfg.pool_select))
     return FeatureOTGuidance(cfg, nets, pools)
 
 
