@@ -262,3 +262,19 @@ def test_imagenet_rehearsal_runs_the_recipe_at_toy_shapes(tmp_path):
     assert 0 < ten["sampling_h200_hours"] < fifty["sampling_h200_hours"] and len(fifty["teachers"]) == 4
     parts = ten["sampling_h200_hours"] + 3 * ten["student_h200_hours_per_seed"] + projection["surrogate_h200_hours"]
     assert ten["total_h200_hours"] == pytest.approx(parts, rel=0.02)  # each part rounded to 3 digits
+
+
+def test_split_leak_tells_copies_of_the_validation_images_from_fresh_draws():
+    """split_leak.distances: images near the validation images of their class lie nearer them than
+    to the test images (ratio below 1); fresh draws of the same distribution do not."""
+    leak = _script("split_leak")
+    g = torch.Generator().manual_seed(0)
+    draw = lambda n: torch.randint(0, 256, (n, 1, 4, 4), generator=g, dtype=torch.uint8)  # noqa: E731
+    held, test = draw(40), draw(40)
+    splits = {name: {0: (x, x.flatten(1).float())} for name, x in (("validation", held), ("test", test))}
+    embed = lambda x: x.flatten(1).float()  # noqa: E731
+    copies = (held[:10].int() + torch.randint(-3, 4, held[:10].shape, generator=g)).clamp(0, 255).to(torch.uint8)
+    for images, leaking in ((copies, True), (draw(10), False)):
+        near = leak.distances(images, torch.zeros(10, dtype=torch.long), splits, embed)
+        ratio = near["validation"]["features"] / near["test"]["features"]
+        assert (ratio < 0.5) if leaking else (0.8 < ratio < 1.25)
