@@ -148,7 +148,8 @@ def test_combined_recipes_keep_what_each_part_says():
 
     lia = load_config(ROOT / "configs" / "lia.yaml")
     for (combined, sampler), ipc in itertools.product([("feature-ot+lia.yaml", "feature-ot.yaml"),
-                                                       ("fashion-mnist.yaml", "igd+ot.yaml")], [1, 10, 50]):
+                                                       ("fashion-mnist.yaml", "feature-ot.yaml"),
+                                                       ("otdistill.yaml", "igd+ot.yaml")], [1, 10, 50]):
         at = [f"sample.ipc={ipc}"]  # per_ipc settings included
         cfg, alone = load_config(ROOT / "configs" / combined, at), load_config(ROOT / "configs" / sampler, at)
         assert sample_fingerprint(cfg) == sample_fingerprint(alone), (combined, ipc)
