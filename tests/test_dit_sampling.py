@@ -19,8 +19,17 @@ from otdistill.models.generator import Generator
 from otdistill.models.pretrained import dit_from_original
 from otdistill.sample import sample_latents
 
-torch.set_num_threads(1)
 T = 1000
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Toy shapes run fastest on one thread; restored after the module, since the other tests
+    compare bytes with subprocesses that run on conftest's thread count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

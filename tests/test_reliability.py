@@ -127,10 +127,12 @@ def test_sigkill_at_random_points_then_rerun_gives_the_uninterrupted_result(fini
     reference, args = finished_run
     out = tmp_path / "run"
     argv = [sys.executable, "-m", "otdistill.cli", "--quiet", *args, "--set", f"output={out}"]
+    # the reference ran in this process: the same thread count, since it can change the last bit of a logit
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
     rng = random.Random(0)
     kills = 0
     for at in sorted(rng.sample(range(1, _entries(reference) * 3 // 4), 3)):
-        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
         while proc.poll() is None and _entries(out) < at:
             time.sleep(0.02)
         time.sleep(rng.uniform(0.0, 0.1))
@@ -139,7 +141,7 @@ def test_sigkill_at_random_points_then_rerun_gives_the_uninterrupted_result(fini
             kills += 1
         proc.wait()
     assert kills == 3  # each run is stopped before it reaches its share of the entries
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stderr
     assert _result(out) == _result(reference)
     assert _leftovers(out) == []
