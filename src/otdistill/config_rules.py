@@ -210,7 +210,7 @@ RULES: dict[str, OneOf | Range | Rule] = {
     "sample.guidance.feature_ot.reg": POSITIVE,
     "sample.guidance.feature_ot.cost": OneOf(_owned("ot", "COSTS")),
     "sample.guidance.feature_ot.pool_size": AT_LEAST_1,
-    "sample.guidance.feature_ot.pool_select": OneOf(("random", "herding")),
+    "sample.guidance.feature_ot.pool_select": OneOf(_owned("guidance.feature_ot", "POOL_SELECTIONS")),
     "sample.guidance.feature_ot.max_iter": AT_LEAST_1,
     "sample.guidance.feature_ot.tol": POSITIVE,
     "sample.guidance.deviation.weight": NON_NEGATIVE,

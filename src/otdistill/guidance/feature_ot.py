@@ -53,6 +53,9 @@ def load_classifier(path: str | Path, device) -> tuple[torch.nn.Module, Path]:
                     "one with `otdistill import-teacher`")
 
 
+POOL_SELECTIONS = ("random", "herding")  # sample.guidance.feature_ot.pool_select
+
+
 def real_feature_pools(net: torch.nn.Module, weights: Path, data: LabelledData, size: int, seed: int,
                        classes: list[int], cache_dir: str | Path | None, select: str = "random") -> dict[int, torch.Tensor]:
     """{class: (size, d) penultimate features of `size` real training images}, cached per class
@@ -62,21 +65,22 @@ def real_feature_pools(net: torch.nn.Module, weights: Path, data: LabelledData, 
     sees: the class's most typical images, spread so that their mean stays on the class mean)."""
     digest, device = sha256_file(weights), next(net.parameters()).device
     embed = lambda x: features(net, x, device)  # noqa: E731
+
+    def chosen(c: int) -> torch.Tensor:
+        if select == "herding":
+            return select_class("herding", data.train, c, size, seed, embed, max(HERDING_CANDIDATES, size))
+        return class_subset(data.train, c, size, generator(seed, "feature-pool", c)).sort().values
+
     pools = {}
     for c in classes:
         count = len(data.train.indices_of(c))
         if count < size:
             raise UserError(f"class '{data.class_names[c]}' has {count} training images, fewer than the feature "
                             f"pool size {size}; lower sample.guidance.feature_ot.pool_size")
-        if select == "herding":
-            make = lambda: embed(data.train.get(select_class(  # noqa: E731
-                "herding", data.train, c, size, seed, embed, max(HERDING_CANDIDATES, size))))
-        else:
-            make = lambda: embed(data.train.get(  # noqa: E731
-                class_subset(data.train, c, size, generator(seed, "feature-pool", c)).sort().values))
         key = fingerprint(digest, data.train.content_id(), select, size, seed)
         cached = Path(cache_dir) / f"real-features-{key}-{c}.safetensors" if cache_dir else None
-        pools[c] = cached_pool(cached, "features", make, f"real feature pool of class {c}")
+        pools[c] = cached_pool(cached, "features", lambda: embed(data.train.get(chosen(c))),
+                               f"real feature pool of class {c}")
     return pools
 
 
