@@ -28,9 +28,9 @@ from bench_rows import ROOT
 
 from otdistill.artifacts import read_distilled
 from otdistill.config import load_config
-from otdistill.data import class_subset, hold_out, load_dataset
-from otdistill.io import generator, write_json
-from otdistill.metrics import features
+from otdistill.data import hold_out, load_dataset
+from otdistill.io import write_json
+from otdistill.metrics import features, held_out
 from otdistill.teachers import load_teacher
 
 
@@ -67,29 +67,26 @@ def main() -> None:
     validation = hold_out(data, args.per_class, args.split_seed)
     teacher, _ = load_teacher(cfg.teachers[0].path, "cpu")
     embed = lambda x: features(teacher, x, "cpu")  # noqa: E731
-    splits = {"validation": {}, "test": {}}
-    for c in range(data.num_classes):
-        held = validation.test.get(validation.test.indices_of(c))
-        test = data.test.get(class_subset(data.test, c, args.per_class, generator(0, "leak", c)))
-        splits["validation"][c], splits["test"][c] = (held, embed(held)), (test, embed(test))
-    kept = torch.cat([class_subset(validation.train, c, args.control, generator(0, "leak-control", c))
-                      for c in range(data.num_classes)])
-    sets = {"control: random kept training images": (validation.train.get(kept), validation.train.labels[kept])}
+    by_class = lambda images, idx: {c: images.get(idx[images.labels[idx] == c]) for c in range(data.num_classes)}  # noqa: E731
+    splits = {"validation": by_class(validation.test, torch.arange(len(validation.test))),
+              "test": by_class(data.test, held_out(data.test, data.num_classes, args.per_class))}
+    splits = {name: {c: (x, embed(x)) for c, x in per_class.items()} for name, per_class in splits.items()}
+    kept = held_out(validation.train, data.num_classes, args.control)
+    sets = {"control: random kept training images": ("real", validation.train.get(kept), validation.train.labels[kept])}
     for folder in args.sets:
         ds = read_distilled(folder, labels=False)
-        sets[str(Path(folder))] = (ds.images, ds.hard)
+        sets[str(Path(folder))] = (ds.manifest["source"]["kind"], ds.images, ds.hard)
     rows = []
-    for name, (images, labels) in sets.items():
+    for name, (kind, images, labels) in sets.items():
         near = distances(images, labels, splits, embed)
-        rows.append({"set": name, "images": len(images), **near,
+        rows.append({"set": name, "kind": kind, "images": len(images), **near,
                      "ratio": {s: near["validation"][s] / near["test"][s] for s in ("features", "pixels")}})
         print(f"{name}: feature ratio {rows[-1]['ratio']['features']:.3f}, pixel ratio {rows[-1]['ratio']['pixels']:.3f}",
               flush=True)
+    generated = [r["ratio"]["features"] for r in rows if r["kind"] == "generated"]
     write_json(Path(args.result), {"per_class": args.per_class, "split_seed": args.split_seed,
                                    "teacher": cfg.teachers[0].path, "rows": rows,
-                                   "mean_generated_feature_ratio": statistics.fmean(r["ratio"]["features"]
-                                                                                   for r in rows[1:])
-                                   if len(rows) > 1 else None})
+                                   "mean_generated_feature_ratio": statistics.fmean(generated) if generated else None})
 
 
 if __name__ == "__main__":
