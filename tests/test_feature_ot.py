@@ -128,6 +128,13 @@ def test_a_herding_pool_holds_the_herding_baselines_picks(trained, digits, parts
     for c in (0, 3):
         expected = embed(digits.train.get(select_class("herding", digits.train, c, 6, 0, embed)))
         assert torch.allclose(herded[c], expected, atol=1e-5) and not torch.allclose(drawn[c], expected)
+        # independently of select_class: six distinct images of the class whose feature mean lies
+        # nearer the class mean than the random pool's does (what herding is for)
+        every = embed(digits.train.get(digits.train.indices_of(c)))
+        assert (torch.cdist(herded[c], every).min(1).values < 0.05).all()  # others lie ~8 apart; batching moves ~0.01
+        assert len({int(i) for i in torch.cdist(herded[c], every).argmin(1)}) == 6
+        mean = every.mean(0)
+        assert (herded[c].mean(0) - mean).norm() < (drawn[c].mean(0) - mean).norm()
     assert len(list(tmp_path.glob("real-features-*.safetensors"))) == 4
 
 
