@@ -2,6 +2,7 @@
 the real baseline rows stand beside ours, results never overwrite each other, global flags
 work anywhere, logs off a terminal stay short."""
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -15,7 +16,7 @@ from otdistill import artifacts, progress
 from otdistill.cli import build_parser, main
 from otdistill.config import to_dict
 from otdistill.context import RunContext
-from otdistill.data import load_dataset
+from otdistill.data import hold_out, load_dataset
 from otdistill.errors import UserError
 from otdistill.models.generator import load_generator
 from otdistill.pipeline import ensure_generator, evaluate_stage, metrics_stage, relabel_stage, select_stage
@@ -60,6 +61,22 @@ def test_junk_is_called_junk_and_a_real_subset_is_not(trained, tmp_path, caplog)
     assert warned == {"noise": (True, True, True), "real": (False, False, False)}
     report = build(tmp_path).with_suffix(".md").read_text()
     assert report.count("**WARNING**") == 1 and "noise: the distilled images look like noise" in report
+
+
+def test_stored_metrics_are_measured_again_for_other_held_out_images_or_another_teacher(trained, tmp_path):
+    cfg = _cfg(trained, tmp_path, "sample.ipc=3")
+    ctx = RunContext(cfg, quiet=True)
+    root = select_stage(ctx, "random", tmp_path / "real")
+    first = metrics_stage(root, ctx)
+    stamp = (root / "manifest.json").stat().st_mtime_ns
+    assert metrics_stage(root, ctx) == first and (root / "manifest.json").stat().st_mtime_ns == stamp  # reused
+    validation = metrics_stage(root, RunContext(cfg, quiet=True, data=hold_out(ctx.data, 15, 0)))
+    assert validation["scored_on"] != first["scored_on"]
+    assert validation["teacher_features"]["ot_distance"] != first["teacher_features"]["ot_distance"]
+    shutil.copytree(trained.teachers[0].path, tmp_path / "teacher-copy")
+    other = metrics_stage(root, ctx.replace(teachers=[dataclasses.replace(cfg.teachers[0], path=str(tmp_path / "teacher-copy"))]))
+    assert other["teacher"] == str(tmp_path / "teacher-copy")
+    assert json.loads((root / "manifest.json").read_text())["metrics"] == other
 
 
 def test_a_few_step_generator_is_not_ready_and_run_will_not_sample_from_it(trained, tmp_path, caplog):

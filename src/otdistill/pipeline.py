@@ -257,15 +257,19 @@ def metrics_stage(distilled: str | Path, ctx: RunContext | None = None) -> dict:
     ctx = ctx or RunContext.of_set(distilled)
     cfg, device = ctx.cfg, ctx.device
     ds = artifacts.read_distilled(distilled)
-    if "metrics" in ds.manifest and ds.manifest["metrics"].get("settings") == dataclasses.asdict(cfg.metrics):
-        return ds.manifest["metrics"]
+    # a stored report stands only for the same settings, feature space and held-out images
+    measured = {"settings": dataclasses.asdict(cfg.metrics), "teacher": cfg.teachers[0].path,
+                "scored_on": ctx.data.test.content_id()}
+    stored = ds.manifest.get("metrics", {})
+    if {k: stored.get(k) for k in measured} == measured:
+        return stored
     teacher, _ = load_teacher(cfg.teachers[0].path, device)
     spaces = {"teacher_features": lambda x: features(teacher, x, device)}
     if Path(cfg.generator.path).exists():
         model = load_generator(cfg.generator.path, device)
         if model.info["image_size"] == ds.images.shape[-1]:
             spaces["latent"] = lambda x: encode_all(model, TensorImages(x, torch.zeros(len(x))), device)
-    result = set_report(cfg.metrics, ctx.data.test, ds.images, ds.hard, ds.num_classes, spaces)
+    result = {**set_report(cfg.metrics, ctx.data.test, ds.images, ds.hard, ds.num_classes, spaces), **measured}
     artifacts.update_manifest(ds.root, metrics=result)
     return result
 
