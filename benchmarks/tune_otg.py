@@ -8,7 +8,10 @@ images of each class held out with --split-seed (otdistill.data.hold_out): the r
 pool and the selection baselines never see those images, the distribution metrics (OT
 distance, coverage in the first teacher's features) compare with them, and the students
 are scored on them. The shipped generator and teachers were trained on the whole training
-split, which includes them; that is the same for every setting, so the ranking is fair.
+split, which includes them. `--held-out-teachers` trains the recipe's teachers again on the
+training images the split keeps (once per split, under --work) and uses them wherever the
+recipe reads its teachers (labels, feature OT's default classifier, herding's features, the
+metrics), so that no model but the generator has seen the images students are scored on.
 
 A setting is written as `+`-joined KEY=VALUE pairs, keys relative to sample.guidance, or
 whole keys of the sample section (the CFG scale, the chunk size):
@@ -45,7 +48,7 @@ from bench_rows import ROOT, write_merged
 from otdistill import pipeline
 from otdistill.config import load_config, non_defaults
 from otdistill.context import RunContext
-from otdistill.data import hold_out, load_dataset
+from otdistill.data import LabelledData, hold_out, load_dataset
 from otdistill.guidance import off_overrides
 from otdistill.selection import SELECTIONS
 
@@ -83,6 +86,21 @@ def slug(setting: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=-]+", "_", setting)
 
 
+def validation_split(cfg, args) -> LabelledData:
+    return hold_out(load_dataset(cfg.data), args.per_class, args.split_seed)
+
+
+def held_out_teachers(args, work: Path) -> list[str]:
+    """Overrides pointing the recipe's teachers at copies trained (here, once) on the training
+    images the validation split keeps, so that no teacher has seen the images students are scored on."""
+    cfg = load_config(args.recipe, [*args.overrides, f"sample.ipc={args.ipc}"])
+    teachers = [dataclasses.replace(t, path=str(work / "teachers" / f"{i}-{Path(t.path).name}"))
+                for i, t in enumerate(cfg.teachers)]
+    if any(not Path(t.path).exists() for t in teachers):
+        pipeline.ensure_teachers(RunContext(dataclasses.replace(cfg, teachers=teachers), data=validation_split(cfg, args)))
+    return [f"teachers.{i}.path={t.path}" for i, t in enumerate(teachers)]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--settings", nargs="+", default=SETTINGS)
@@ -99,8 +117,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--split-seed", type=int, default=0)
     parser.add_argument("--work", default=str(ROOT / "runs" / "tune-otg"))
     parser.add_argument("--result", default=str(ROOT / "benchmarks/results/tune-otg-fashion-mnist.json"))
+    parser.add_argument("--held-out-teachers", action="store_true",
+                        help="label, guide and measure with the recipe's teachers trained again without the "
+                             "validation images (trained once per split under --work)")
     args = parser.parse_args(argv)
     settings = {s: overrides_of(s) for s in args.settings}  # every setting parsed before any work
+    work = Path(args.work)
+    if args.held_out_teachers:  # its sets apart: sampling may not read the teachers, labelling does
+        work = work / f"held-out-teachers-{args.per_class}-seed{args.split_seed}"
+        args.overrides += held_out_teachers(args, work)
     result_path = Path(args.result)
     key = lambda r: (r["setting"], r["labels"], r["ipc"], r["recipe"], json.dumps(r["base_overrides"]),  # noqa: E731
                      json.dumps(r["validation"], sort_keys=True), json.dumps(r.get("sample_seeds")))
@@ -113,8 +138,8 @@ def main(argv: list[str] | None = None) -> None:
                                             f"student.seeds={json.dumps(args.seeds)}", *extra, *seed])
             # settings are relative to the recipe, so the folder also names what is sampled: a setting
             # rerun after a recipe change gets a new folder instead of refusing the old one
-            cfg = dataclasses.replace(cfg, output=str(Path(args.work) / f"{slug(setting)}-{pipeline.sample_fingerprint(cfg)[:8]}"))
-            validation = validation or hold_out(load_dataset(cfg.data), args.per_class, args.split_seed)
+            cfg = dataclasses.replace(cfg, output=str(work / f"{slug(setting)}-{pipeline.sample_fingerprint(cfg)[:8]}"))
+            validation = validation or validation_split(cfg, args)
             ctx = RunContext(cfg, quiet=True, data=validation)
             root = (pipeline.select_stage(ctx, setting[5:], Path(cfg.output) / "distilled") if setting.startswith("real:")
                     else pipeline.sample_stage(ctx))

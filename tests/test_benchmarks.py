@@ -6,6 +6,7 @@ import importlib.util
 import json
 import logging
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -15,6 +16,7 @@ from conftest import ROOT, TINY
 from otdistill import pipeline
 from otdistill.config import load_config
 from otdistill.context import RunContext
+from otdistill.train import channel_stats
 from otdistill.data import SubsetImages, TensorImages, hold_out, load_dataset
 
 
@@ -230,6 +232,22 @@ def test_guidance_sweep_scores_on_the_validation_split(trained, tmp_path):
     row = next(r for r in json.loads(result.read_text()) if r.get("sample_seeds") == [0, 2])
     assert len(row["acc"]) == 2 and row["set_means"] == row["acc"] and row["acc_mean"] == pytest.approx(sum(row["acc"]) / 2)
     assert len(list(work.glob("recipe-*"))) == 3  # seed 0's set is the recipe's own; seed 2 is new
+    # --held-out-teachers: the recipe's teacher trained again, once, on the images the split keeps
+    held = [*args[:args.index("--settings")], "--held-out-teachers", "--settings", "recipe", *args[args.index("--ipc"):]]
+    tune.main(held)
+    held_work = work / "held-out-teachers-15-seed0"
+    teacher = held_work / "teachers" / f"0-{Path(trained.teachers[0].path).name}"
+    mean = json.loads((teacher / "model.json").read_text())["mean"]
+    assert mean == pytest.approx(channel_stats(validation.train)[0])  # its training images: the kept ones
+    assert mean != pytest.approx(channel_stats(load_dataset(load_config(TINY).data).train)[0], rel=1e-6, abs=0)
+    row = json.loads(result.read_text())[-1]
+    assert row["base_overrides"][-1] == f"teachers.0.path={teacher}"
+    labelled = json.loads(next(held_work.glob("recipe-*/distilled/manifest.json")).read_text())
+    assert labelled["teachers"] == [str(teacher)] and labelled["metrics"]["teacher"] == str(teacher)
+    assert len(list(work.glob("recipe-*"))) == 3  # the sets labelled by the shipped teacher stay as they were
+    stamp = (teacher / "model.safetensors").stat().st_mtime_ns
+    tune.main(held)  # a rerun finds the teacher
+    assert (teacher / "model.safetensors").stat().st_mtime_ns == stamp
 
 
 def test_imagenet_rehearsal_runs_the_recipe_at_toy_shapes(tmp_path):
