@@ -7,8 +7,10 @@ scored on --per-class training images of each class held out with --split-seed
 pulls towards a pool of real training latents, which then excludes them, as in tune_otg.py),
 and the students train on distilled images only, so they never see the
 held-out images; the shipped generator and teachers were trained on the whole training split,
-which includes them. That is the same for every candidate, so the ranking stays fair; the
-level is somewhat optimistic, which is why these numbers are never reported as accuracy.
+which includes them. That is the same for every candidate; the level is somewhat optimistic,
+which is why these numbers are never reported as accuracy. Whether the ranking of soft-label
+losses holds with teachers that never saw the held-out images is not measured: between
+generated and real sets it did not (tune_otg.py --held-out-teachers, docs/feature-ot.md).
 
 Usage: python benchmarks/tune_otm.py [--ipc 10] [--seeds 0 1] [--candidates kl1 ce1+mse0.1+sd1 ...]
 Writes benchmarks/results/tune-otm-fashion-mnist.json (rows of earlier runs are kept) and prints
