@@ -89,18 +89,12 @@ def slug(setting: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=-]+", "_", setting)
 
 
-def validation_split(cfg, args) -> LabelledData:
-    return hold_out(load_dataset(cfg.data), args.per_class, args.split_seed)
-
-
-def held_out_teachers(args, work: Path) -> list[str]:
+def held_out_teachers(cfg, validation: LabelledData, work: Path) -> list[str]:
     """Overrides pointing the recipe's teachers at copies trained (here, once) on the training
     images the validation split keeps, so that no teacher has seen the images students are scored on."""
-    cfg = load_config(args.recipe, [*args.overrides, f"sample.ipc={args.ipc}"])
     teachers = [dataclasses.replace(t, path=str(work / "teachers" / f"{i}-{Path(t.path).name}"))
                 for i, t in enumerate(cfg.teachers)]
-    if any(not Path(t.path).exists() for t in teachers):
-        pipeline.ensure_teachers(RunContext(dataclasses.replace(cfg, teachers=teachers), data=validation_split(cfg, args)))
+    pipeline.ensure_teachers(RunContext(dataclasses.replace(cfg, teachers=teachers), data=validation))  # absent ones
     return [f"teachers.{i}.path={t.path}" for i, t in enumerate(teachers)]
 
 
@@ -125,14 +119,16 @@ def main(argv: list[str] | None = None) -> None:
                              "validation images (trained once per split under --work)")
     args = parser.parse_args(argv)
     settings = {s: overrides_of(s) for s in args.settings}  # every setting parsed before any work
+    recipe = load_config(args.recipe, [*args.overrides, f"sample.ipc={args.ipc}"])  # settings change no data key
+    validation = hold_out(load_dataset(recipe.data), args.per_class, args.split_seed)
     work = Path(args.work)
     if args.held_out_teachers:  # its sets apart: sampling may not read the teachers, labelling does
         work = work / f"held-out-teachers-{args.per_class}-seed{args.split_seed}"
-        args.overrides += held_out_teachers(args, work)
+        args.overrides += held_out_teachers(recipe, validation, work)
     result_path = Path(args.result)
     key = lambda r: (r["setting"], r["labels"], r["ipc"], r["recipe"], json.dumps(r["base_overrides"]),  # noqa: E731
                      json.dumps(r["validation"], sort_keys=True), json.dumps(r.get("sample_seeds")))
-    validation, rows, start = None, [], time.time()
+    rows, start = [], time.time()
     for setting, extra in settings.items():
         scored = []  # (cfg, metrics, protocols) per set
         for sample_seed in args.sample_seeds or [None]:
@@ -142,7 +138,6 @@ def main(argv: list[str] | None = None) -> None:
             # settings are relative to the recipe, so the folder also names what is sampled: a setting
             # rerun after a recipe change gets a new folder instead of refusing the old one
             cfg = dataclasses.replace(cfg, output=str(work / f"{slug(setting)}-{pipeline.sample_fingerprint(cfg)[:8]}"))
-            validation = validation or validation_split(cfg, args)
             ctx = RunContext(cfg, quiet=True, data=validation)
             root = (pipeline.select_stage(ctx, setting[5:], Path(cfg.output) / "distilled") if setting.startswith("real:")
                     else pipeline.sample_stage(ctx))
