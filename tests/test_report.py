@@ -47,6 +47,8 @@ def test_method_labels():
     assert method_label({"kind": "generated", "guidance": []}) == "plain"
     assert method_label({"kind": "generated", "guidance": ["influence", "deviation", "ot"]}) == "igd+ot"
     assert method_label({"kind": "generated", "guidance": ["ot"]}) == "ot"
+    assert method_label({"kind": "generated", "guidance": ["feature_ot"], "real_per_class": 25}) == \
+        "feature_ot + 25 real/class"
     assert method_label({"kind": "real-random"}) == "real-random"
 
 

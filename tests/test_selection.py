@@ -119,3 +119,55 @@ def test_sampling_can_start_from_a_selections_real_images(trained, digits, tmp_p
     other = [f"teachers.0.path={trained.teachers[0].path}-other"]
     assert pipeline.sample_fingerprint(load_config(TINY, [*paths, "sample.init=herding", *other])) != \
         pipeline.sample_fingerprint(load_config(TINY, [*paths, "sample.init=herding"]))
+
+
+def test_sampling_keeps_a_selections_real_images_and_draws_the_rest_around_them(trained, digits, tmp_path):
+    """sample.real=2 at IPC 4: each class's first two images are the real ones herding picks,
+    byte for byte; the other two are drawn as a set of IPC 2 would be, except that the guidance
+    sees the real ones as already made: with guidance off they are that set's images, with
+    feature OT on they differ from it."""
+    from otdistill import artifacts, pipeline
+    from otdistill.config import load_config
+    from otdistill.context import RunContext
+    from otdistill.guidance import off_overrides
+    from otdistill.selection import TEACHER, select_class
+
+    paths = [f"generator.path={trained.generator.path}", f"teachers.0.path={trained.teachers[0].path}"]
+    off = off_overrides()
+    fot = [*off, "sample.guidance.feature_ot.weight=3.0", "sample.guidance.feature_ot.pool_size=20",
+           "sample.guidance.window=[0,5]"]
+
+    def sample(name, *overrides):
+        cfg = load_config(TINY, [*paths, f"output={tmp_path / name}", *overrides])
+        return cfg, artifacts.read_distilled(pipeline.sample_stage(RunContext(cfg, quiet=True, data=digits)))
+
+    cfg, mixed = sample("mixed", "sample.ipc=4", "sample.real=2", *off)
+    _, alone = sample("alone", "sample.ipc=2", *off)
+    _, mixed_fot = sample("mixed-fot", "sample.ipc=4", "sample.real=2", *fot)
+    _, alone_fot = sample("alone-fot", "sample.ipc=2", *fot)
+    assert mixed.manifest["source"]["real_per_class"] == 2 and len(mixed.images) == 4 * digits.num_classes
+    embed = TEACHER.build(trained.teachers[0].path, "cpu")
+    moved = []
+    for c in range(digits.num_classes):
+        real = digits.train.get(select_class("herding", digits.train, c, 2, cfg.sample.seed, embed))
+        ours, guided = mixed.images[mixed.hard == c], mixed_fot.images[mixed_fot.hard == c]
+        assert torch.equal(ours[:2], real) and torch.equal(guided[:2], real)
+        assert torch.equal(ours[2:], alone.images[alone.hard == c])
+        moved.append(not torch.equal(guided[2:], alone_fot.images[alone_fot.hard == c]))
+    assert all(moved)
+    # the set depends on the teacher whose herding picks the real images
+    other = [f"teachers.0.path={trained.teachers[0].path}-other", *off]
+    assert pipeline.sample_fingerprint(load_config(TINY, [*paths, "sample.ipc=4", "sample.real=2", *other])) != \
+        pipeline.sample_fingerprint(load_config(TINY, [*paths, "sample.ipc=4", "sample.real=2", *off]))
+
+
+def test_real_images_kept_must_leave_some_to_draw_and_not_share_the_start():
+    import pytest
+
+    from otdistill.config import load_config
+    from otdistill.errors import UserError
+
+    with pytest.raises(UserError, match=r"sample.real: must satisfy 0 <= value < sample.ipc=2"):
+        load_config(TINY, ["sample.real=2"])
+    with pytest.raises(UserError, match=r"sample.init=herding would start the generated images from the same"):
+        load_config(TINY, ["sample.ipc=4", "sample.real=1", "sample.init=herding"])

@@ -240,6 +240,12 @@ class SampleConfig:
     # candidates; guidance acts on all of them); 1 = keep every drawn image
     oversample: int = 1
     keep: str = "herding"  # random | herding (the first teacher's features) | kmeans (latents)
+    # our extension, not the paper's: the first `real` images of each class are the real training
+    # images the selection `real_select` picks (as its baseline would), kept as they are; the
+    # sampler draws the other ipc - real, and the guidance terms see the real ones (encoded) as
+    # images already made for the class, so the generated ones complement them
+    real: int = 0
+    real_select: str = "herding"  # random | herding (the first teacher's features) | kmeans (latents)
     # noise | prototypes (D4M-style: each latent starts from a k-means centre of its class's real
     # latents, noised to init_strength of the schedule, then denoised) | a real-image selection
     # (random, herding, kmeans; our extension: each latent starts from the latent of one of the

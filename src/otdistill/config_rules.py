@@ -124,6 +124,18 @@ def _spacing(value, cfg) -> Problem:
     return None
 
 
+def _real(value, cfg) -> Problem:
+    from .selection import SELECTIONS
+
+    if not 0 <= value < cfg.sample.ipc:
+        return (f"must satisfy 0 <= value < sample.ipc={cfg.sample.ipc} (all real is the {cfg.sample.real_select} "
+                f"baseline itself), got {value}")
+    if value and cfg.sample.init in SELECTIONS:
+        return (f"{value} real images and sample.init={cfg.sample.init} would start the generated images from the "
+                "same real picks; set sample.init to noise or prototypes, or sample.real to 0")
+    return None
+
+
 def _snapshots(value, cfg) -> Problem:
     steps = cfg.generator.diffusion.steps
     bad = [s for s in value if not 1 <= s <= steps]
@@ -194,6 +206,8 @@ RULES: dict[str, OneOf | Range | Rule] = {
     "sample.classes_per_pass": AT_LEAST_1,
     "sample.oversample": AT_LEAST_1,
     "sample.keep": OneOf(_owned("selection", "SELECTIONS")),
+    "sample.real": Rule(_real, lambda cfg: cfg.sample.ipc),
+    "sample.real_select": OneOf(_owned("selection", "SELECTIONS")),
     "sample.init": OneOf(lambda: ("noise", "prototypes", *_owned("selection", "SELECTIONS")())),
     "sample.init_strength": Range(0, 1, open_low=True),
     "sample.prototype_candidates": AT_LEAST_1,

@@ -115,6 +115,8 @@ def sample_fingerprint(cfg: Config) -> str:
     used = [model_read(cfg.sample.keep, cfg)] if cfg.sample.oversample > 1 else []  # the model keep reads
     if cfg.sample.init in SELECTIONS:  # the model the starting selection reads
         used.append(model_read(cfg.sample.init, cfg))
+    if cfg.sample.real:  # and the one that picks the real images kept
+        used.append(model_read(cfg.sample.real_select, cfg))
     used.append(models_read(cfg.sample.guidance, [t.path for t in cfg.teachers]))  # and those guidance reads
     return fingerprint(cfg.data, cfg.generator.path, cfg.sample, *[u for u in used if u])
 
@@ -130,6 +132,7 @@ def sample_stage(ctx: RunContext) -> Path:
     check_model_paths(cfg, teachers=False)  # sampling trains no teacher
     keep = candidate_keeper(cfg, ctx.device)  # before the generator, which may train: a missing teacher stops it now
     init_embed = embedding(cfg.sample.init, cfg, ctx.device) if cfg.sample.init in SELECTIONS else None
+    real_embed = embedding(cfg.sample.real_select, cfg, ctx.device) if cfg.sample.real else None
     data, quiet = ctx.data, ctx.quiet
     model = ensure_generator(ctx)
     require_ready(cfg, model, data, ctx.device)  # before any sampling: a "not ready" generator stops here
@@ -144,7 +147,7 @@ def sample_stage(ctx: RunContext) -> Path:
     terms = build_terms(cfg.sample.guidance, model, data, cache_dir=Path(cfg.output) / "cache", quiet=quiet,
                         classes=classes, teachers=[t.path for t in cfg.teachers])
     window = tuple(cfg.sample.guidance.window)
-    drawn = dataclasses.replace(cfg.sample, ipc=cfg.sample.ipc * cfg.sample.oversample)
+    drawn = dataclasses.replace(cfg.sample, ipc=(cfg.sample.ipc - cfg.sample.real) * cfg.sample.oversample)
     start = time.time()
     bar = progress(total=len(classes), desc="sample classes", unit="class", disable=quiet or not rank.main)
     for group in groups:
@@ -154,9 +157,14 @@ def sample_stage(ctx: RunContext) -> Path:
             t = time.time()
             starts = ({c: class_starts(model, data.train, c, drawn, init_embed) for c in group}
                       if cfg.sample.init != "noise" else None)
-            images = sample_classes(model, group, drawn, terms, window, starts)
+            real = {c: select_class(cfg.sample.real_select, data.train, c, cfg.sample.real, cfg.sample.seed, real_embed)
+                    for c in group} if cfg.sample.real else {}
+            images = sample_classes(model, group, drawn, terms, window, starts,
+                                    {c: encode_all(model, data.train, ctx.device, real[c]) for c in real})
             for c in todo:
-                artifacts.write_class_images(root, folders[c], keep(images[c], c) if keep else images[c])
+                made = keep(images[c], c) if keep else images[c]
+                artifacts.write_class_images(root, folders[c],
+                                             torch.cat([data.train.get(real[c]), made]) if real else made)
                 log.info("sample: class %d/%d '%s' done, %d images (%d class(es) per pass, %.1f s)", c + 1, k,
                          data.class_names[c], cfg.sample.ipc, len(group), time.time() - t)
         bar.update(len(group))
@@ -172,6 +180,7 @@ def sample_stage(ctx: RunContext) -> Path:
     shards = [read_json(root / ".shards" / f"rank{r}.json") for r in range(rank.world)]
     guidance_seconds = {t.name: sum(s["guidance_seconds"].get(t.name, 0.0) for s in shards) for t in terms}
     source = {"kind": "generated", "generator": cfg.generator.path, "guidance": [t.name for t in terms],
+              "real_per_class": cfg.sample.real,
               "sample_seconds": max(s["seconds"] for s in shards), "guidance_seconds": guidance_seconds,
               "ot_seconds": guidance_seconds.get("ot", 0.0),  # kept for readers of older manifests' key
               "ranks": rank.world}

@@ -50,10 +50,12 @@ class SetEntry:
 
 
 def method_label(source: dict) -> str:
-    """plain | igd | ot | igd+ot | real-<selection> from a manifest's `source`."""
+    """plain | igd | ot | igd+ot | real-<selection> from a manifest's `source`; a generated set
+    that keeps real images (sample.real) says how many per class."""
     if source.get("kind") != "generated":
         return source.get("kind", "unknown")
-    return guidance.method_label(list(source.get("guidance") or []))
+    label = guidance.method_label(list(source.get("guidance") or []))
+    return f"{label} + {source['real_per_class']} real/class" if source.get("real_per_class") else label
 
 
 def _json_or_none(path: Path):

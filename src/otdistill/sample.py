@@ -123,14 +123,18 @@ def latents_to_uint8(model: Generator, latents: torch.Tensor) -> torch.Tensor:
 
 def sample_classes(model: Generator, classes: Sequence[int], cfg: SampleConfig,
                    terms: Sequence[GuidanceTerm] = (), window: tuple[int, int] | None = None,
-                   prototypes: dict[int, torch.Tensor] | None = None) -> dict[int, torch.Tensor]:
+                   prototypes: dict[int, torch.Tensor] | None = None,
+                   made: dict[int, torch.Tensor] | None = None) -> dict[int, torch.Tensor]:
     """All IPC images of each class as uint8 (IPC, C, H, W), the classes sharing each forward
     pass; chunks of sample.batch_size per class, each chunk seeing the latents of the chunks
-    before it as the class memory."""
+    before it, after any latents `made` gives for the class (e.g. of real images it keeps), as
+    the class memory."""
     done: dict[int, list[torch.Tensor]] = {c: [] for c in classes}
+    made = made or {}
     for chunk, start in enumerate(range(0, cfg.ipc, cfg.batch_size)):
         n = min(cfg.batch_size, cfg.ipc - start)
-        memories = [torch.cat(done[c]) if done[c] else None for c in classes]
+        seen = {c: ([made[c]] if c in made else []) + done[c] for c in classes}
+        memories = [torch.cat(seen[c]) if seen[c] else None for c in classes]
         inits = [prototypes[c][start:start + n] for c in classes] if prototypes is not None else None
         for c, z in zip(classes, sample_group(model, classes, n, cfg, terms, window, memories, chunk, inits)):
             done[c].append(z)

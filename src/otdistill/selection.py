@@ -145,7 +145,7 @@ def select_class(method: str, images: ImageSet, c: int, ipc: int, seed: int, emb
 
 
 def candidate_keeper(cfg, device) -> Callable[[torch.Tensor, int], torch.Tensor] | None:
-    """sample.oversample > 1: `keep(images, c)`, the sample.ipc of class c's drawn uint8
+    """sample.oversample > 1: `keep(images, c)`, the 1/oversample of class c's drawn uint8
     images that sample.keep picks, in drawing order; None when every drawn image is kept."""
     if cfg.sample.oversample == 1:
         return None
@@ -154,7 +154,8 @@ def candidate_keeper(cfg, device) -> Callable[[torch.Tensor, int], torch.Tensor]
 
     def keep(images: torch.Tensor, c: int) -> torch.Tensor:
         drawn = TensorImages(images, torch.full((len(images),), c))
-        return images[select_class(method, drawn, c, cfg.sample.ipc, cfg.sample.seed, embed, len(images))]
+        count = len(images) // cfg.sample.oversample  # sample.ipc, less the real images kept beside them
+        return images[select_class(method, drawn, c, count, cfg.sample.seed, embed, len(images))]
 
     return keep
 
