@@ -106,9 +106,11 @@ def build_set(method: str, ctx: RunContext, work: Path) -> Path:
 
 
 def made_by(manifest: dict) -> dict:
-    """What made a set, for its result rows: the generator (None for real images) and the label
-    teachers, so that rows of another generator or teachers can be told apart."""
-    return {"generator": manifest["source"].get("generator"), "teacher_paths": manifest.get("teachers", [])}
+    """What made a set, for its result rows: the generator (None for real images), the real
+    images per class a generated set keeps (sample.real) and the label teachers, so that rows
+    of another generator or teachers, or hybrid sets, can be told apart."""
+    return {"generator": manifest["source"].get("generator"), "real_per_class": manifest["source"].get("real_per_class", 0),
+            "teacher_paths": manifest.get("teachers", [])}
 
 
 def bench_key(row: dict) -> tuple:

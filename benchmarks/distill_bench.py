@@ -103,7 +103,8 @@ def render(rows: list[dict]) -> str:
              "is better) compare the set with held-out real images in the first teacher's feature space; agree = "
              "share of the images the label teachers assign to the class they were made or picked for. "
              "IOR = the row minus the random real subset of the same cell (points); HLR (hard labels) = the "
-             "student's full-data accuracy minus the row (points).", "",
+             "student's full-data accuracy minus the row (points). A generated row marked (K real/class) keeps "
+             "K real images per class that herding or another selection picked (sample.real) beside its generated ones.", "",
              *made_with(rows),
              "| method | IPC | student | labels | loss | epochs | seeds | accuracy | IOR | HLR | gen s | OT dist | coverage | agree |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -113,7 +114,8 @@ def render(rows: list[dict]) -> str:
 
     for r in sorted(rows, key=lambda r: (r["ipc"] or 0, r["student"], r["labels"], -r["acc_mean"])):
         loss = "+".join(f"{t}{w:g}" for t, w in (r.get("soft_loss") or {}).items() if w) or "ce"
-        lines.append(f"| {r['method']} | {r['ipc'] or 'all'} | {r['student']} | {r['labels']} | {loss} | {r['epochs']} | "
+        method = r["method"] + (f" ({r['real_per_class']} real/class)" if r.get("real_per_class") else "")
+        lines.append(f"| {method} | {r['ipc'] or 'all'} | {r['student']} | {r['labels']} | {loss} | {r['epochs']} | "
                      f"{','.join(map(str, r['seeds']))} | "
                      f"{100 * r['acc_mean']:.2f} +- {100 * r['acc_std']:.2f} | {cell(r.get('ior'), '+.2f', 100)} | "
                      f"{cell(r.get('hlr'), '.2f', 100)} | {cell(r['gen_seconds'], '.0f')} | "
