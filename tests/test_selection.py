@@ -9,6 +9,17 @@ from otdistill.cli import main
 from otdistill.selection import herding, kmeans_centres, nearest_distinct
 
 
+def sampled(trained, digits, out, *overrides):
+    """(config, the distilled set) sampled into `out` with the trained tiny generator and teacher."""
+    from otdistill import artifacts, pipeline
+    from otdistill.config import load_config
+    from otdistill.context import RunContext
+
+    cfg = load_config(TINY, [f"generator.path={trained.generator.path}", f"teachers.0.path={trained.teachers[0].path}",
+                             f"output={out}", *overrides])
+    return cfg, artifacts.read_distilled(pipeline.sample_stage(RunContext(cfg, quiet=True, data=digits)))
+
+
 def test_herding_tracks_the_mean_better_than_random():
     g = torch.Generator().manual_seed(0)
     feats = torch.randn(500, 8, generator=g) + torch.linspace(0, 3, 500)[:, None]
@@ -58,20 +69,15 @@ def test_a_registered_selection_is_a_baseline_everywhere(trained, tmp_path, monk
 def test_oversampling_keeps_the_candidates_that_the_selection_picks(trained, digits, tmp_path):
     """sample.oversample draws ipc x oversample images per class (guided as one set); sample.keep
     picks ipc of them with a registered selection, here herding in the teacher's features."""
-    from otdistill import artifacts, pipeline
+    from otdistill import pipeline
     from otdistill.config import load_config
-    from otdistill.context import RunContext
     from otdistill.data import TensorImages
     from otdistill.selection import TEACHER, select_class
 
     paths = [f"generator.path={trained.generator.path}", f"teachers.0.path={trained.teachers[0].path}"]
 
-    def sample(name, *overrides):
-        cfg = load_config(TINY, [*paths, f"output={tmp_path / name}", *overrides])
-        return cfg, artifacts.read_distilled(pipeline.sample_stage(RunContext(cfg, quiet=True, data=digits)))
-
-    _, drawn = sample("drawn", "sample.ipc=6")
-    cfg, kept = sample("kept", "sample.ipc=2", "sample.oversample=3", "sample.keep=herding")
+    _, drawn = sampled(trained, digits, tmp_path / "drawn", "sample.ipc=6")
+    cfg, kept = sampled(trained, digits, tmp_path / "kept", "sample.ipc=2", "sample.oversample=3", "sample.keep=herding")
     embed = TEACHER.build(trained.teachers[0].path, "cpu")
     assert len(kept.images) == 2 * digits.num_classes
     for c in range(digits.num_classes):
@@ -91,9 +97,8 @@ def test_sampling_can_start_from_a_selections_real_images(trained, digits, tmp_p
     baseline picks, noised to init_strength of the schedule; with a small strength the sampled
     images stay near those real images as the autoencoder reconstructs them, far nearer than
     samples drawn from noise."""
-    from otdistill import artifacts, pipeline
+    from otdistill import pipeline
     from otdistill.config import load_config
-    from otdistill.context import RunContext
     from otdistill.models.generator import load_generator
     from otdistill.sample import latents_to_uint8
     from otdistill.selection import TEACHER, select_class
@@ -101,12 +106,9 @@ def test_sampling_can_start_from_a_selections_real_images(trained, digits, tmp_p
 
     paths = [f"generator.path={trained.generator.path}", f"teachers.0.path={trained.teachers[0].path}"]
 
-    def sample(name, *overrides):
-        cfg = load_config(TINY, [*paths, f"output={tmp_path / name}", "sample.ipc=3", *overrides])
-        return cfg, artifacts.read_distilled(pipeline.sample_stage(RunContext(cfg, quiet=True, data=digits)))
-
-    cfg, started = sample("herding", "sample.init=herding", "sample.init_strength=0.1")
-    _, free = sample("noise")
+    cfg, started = sampled(trained, digits, tmp_path / "herding", "sample.ipc=3", "sample.init=herding",
+                           "sample.init_strength=0.1")
+    _, free = sampled(trained, digits, tmp_path / "noise", "sample.ipc=3")
     embed, model = TEACHER.build(trained.teachers[0].path, "cpu"), load_generator(trained.generator.path)
     near = far = 0.0
     for c in range(digits.num_classes):
@@ -126,9 +128,8 @@ def test_sampling_keeps_a_selections_real_images_and_draws_the_rest_around_them(
     byte for byte; the other two are drawn as a set of IPC 2 would be, except that the guidance
     sees the real ones as already made: with guidance off they are that set's images, with
     feature OT on they differ from it."""
-    from otdistill import artifacts, pipeline
+    from otdistill import pipeline
     from otdistill.config import load_config
-    from otdistill.context import RunContext
     from otdistill.guidance import off_overrides
     from otdistill.selection import TEACHER, select_class
 
@@ -137,14 +138,10 @@ def test_sampling_keeps_a_selections_real_images_and_draws_the_rest_around_them(
     fot = [*off, "sample.guidance.feature_ot.weight=3.0", "sample.guidance.feature_ot.pool_size=20",
            "sample.guidance.window=[0,5]"]
 
-    def sample(name, *overrides):
-        cfg = load_config(TINY, [*paths, f"output={tmp_path / name}", *overrides])
-        return cfg, artifacts.read_distilled(pipeline.sample_stage(RunContext(cfg, quiet=True, data=digits)))
-
-    cfg, mixed = sample("mixed", "sample.ipc=4", "sample.real=2", *off)
-    _, alone = sample("alone", "sample.ipc=2", *off)
-    _, mixed_fot = sample("mixed-fot", "sample.ipc=4", "sample.real=2", *fot)
-    _, alone_fot = sample("alone-fot", "sample.ipc=2", *fot)
+    cfg, mixed = sampled(trained, digits, tmp_path / "mixed", "sample.ipc=4", "sample.real=2", *off)
+    _, alone = sampled(trained, digits, tmp_path / "alone", "sample.ipc=2", *off)
+    _, mixed_fot = sampled(trained, digits, tmp_path / "mixed-fot", "sample.ipc=4", "sample.real=2", *fot)
+    _, alone_fot = sampled(trained, digits, tmp_path / "alone-fot", "sample.ipc=2", *fot)
     assert mixed.manifest["source"]["real_per_class"] == 2 and len(mixed.images) == 4 * digits.num_classes
     embed = TEACHER.build(trained.teachers[0].path, "cpu")
     moved = []
