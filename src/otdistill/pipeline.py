@@ -157,14 +157,15 @@ def sample_stage(ctx: RunContext) -> Path:
             t = time.time()
             starts = ({c: class_starts(model, data.train, c, drawn, init_embed) for c in group}
                       if cfg.sample.init != "noise" else None)
-            real = {c: select_class(cfg.sample.real_select, data.train, c, cfg.sample.real, cfg.sample.seed, real_embed)
-                    for c in group} if cfg.sample.real else {}
-            images = sample_classes(model, group, drawn, terms, window, starts,
-                                    {c: encode_all(model, data.train, ctx.device, real[c]) for c in real})
+            real = {c: data.train.get(select_class(cfg.sample.real_select, data.train, c, cfg.sample.real,
+                                                   cfg.sample.seed, real_embed))
+                    for c in group} if cfg.sample.real else {}  # read once: encoded as memory, then stored
+            memory = {c: encode_all(model, TensorImages(real[c], torch.full((len(real[c]),), c)), ctx.device)
+                      for c in real}
+            images = sample_classes(model, group, drawn, terms, window, starts, memory)
             for c in todo:
                 made = keep(images[c], c) if keep else images[c]
-                artifacts.write_class_images(root, folders[c],
-                                             torch.cat([data.train.get(real[c]), made]) if real else made)
+                artifacts.write_class_images(root, folders[c], torch.cat([real[c], made]) if real else made)
                 log.info("sample: class %d/%d '%s' done, %d images (%d class(es) per pass, %.1f s)", c + 1, k,
                          data.class_names[c], cfg.sample.ipc, len(group), time.time() - t)
         bar.update(len(group))
