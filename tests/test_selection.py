@@ -149,6 +149,9 @@ def test_sampling_keeps_a_selections_real_images_and_draws_the_rest_around_them(
         real = digits.train.get(select_class("herding", digits.train, c, 2, cfg.sample.seed, embed))
         ours, guided = mixed.images[mixed.hard == c], mixed_fot.images[mixed_fot.hard == c]
         assert torch.equal(ours[:2], real) and torch.equal(guided[:2], real)
+        # and, without the selection code: they are two distinct training images of the class
+        of_class = digits.train.get(digits.train.indices_of(c)).flatten(1)
+        assert all((of_class == image.flatten()).all(1).any() for image in ours[:2]) and not torch.equal(*ours[:2])
         assert torch.equal(ours[2:], alone.images[alone.hard == c])
         moved.append(not torch.equal(guided[2:], alone_fot.images[alone_fot.hard == c]))
     assert all(moved)
