@@ -80,11 +80,14 @@ def made_key(cfg, method: str, train: ImageSet) -> str:
     return fingerprint(made, train.content_id())
 
 
-def row_config(method: str, ipc: int, args, work: Path, train: ImageSet):
-    """The row's recipe, its folder named for what made its images (made_key): a row re-made
-    by another teacher (herding's features), sampler or training split gets a new folder."""
+def row_config(method: str, ipc: int, args, work: Path, train: ImageSet, sample_seed: int | None = None):
+    """The row's recipe (at `sample_seed` if given), its folder named for what made its images
+    (made_key): a row re-made by another teacher (herding's features), sampler, seed or training
+    split gets a new folder."""
     _, recipe, extra = ROWS[method]
     overrides = [f"sample.ipc={ipc}", f"student.protocols={json.dumps(args.protocols)}", *extra]
+    if sample_seed is not None:
+        overrides.append(f"sample.seed={sample_seed}")
     if args.steps:
         overrides.append(f"sample.steps={args.steps}")
     cfg = load_config(ROOT / "configs" / f"{recipe}.yaml", overrides)

@@ -94,10 +94,15 @@ def made_with(rows: list[dict]) -> list[str]:
     return lines + [""] if lines else []
 
 
+def sets_note(row: dict) -> str:
+    return f" x {len(row['sample_seeds'])} sets" if row.get("sample_seeds") else ""
+
+
 def render(rows: list[dict]) -> str:
     # rows merge across invocations, so each row names its own seeds
     lines = ["# otdistill benchmark: Fashion-MNIST", "",
-             "Final-epoch test accuracy (%), mean +- std over the seeds in the seeds column; one student recipe "
+             "Final-epoch test accuracy (%), mean +- std over the seeds in the seeds column (x N sets: over N "
+             "sets made with different sampling seeds, each scored with those student seeds); one student recipe "
              "(AdamW + cosine, RandomResizedCrop + flip) and the same epochs for every row of an IPC and student. "
              "gen s = seconds to make the set on 2 CPU cores; OT dist (lower is closer) and coverage (higher "
              "is better) compare the set with held-out real images in the first teacher's feature space; agree = "
@@ -116,7 +121,7 @@ def render(rows: list[dict]) -> str:
         loss = "+".join(f"{t}{w:g}" for t, w in (r.get("soft_loss") or {}).items() if w) or "ce"
         method = r["method"] + (f" ({r['real_per_class']} real/class)" if r.get("real_per_class") else "")
         lines.append(f"| {method} | {r['ipc'] or 'all'} | {r['student']} | {r['labels']} | {loss} | {r['epochs']} | "
-                     f"{','.join(map(str, r['seeds']))} | "
+                     f"{','.join(map(str, r['seeds']))}{sets_note(r)} | "
                      f"{100 * r['acc_mean']:.2f} +- {100 * r['acc_std']:.2f} | {cell(r.get('ior'), '+.2f', 100)} | "
                      f"{cell(r.get('hlr'), '.2f', 100)} | {cell(r['gen_seconds'], '.0f')} | "
                      f"{cell(r.get('ot_distance'), '.2f')} | {cell(r.get('coverage'), '.3f')} | "
@@ -124,10 +129,66 @@ def render(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def score_set(method: str, ipc: int, sample_seed: int | None, args, work: Path, data, test_data) -> dict:
+    """One set of a row (its sampler's or selection's draw `sample_seed`; None: the recipe's seed)
+    made, labelled, measured and scored by every student: its manifest, metrics and, per student,
+    (config, epochs, protocols)."""
+    cfg = row_config(method, ipc, args, work, data.train, sample_seed)
+    ctx = RunContext(cfg, quiet=True, data=data)
+    root = build_set(method, ctx, work)
+    pipeline.relabel_stage(root, ctx)
+    metrics = pipeline.metrics_stage(root, ctx).get("teacher_features", {}) if args.metrics else {}
+    students = {}
+    for student in args.students:
+        epochs = epochs_for(args.epochs, student, ipc)
+        scfg = dataclasses.replace(cfg, student=dataclasses.replace(cfg.student, arch=student, seeds=args.seeds,
+                                                                    epochs=epochs))
+        # a cell remembers the images it was scored on; a test subset gets its own file so
+        # that its cells do not displace the full test split's
+        scored = f"eval-{student}" + (f"-test{args.test_subset}" if args.test_subset else "")
+        result = pipeline.evaluate_stage(root, RunContext(scfg, quiet=True, data=test_data),
+                                         Path(cfg.output) / f"{scored}.json")
+        students[student] = (scfg, epochs, result["protocols"])
+    return {"manifest": read_json(root / "manifest.json"), "metrics": metrics, "students": students}
+
+
+def mean_metric(sets: list[dict], name: str) -> float | None:
+    values = [s["metrics"].get(name) for s in sets]
+    return None if None in values else statistics.fmean(values)
+
+
+def set_rows(method: str, ipc: int, sets: list[dict], sample_seeds: list[int] | None, test_images: int) -> list[dict]:
+    """A row per student and protocol from a method's scored sets (score_set): accuracy over
+    sets (outer) x student seeds (inner), metrics and sampling seconds averaged over the sets,
+    and with several sets each one's mean (`set_means`)."""
+    manifest = sets[0]["manifest"]
+    gens = [s["manifest"]["source"].get("sample_seconds") for s in sets]
+    rows = []
+    for student, (scfg, epochs, protocols) in sets[0]["students"].items():
+        for labels, first in protocols.items():
+            per_set = [s["students"][student][2][labels] for s in sets]
+            acc = [a for p in per_set for a in p["final"]]
+            mean, std = summary(acc)
+            rows.append({"method": method, "ipc": ipc, "student": student, "labels": labels,
+                         "acc_mean": mean, "acc_std": std, "seeds": first["seeds"],
+                         "gen_seconds": None if None in gens else statistics.fmean(gens), "epochs": epochs, "acc": acc,
+                         "ot_distance": mean_metric(sets, "ot_distance"), "coverage": mean_metric(sets, "coverage"),
+                         "teacher_agreement": manifest.get("teacher_agreement", {}).get("overall"),
+                         "test_images": test_images, "soft_loss": loss_weights(scfg.student, labels),
+                         "teachers": len(manifest.get("teachers", [])), **made_by(manifest)})
+            if sample_seeds:
+                rows[-1].update(sample_seeds=sample_seeds, set_means=[p["final_mean"] for p in per_set])
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ipc", type=int, nargs="+", default=[1, 10, 50])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--sample-seeds", type=int, nargs="+", default=None,
+                        help="make each row's set once per seed (sample.seed: the sampler's draw, the selections' "
+                             "candidates) and score every set: a row is then over sets x student seeds, with "
+                             "set_means per set; default: the recipes' seed, one set")
     parser.add_argument("--students", nargs="+", default=["convnet3", "resnet18"])
     parser.add_argument("--methods", nargs="+", default=[*ROWS, "full_data"])
     parser.add_argument("--epochs", nargs="+", default=["80"],
@@ -158,33 +219,10 @@ def main() -> None:
     start = time.time()
     for ipc in args.ipc:
         for method in [m for m in args.methods if m in ROWS]:
-            cfg = row_config(method, ipc, args, work, data.train)
-            ctx = RunContext(cfg, quiet=True, data=data)
-            root = build_set(method, ctx, work)
-            pipeline.relabel_stage(root, ctx)
-            metrics = pipeline.metrics_stage(root, ctx) if args.metrics else {}
-            manifest = read_json(root / "manifest.json")
-            gen = manifest["source"].get("sample_seconds")
-            for student in args.students:
-                epochs = epochs_for(args.epochs, student, ipc)
-                scfg = dataclasses.replace(cfg, student=dataclasses.replace(cfg.student, arch=student, seeds=args.seeds,
-                                                                            epochs=epochs))
-                # a cell remembers the images it was scored on; a test subset gets its own file so
-                # that its cells do not displace the full test split's
-                scored = f"eval-{student}" + (f"-test{args.test_subset}" if args.test_subset else "")
-                result = pipeline.evaluate_stage(root, RunContext(scfg, quiet=True, data=test_data),
-                                                 Path(cfg.output) / f"{scored}.json")
-                for labels, r in result["protocols"].items():
-                    rows.append({"method": method, "ipc": ipc, "student": student, "labels": labels,
-                                 "acc_mean": r["final_mean"], "acc_std": r["final_std"], "seeds": r["seeds"],
-                                 "gen_seconds": gen, "epochs": epochs, "acc": r["final"],
-                                 "ot_distance": metrics.get("teacher_features", {}).get("ot_distance"),
-                                 "coverage": metrics.get("teacher_features", {}).get("coverage"),
-                                 "teacher_agreement": manifest.get("teacher_agreement", {}).get("overall"),
-                                 "test_images": len(test_data.test), "soft_loss": loss_weights(scfg.student, labels),
-                                 "teachers": len(manifest.get("teachers", [])), **made_by(manifest)})
-                    print(json.dumps({k: rows[-1][k] for k in ("method", "ipc", "student", "labels", "acc_mean")}),
-                          flush=True)
+            sets = [score_set(method, ipc, seed, args, work, data, test_data) for seed in args.sample_seeds or [None]]
+            for row in set_rows(method, ipc, sets, args.sample_seeds, len(test_data.test)):
+                rows.append(row)
+                print(json.dumps({k: row[k] for k in ("method", "ipc", "student", "labels", "acc_mean")}), flush=True)
     if "full_data" in args.methods:
         for student, accs in full_data_cells(default, data, args.students, args.seeds, args.full_epochs, work).items():
             mean, std = summary(accs)

@@ -66,8 +66,34 @@ def test_bench_row_folders_are_named_for_what_made_their_images(tmp_path, monkey
     after = folders()
     assert after["random"] == before["random"] and after["herding"] != before["herding"]
     how, recipe, extra = bench.ROWS["plain"]
+    # a set drawn with another sampling seed (--sample-seeds) is another set; None is the recipe's seed
+    assert bench.row_config("plain", 10, args, tmp_path, train, None).output == before["plain"]
+    for method in ("random", "plain"):
+        seeded = bench.row_config(method, 10, args, tmp_path, train, 7)
+        assert seeded.sample.seed == 7 and seeded.output != after[method]
     monkeypatch.setitem(bench.ROWS, "plain", (how, recipe, [*extra, "sample.seed=7"]))
     assert folders()["plain"] != before["plain"]
+
+
+def test_bench_rows_pool_several_sets_over_sets_and_student_seeds():
+    bench = _script("distill_bench")
+    student = SimpleNamespace(soft_loss=SimpleNamespace(kl=1.0, ce=0.0, mse=0.0, sd=0.0))
+
+    def scored(finals, seconds, distance):
+        protocols = {"soft": {"final": finals, "final_mean": sum(finals) / len(finals), "seeds": [0, 1]}}
+        return {"manifest": {"source": {"sample_seconds": seconds, "generator": "gen"}, "teachers": ["t"]},
+                "metrics": {"ot_distance": distance, "coverage": 0.5},
+                "students": {"convnet3": (SimpleNamespace(student=student), 80, protocols)}}
+
+    sets = [scored([0.5, 0.7], 10.0, 14.0), scored([0.6, 0.8], 20.0, 16.0)]
+    (row,) = bench.set_rows("fot", 10, sets, [0, 1], 1000)
+    assert row["acc"] == [0.5, 0.7, 0.6, 0.8] and row["seeds"] == [0, 1]
+    assert row["acc_mean"] == pytest.approx(0.65) and row["acc_std"] == pytest.approx(0.1118034)
+    assert row["set_means"] == pytest.approx([0.6, 0.7]) and row["sample_seeds"] == [0, 1]
+    assert (row["gen_seconds"], row["ot_distance"], row["coverage"]) == (15.0, 15.0, 0.5)
+    assert "| fot | 10 | convnet3 | soft | kl1 | 80 | 0,1 x 2 sets | 65.00 +- 11.18 |" in bench.render([row])
+    (one,) = bench.set_rows("fot", 10, sets[:1], None, 1000)  # one set: the row as before, no set keys
+    assert one["acc_mean"] == pytest.approx(0.6) and "set_means" not in one and "x 1 sets" not in bench.render([one])
 
 
 def test_rows_sampling_alike_share_one_set_and_relabel_it_cleanly(trained, digits, tmp_path, caplog):
