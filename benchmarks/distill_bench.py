@@ -152,32 +152,32 @@ def score_set(method: str, ipc: int, sample_seed: int | None, args, work: Path, 
     return {"manifest": read_json(root / "manifest.json"), "metrics": metrics, "students": students}
 
 
-def mean_metric(sets: list[dict], name: str) -> float | None:
-    values = [s["metrics"].get(name) for s in sets]
+def mean_or_none(values) -> float | None:
+    values = list(values)
     return None if None in values else statistics.fmean(values)
 
 
 def set_rows(method: str, ipc: int, sets: list[dict], sample_seeds: list[int] | None, test_images: int) -> list[dict]:
     """A row per student and protocol from a method's scored sets (score_set): accuracy over
-    sets (outer) x student seeds (inner), metrics and sampling seconds averaged over the sets,
+    sets (outer) x student seeds (inner), metrics, agreement and sampling seconds averaged over the sets,
     and with several sets each one's mean (`set_means`)."""
-    manifest = sets[0]["manifest"]
-    gens = [s["manifest"]["source"].get("sample_seconds") for s in sets]
+    manifest = sets[0]["manifest"]  # what made the sets: one recipe, so alike but for the seed
+    per_set = {"gen_seconds": [s["manifest"]["source"].get("sample_seconds") for s in sets],
+               "teacher_agreement": [s["manifest"].get("teacher_agreement", {}).get("overall") for s in sets],
+               **{name: [s["metrics"].get(name) for s in sets] for name in ("ot_distance", "coverage")}}
     rows = []
     for student, (scfg, epochs, protocols) in sets[0]["students"].items():
         for labels, first in protocols.items():
-            per_set = [s["students"][student][2][labels] for s in sets]
-            acc = [a for p in per_set for a in p["final"]]
+            scored = [s["students"][student][2][labels] for s in sets]
+            acc = [a for p in scored for a in p["final"]]
             mean, std = summary(acc)
             rows.append({"method": method, "ipc": ipc, "student": student, "labels": labels,
-                         "acc_mean": mean, "acc_std": std, "seeds": first["seeds"],
-                         "gen_seconds": None if None in gens else statistics.fmean(gens), "epochs": epochs, "acc": acc,
-                         "ot_distance": mean_metric(sets, "ot_distance"), "coverage": mean_metric(sets, "coverage"),
-                         "teacher_agreement": manifest.get("teacher_agreement", {}).get("overall"),
+                         "acc_mean": mean, "acc_std": std, "seeds": first["seeds"], "epochs": epochs, "acc": acc,
+                         **{name: mean_or_none(values) for name, values in per_set.items()},
                          "test_images": test_images, "soft_loss": loss_weights(scfg.student, labels),
                          "teachers": len(manifest.get("teachers", [])), **made_by(manifest)})
             if sample_seeds:
-                rows[-1].update(sample_seeds=sample_seeds, set_means=[p["final_mean"] for p in per_set])
+                rows[-1].update(sample_seeds=sample_seeds, set_means=[p["final_mean"] for p in scored])
     return rows
 
 

@@ -81,7 +81,8 @@ def test_bench_rows_pool_several_sets_over_sets_and_student_seeds():
 
     def scored(finals, seconds, distance):
         protocols = {"soft": {"final": finals, "final_mean": sum(finals) / len(finals), "seeds": [0, 1]}}
-        return {"manifest": {"source": {"sample_seconds": seconds, "generator": "gen"}, "teachers": ["t"]},
+        return {"manifest": {"source": {"sample_seconds": seconds, "generator": "gen"}, "teachers": ["t"],
+                             "teacher_agreement": {"overall": seconds / 100}},
                 "metrics": {"ot_distance": distance, "coverage": 0.5},
                 "students": {"convnet3": (SimpleNamespace(student=student), 80, protocols)}}
 
@@ -91,6 +92,7 @@ def test_bench_rows_pool_several_sets_over_sets_and_student_seeds():
     assert row["acc_mean"] == pytest.approx(0.65) and row["acc_std"] == pytest.approx(0.1118034)
     assert row["set_means"] == pytest.approx([0.6, 0.7]) and row["sample_seeds"] == [0, 1]
     assert (row["gen_seconds"], row["ot_distance"], row["coverage"]) == (15.0, 15.0, 0.5)
+    assert row["teacher_agreement"] == pytest.approx(0.15)
     assert "| fot | 10 | convnet3 | soft | kl1 | 80 | 0,1 x 2 sets | 65.00 +- 11.18 |" in bench.render([row])
     (one,) = bench.set_rows("fot", 10, sets[:1], None, 1000)  # one set: the row as before, no set keys
     assert one["acc_mean"] == pytest.approx(0.6) and "set_means" not in one and "x 1 sets" not in bench.render([one])
