@@ -18,6 +18,7 @@ from otdistill.config import to_dict
 from otdistill.context import RunContext
 from otdistill.data import hold_out, load_dataset
 from otdistill.errors import UserError
+from otdistill.metrics import junk_warning
 from otdistill.models.generator import load_generator
 from otdistill.pipeline import ensure_generator, evaluate_stage, metrics_stage, relabel_stage, select_stage
 from otdistill.readiness import NOT_READY_FD_RATIO, check_generator, require_ready
@@ -61,6 +62,20 @@ def test_junk_is_called_junk_and_a_real_subset_is_not(trained, tmp_path, caplog)
     assert warned == {"noise": (True, True, True), "real": (False, False, False)}
     report = build(tmp_path).with_suffix(".md").read_text()
     assert report.count("**WARNING**") == 1 and "noise: the distilled images look like noise" in report
+
+
+def test_low_coverage_is_called_noise_only_below_what_as_many_real_images_reach():
+    def manifest(ipc, coverage):
+        return {"source": {"kind": "generated"}, "num_classes": 10, "ipc": ipc,
+                "teacher_agreement": {"overall": 0.9},
+                "metrics": {"settings": {"per_class": 200, "k": 5}, "teacher_features": {"coverage": coverage}}}
+
+    # one image per class covers about 5 of 200 held-out points: 0.007 there is a real-looking set
+    assert junk_warning(manifest(1, 0.007)) is None
+    assert "coverage of held-out real images is 0.000 (as many real images reach about 0.025)" in junk_warning(
+        manifest(1, 0.0))
+    assert junk_warning(manifest(10, 0.02)) is not None and junk_warning(manifest(10, 0.03)) is None
+    assert junk_warning(manifest(50, 0.05)) is not None  # at IPC 50 real images reach every point's ball
 
 
 def test_stored_metrics_are_measured_again_for_other_held_out_images_or_another_teacher(trained, tmp_path):
