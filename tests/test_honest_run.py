@@ -76,6 +76,9 @@ def test_low_coverage_is_called_noise_only_below_what_as_many_real_images_reach(
         manifest(1, 0.0))
     assert junk_warning(manifest(10, 0.02)) is not None and junk_warning(manifest(10, 0.03)) is None
     assert junk_warning(manifest(50, 0.05)) is not None  # at IPC 50 real images reach every point's ball
+    older = manifest(1, 0.0)
+    del older["metrics"]["settings"]  # a set measured before the settings were stored: the defaults
+    assert "reach about 0.025" in junk_warning(older)
 
 
 def test_stored_metrics_are_measured_again_for_other_held_out_images_or_another_teacher(trained, tmp_path):

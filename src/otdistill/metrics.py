@@ -23,6 +23,7 @@ from collections.abc import Callable
 
 import torch
 
+from .config import MetricsConfig
 from .data import ImageSet, class_subset, to_unit
 from .ot import entropic_ot
 
@@ -141,8 +142,8 @@ def junk_warning(manifest: dict) -> str | None:
     coverage = manifest.get("metrics", {}).get("teacher_features", {}).get("coverage")
     if coverage is not None:
         # each image on the data falls in about k of the n held-out points' k-NN balls, so IPC real
-        # images cover about IPC * k / n of them (0.025 at IPC 1 here); noise reaches almost none
-        settings = manifest["metrics"]["settings"]
+        # images cover about IPC * k / n of them (0.025 at IPC 1 by default); noise reaches almost none
+        settings = manifest["metrics"].get("settings") or dataclasses.asdict(MetricsConfig())  # older sets: defaults
         expected = min(1.0, manifest["ipc"] * settings["k"] / settings["per_class"])
         if coverage < expected / 10:
             found.append(f"coverage of held-out real images is {coverage:.3f} (as many real images reach about "
