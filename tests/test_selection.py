@@ -9,14 +9,18 @@ from otdistill.cli import main
 from otdistill.selection import herding, kmeans_centres, nearest_distinct
 
 
+def model_paths(trained) -> list[str]:
+    """Overrides that point the tiny config at the trained tiny generator and teacher."""
+    return [f"generator.path={trained.generator.path}", f"teachers.0.path={trained.teachers[0].path}"]
+
+
 def sampled(trained, digits, out, *overrides):
     """(config, the distilled set) sampled into `out` with the trained tiny generator and teacher."""
     from otdistill import artifacts, pipeline
     from otdistill.config import load_config
     from otdistill.context import RunContext
 
-    cfg = load_config(TINY, [f"generator.path={trained.generator.path}", f"teachers.0.path={trained.teachers[0].path}",
-                             f"output={out}", *overrides])
+    cfg = load_config(TINY, [*model_paths(trained), f"output={out}", *overrides])
     return cfg, artifacts.read_distilled(pipeline.sample_stage(RunContext(cfg, quiet=True, data=digits)))
 
 
@@ -74,7 +78,7 @@ def test_oversampling_keeps_the_candidates_that_the_selection_picks(trained, dig
     from otdistill.data import TensorImages
     from otdistill.selection import TEACHER, select_class
 
-    paths = [f"generator.path={trained.generator.path}", f"teachers.0.path={trained.teachers[0].path}"]
+    paths = model_paths(trained)
 
     _, drawn = sampled(trained, digits, tmp_path / "drawn", "sample.ipc=6")
     cfg, kept = sampled(trained, digits, tmp_path / "kept", "sample.ipc=2", "sample.oversample=3", "sample.keep=herding")
@@ -104,7 +108,7 @@ def test_sampling_can_start_from_a_selections_real_images(trained, digits, tmp_p
     from otdistill.selection import TEACHER, select_class
     from otdistill.train_generator import encode_all
 
-    paths = [f"generator.path={trained.generator.path}", f"teachers.0.path={trained.teachers[0].path}"]
+    paths = model_paths(trained)
 
     cfg, started = sampled(trained, digits, tmp_path / "herding", "sample.ipc=3", "sample.init=herding",
                            "sample.init_strength=0.1")
@@ -133,7 +137,7 @@ def test_sampling_keeps_a_selections_real_images_and_draws_the_rest_around_them(
     from otdistill.guidance import off_overrides
     from otdistill.selection import TEACHER, select_class
 
-    paths = [f"generator.path={trained.generator.path}", f"teachers.0.path={trained.teachers[0].path}"]
+    paths = model_paths(trained)
     off = off_overrides()
     fot = [*off, "sample.guidance.feature_ot.weight=3.0", "sample.guidance.feature_ot.pool_size=20",
            "sample.guidance.window=[0,5]"]
