@@ -167,12 +167,12 @@ def set_rows(method: str, ipc: int, sets: list[dict], sample_seeds: list[int] | 
                **{name: [s["metrics"].get(name) for s in sets] for name in ("ot_distance", "coverage")}}
     rows = []
     for student, (scfg, epochs, protocols) in sets[0]["students"].items():
-        for labels, first in protocols.items():
+        for labels in protocols:
             scored = [s["students"][student][2][labels] for s in sets]
             acc = [a for p in scored for a in p["final"]]
             mean, std = summary(acc)
             rows.append({"method": method, "ipc": ipc, "student": student, "labels": labels,
-                         "acc_mean": mean, "acc_std": std, "seeds": first["seeds"], "epochs": epochs, "acc": acc,
+                         "acc_mean": mean, "acc_std": std, "seeds": scored[0]["seeds"], "epochs": epochs, "acc": acc,
                          **{name: mean_or_none(values) for name, values in per_set.items()},
                          "test_images": test_images, "soft_loss": loss_weights(scfg.student, labels),
                          "teachers": len(manifest.get("teachers", [])), **made_by(manifest)})
