@@ -32,13 +32,19 @@ import torch
 # bench_rows (beside this script) also puts src/ on sys.path
 from bench_rows import ABLATION, ROOT, ROWS, build_set, epochs_for, loss_weights, made_by, merged, row_config
 
-from otdistill import pipeline
+from otdistill import pipeline, protocols
 from otdistill.artifacts import DistilledSet
 from otdistill.config import fingerprint, load_config
 from otdistill.context import RunContext
 from otdistill.data import SubsetImages, load_dataset
 from otdistill.evaluate import train_student
 from otdistill.io import read_json, write_json
+
+
+def protocol_name(text: str) -> str:
+    if protocols.problem(text):
+        raise argparse.ArgumentTypeError(protocols.problem(text))
+    return text
 
 
 def full_data_cells(cfg, data, students, seeds, epochs: int, work: Path) -> dict:
@@ -166,13 +172,14 @@ def set_rows(method: str, ipc: int, sets: list[dict], sample_seeds: list[int] | 
                "teacher_agreement": [s["manifest"].get("teacher_agreement", {}).get("overall") for s in sets],
                **{name: [s["metrics"].get(name) for s in sets] for name in ("ot_distance", "coverage")}}
     rows = []
-    for student, (scfg, epochs, protocols) in sets[0]["students"].items():
-        for labels in protocols:
+    for student, (scfg, epochs, results) in sets[0]["students"].items():
+        for labels in results:
             scored = [s["students"][student][2][labels] for s in sets]
             acc = [a for p in scored for a in p["final"]]
             mean, std = summary(acc)
             rows.append({"method": method, "ipc": ipc, "student": student, "labels": labels,
-                         "acc_mean": mean, "acc_std": std, "seeds": scored[0]["seeds"], "epochs": epochs, "acc": acc,
+                         "acc_mean": mean, "acc_std": std, "seeds": scored[0]["seeds"],
+                         "epochs": protocols.epochs(labels, epochs), "acc": acc,
                          **{name: mean_or_none(values) for name, values in per_set.items()},
                          "test_images": test_images, "soft_loss": loss_weights(scfg.student, labels),
                          "teachers": len(manifest.get("teachers", [])), **made_by(manifest)})
@@ -193,7 +200,9 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=[*ROWS, "full_data"])
     parser.add_argument("--epochs", nargs="+", default=["80"],
                         help="student epochs: N, IPC=N, STUDENT=N or STUDENT/IPC=N (most specific wins)")
-    parser.add_argument("--protocols", nargs="+", default=["soft", "hard"], choices=["soft", "hard"])
+    parser.add_argument("--protocols", nargs="+", default=["soft", "hard"], type=protocol_name,
+                        help="student protocols (src/otdistill/protocols.py): soft, hard (the --epochs recipe), "
+                             "dc, dsa (the field's, at their own length)")
     parser.add_argument("--full-epochs", type=int, default=3,
                         help="epochs of the full-data reference (an epoch on 2 CPU cores: ConvNet-3 ~4 min, ResNet-18 ~22 min)")
     parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the recipes')")

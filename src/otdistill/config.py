@@ -308,11 +308,11 @@ class StudentConfig:
     """How a student is trained on a distilled set and scored on the real test set."""
 
     arch: str = "convnet3"  # classifier name trained on the distilled set
-    protocols: list[str] = field(default_factory=lambda: ["soft", "hard"])  # soft | hard
+    protocols: list[str] = field(default_factory=lambda: ["soft", "hard"])  # soft | hard (this section's recipe; teacher or class labels) | dc | dsa (the field's hard-label protocols, fixed by their source; dsa-e20: another length); docs/protocols.md
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # one student per seed and protocol; mean +- std over them
     epochs: int = 300  # training epochs (the headline is the final one)
     batch_size: int = 50  # images per step
-    optimizer: str = "adamw"  # adamw | sgd
+    optimizer: str = "adamw"  # adamw | sgd (Nesterov) | sgd_dc (plain momentum, as DC/DSA)
     lr: float = 1e-3  # peak learning rate (cosine schedule)
     weight_decay: float = 0.01  # weight decay
     soft_loss: SoftLossConfig = field(default_factory=SoftLossConfig)

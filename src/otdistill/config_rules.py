@@ -72,6 +72,9 @@ class Rule:
         return self.bad(cfg)
 
 
+# sample.spacing: which training timesteps the sampling steps visit (models/generator.py reads it here)
+SPACINGS = ("leading", "dit")
+
 POSITIVE = Range(0, open_low=True)
 NON_NEGATIVE = Range(0)
 AT_LEAST_1 = Range(1)
@@ -96,6 +99,12 @@ def _device(value, cfg) -> Problem:
     return f"must be auto, cpu, cuda or cuda:N, got {value!r}"
 
 
+def _protocol(value, cfg) -> Problem:
+    from .protocols import problem
+
+    return problem(value)
+
+
 def _non_empty(value, cfg) -> Problem:
     return None if value else "must list at least one entry"
 
@@ -114,8 +123,6 @@ def _window(value, cfg) -> Problem:
 
 
 def _spacing(value, cfg) -> Problem:
-    from .models.generator import SPACINGS
-
     if value not in SPACINGS:
         return f"must be one of {', '.join(SPACINGS)}, got {value!r}"
     if value == "dit" and cfg.sample.scheduler != "ddpm":
@@ -125,12 +132,10 @@ def _spacing(value, cfg) -> Problem:
 
 
 def _real(value, cfg) -> Problem:
-    from .selection import SELECTIONS
-
     if not 0 <= value < cfg.sample.ipc:
         return (f"must satisfy 0 <= value < sample.ipc={cfg.sample.ipc} (all real is the {cfg.sample.real_select} "
                 f"baseline itself), got {value}")
-    if value and cfg.sample.init in SELECTIONS:
+    if value and cfg.sample.init in _owned("selection", "SELECTIONS")():
         return (f"{value} real images and sample.init={cfg.sample.init} would start the generated images from the "
                 "same real picks; set sample.init to noise or prototypes, or sample.real to 0")
     return None
@@ -255,7 +260,7 @@ RULES: dict[str, OneOf | Range | Rule] = {
     "relabel.real_per_class": AT_LEAST_1,
     "student.arch": Rule(_arch, lambda cfg: "tv:no_such_net"),
     "student.protocols": Rule(_non_empty, lambda cfg: []),
-    "student.protocols.N": OneOf(_owned("evaluate", "PROTOCOLS")),
+    "student.protocols.N": Rule(_protocol, lambda cfg: "dsb"),
     "student.seeds": Rule(_non_empty, lambda cfg: []),
     "student.epochs": AT_LEAST_1,
     "student.batch_size": AT_LEAST_1,

@@ -12,6 +12,7 @@ import time
 
 import torch
 
+from . import protocols
 from .artifacts import DistilledSet
 from .config import StudentConfig
 from .data import ImageSet, TensorImages
@@ -21,31 +22,50 @@ from .losses import Targets, hard_loss, soft_loss
 from .models.classifiers import build_classifier
 from .records import Cell, ProtocolResult
 from .relabel import TeacherEnsemble
+from .dsa import OPERATIONS, DSAugment
 from .train import Augment, TrainRecipe, accuracy, channel_stats, fit
 
-
-PROTOCOLS = ("soft", "hard")  # soft: teacher logits (KL and friends); hard: cross-entropy on class labels
 SOFT_LABELS = ("online", "stored")  # the teachers label each augmented view | the set's stored logits
 
 
+def student_recipe(protocol: str, cfg: StudentConfig, mean: list[float], std: list[float],
+                   mirror_safe: bool) -> TrainRecipe:
+    """The training recipe of `protocol` (protocols.py); `mean` / `std`: the statistics the
+    student normalises with (the field's protocols augment in that normalised space)."""
+    base = protocols.check(protocol)
+    if base in protocols.OWN:
+        return TrainRecipe(cfg.epochs, cfg.batch_size, cfg.optimizer, cfg.lr, cfg.weight_decay,
+                           Augment(cfg.crop_scale_min, cfg.flip, cfg.image_size), cfg.cutmix, cfg.ema_decay)
+    field = protocols.FIELD[base]
+    n = protocols.epochs(protocol, cfg.epochs)
+    operations = tuple(op for op in OPERATIONS if mirror_safe or op != "flip")
+    augment = DSAugment(mean, std, operations) if field.augment == "dsa" else Augment(1.0, False, cfg.image_size)
+    # DC's drop comes after epoch E // 2 + 1 counted from 0, i.e. after E // 2 + 2 epochs
+    return TrainRecipe(n, field.batch_size, "sgd_dc", field.lr, field.weight_decay, augment,
+                       schedule="step", step_epoch=n // 2 + 2)
+
+
 def train_student(ds: DistilledSet, test: ImageSet, cfg: StudentConfig, protocol: str, seed: int,
-                  ensemble: TeacherEnsemble | None, device, quiet: bool = False, checkpoint=None) -> Cell:
-    """One student, one protocol, one seed -> {final, best_epoch, per-epoch scores, seconds}.
-    `checkpoint`: where its per-epoch training state lives, so a killed training resumes."""
-    if protocol not in PROTOCOLS:
-        raise UserError(f"unknown protocol '{protocol}'; student.protocols takes soft and/or hard")
-    if protocol == "soft" and ensemble is None and cfg.soft_labels == "online":
+                  ensemble: TeacherEnsemble | None, device, quiet: bool = False, checkpoint=None,
+                  data_stats: tuple[list[float], list[float]] | None = None, mirror_safe: bool = True) -> Cell:
+    """One student, one protocol (protocols.py), one seed -> {final, best_epoch, per-epoch scores,
+    seconds}. `checkpoint`: where its per-epoch training state lives, so a killed training resumes.
+    `data_stats`: the training split's channel mean / std, with which the field's protocols (dc,
+    dsa) normalise as their source does; the set's own statistics otherwise. `mirror_safe`: False
+    where a mirror image changes the class (digits), which drops DSA's flip."""
+    labels = protocols.labels(protocol)
+    if labels == "soft" and ensemble is None and cfg.soft_labels == "online":
         raise UserError("the soft protocol needs teachers; list them under `teachers` in the config")
     start = time.time()
     images = TensorImages(ds.images, ds.hard)
-    mean, std = channel_stats(images)
+    field = protocols.check(protocol) in protocols.FIELD
+    mean, std = data_stats if field and data_stats is not None else channel_stats(images)
     torch.manual_seed(seed)
     size = cfg.image_size or ds.images.shape[-1]
     model = build_classifier(cfg.arch, ds.num_classes, ds.images.shape[1], size, mean, std).to(device)
-    recipe = TrainRecipe(cfg.epochs, cfg.batch_size, cfg.optimizer, cfg.lr, cfg.weight_decay,
-                         Augment(cfg.crop_scale_min, cfg.flip, cfg.image_size), cfg.cutmix, cfg.ema_decay)
+    recipe = student_recipe(protocol, cfg, mean, std, mirror_safe)
     hard = ds.hard.to(device)
-    if protocol == "soft" and cfg.soft_labels == "stored":
+    if labels == "soft" and cfg.soft_labels == "stored":
         if ds.soft_logits is None:
             raise UserError(f"student.soft_labels=stored but {ds.root} has no stored labels; run `otdistill relabel` first")
         stored = ds.soft_logits.to(device)
@@ -60,37 +80,43 @@ def train_student(ds: DistilledSet, test: ImageSet, cfg: StudentConfig, protocol
 
     def target_fn(x, idx):
         idx = idx.to(device)
-        if protocol == "hard":
+        if labels == "hard":
             return Targets(hard[idx])
         # online: the teachers label the very augmented view the student sees
         return Targets(hard[idx], stored[idx] if cfg.soft_labels == "stored" else online(x))
 
-    loss = soft_loss(cfg.soft_loss) if protocol == "soft" else hard_loss
+    loss = soft_loss(cfg.soft_loss) if labels == "soft" else hard_loss
 
     scores: dict[int, float] = {}
 
     def on_epoch(epoch: int) -> None:
-        if cfg.eval_every and epoch % cfg.eval_every == 0 and epoch != cfg.epochs:
+        if cfg.eval_every and epoch % cfg.eval_every == 0 and epoch != recipe.epochs:
             scores[epoch] = accuracy(model, test, device, cfg.test_batch_size, cfg.image_size)
             model.train()
 
     fit(model, images, recipe, loss, target_fn, generator(seed, "student", protocol), device, on_epoch,
         desc=f"{cfg.arch} {protocol} seed {seed}", quiet=quiet, checkpoint=checkpoint, extra=scores)
-    scores[cfg.epochs] = accuracy(model, test, device, cfg.test_batch_size, cfg.image_size)
-    return {"protocol": protocol, "seed": seed, "final": scores[cfg.epochs], "best_epoch": max(scores.values()),
+    scores[recipe.epochs] = accuracy(model, test, device, cfg.test_batch_size, cfg.image_size)
+    return {"protocol": protocol, "seed": seed, "final": scores[recipe.epochs], "epochs": recipe.epochs, "best_epoch": max(scores.values()),
             "scores": {str(k): v for k, v in sorted(scores.items())}, "seconds": round(time.time() - start, 1)}
 
 
 def summarise(cells: list[Cell]) -> dict[str, ProtocolResult]:
-    """Group per-seed cells by protocol: final-epoch mean +- std (population std of the seeds)."""
+    """Group per-seed cells by protocol: final-epoch mean +- std (population std of the seeds), the
+    protocol's length and, where the test split was scored during training on every seed, the
+    learning curve (mean over seeds per scored epoch; a curve, never used to pick an epoch)."""
     out = {}
     for protocol in dict.fromkeys(c["protocol"] for c in cells):
         rows = [c for c in cells if c["protocol"] == protocol]
         finals = [c["final"] for c in rows]
         bests = [c["best_epoch"] for c in rows]
+        epochs = [e for e in rows[0]["scores"] if all(e in c["scores"] for c in rows)]
         out[protocol] = {
             "final_mean": statistics.fmean(finals), "final_std": statistics.pstdev(finals),
             "seeds": [c["seed"] for c in rows], "final": finals,
             "best_epoch_mean (test-selected, reference only)": statistics.fmean(bests),
+            "epochs": rows[0].get("epochs"),
         }
+        if len(epochs) > 1:
+            out[protocol]["curve"] = {e: statistics.fmean(c["scores"][e] for c in rows) for e in epochs}
     return out

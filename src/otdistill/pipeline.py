@@ -32,6 +32,7 @@ from .context import RunContext
 from .data import TensorImages
 from .errors import UserError
 from .evaluate import summarise, train_student
+from .train import channel_stats
 from .guidance import build_terms, models_read
 from .io import read_json, remove_stale_temporaries, write_json, write_text
 from .metrics import features, junk_warning, set_report
@@ -312,7 +313,7 @@ def evaluate_stage(distilled: str | Path, ctx: RunContext | None = None, out: st
     cells_dir = out.with_suffix("") if out.suffix else out / "cells"
     remove_stale_temporaries(cells_dir)
     scored_on = data.test.content_id()  # a cached score counts only on the images it was computed on
-    ensemble = None
+    ensemble = stats = None
     cells = []
     for protocol in cfg.student.protocols:
         key = cell_key(cfg.student, ds.manifest, protocol)  # the same for every seed
@@ -326,7 +327,10 @@ def evaluate_stage(distilled: str | Path, ctx: RunContext | None = None, out: st
             if ensemble is None and protocol == "soft" and ds.manifest.get("teachers"):
                 ensemble = load_ensemble(ds.manifest["teachers"], device)  # only when a cell must train
             resume = cells_dir / f".{name}-{key}-{scored_on}.resume.pt"
-            cell = train_student(ds, data.test, cfg.student, protocol, seed, ensemble, device, quiet, resume)
+            if stats is None:  # the field's protocols normalise by the training split (protocols.py)
+                stats = channel_stats(data.train)
+            cell = train_student(ds, data.test, cfg.student, protocol, seed, ensemble, device, quiet, resume,
+                                 stats, data.mirror_safe)
             cell.update(key=key, scored_on=scored_on)
             if rank.main:
                 write_json(cell_file, cell)
@@ -357,6 +361,9 @@ def baseline_stage(ctx: RunContext) -> list[Evaluation]:
             select_stage(ctx, method, root)
         distributed.barrier()
         relabel_stage(root, ctx)
+        if ctx.rank.main:  # the same distribution metrics as the distilled set, for the summary and report
+            metrics_stage(root, ctx)
+        distributed.barrier()
         results.append(evaluate_stage(root, ctx))
     return results
 

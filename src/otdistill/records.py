@@ -55,13 +55,16 @@ class Cell(TypedDict):
     best_epoch: float  # the best of the scored epochs: test-selected, a reference only
     scores: dict[str, float]  # epoch -> test accuracy
     seconds: float
+    epochs: NotRequired[int]  # the protocol's length (absent in cells written before protocols had their own)
     key: NotRequired[str]  # fingerprint of the recipe, the set's files and its teachers (added when cached)
     scored_on: NotRequired[str]  # content id of the test split (likewise)
 
 
 ProtocolResult = TypedDict("ProtocolResult", {
     "final_mean": float, "final_std": float, "seeds": list[int], "final": list[float],
-    "best_epoch_mean (test-selected, reference only)": float})
+    "best_epoch_mean (test-selected, reference only)": float,
+    "epochs": NotRequired[int | None],  # the protocol's student length (protocols.py)
+    "curve": NotRequired[dict[str, float]]})  # epoch -> mean test accuracy over seeds, with student.eval_every
 
 
 class FullData(TypedDict):

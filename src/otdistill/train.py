@@ -108,22 +108,34 @@ class TrainRecipe:
     optimizer: str = "adamw"
     lr: float = 1e-3
     weight_decay: float = 0.01
-    augment: Augment = field(default_factory=Augment)
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] = field(default_factory=Augment)
     cutmix: float = 0.0  # probability that a batch is CutMix-ed
     ema_decay: float = 0.0  # > 0: train an exponential moving average of the weights and return it
+    schedule: str = "cosine"  # cosine (per step) | step (DC's: x0.1 after the epoch `step_epoch`)
+    step_epoch: int = 0  # with schedule=step: epochs trained at the full rate
+
+    def lr_factor(self, steps_per_epoch: int) -> Callable[[int], float]:
+        if self.schedule == "cosine":
+            total = max(1, self.epochs * steps_per_epoch)
+            return lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+        if self.schedule == "step":
+            return lambda step: 1.0 if step < self.step_epoch * steps_per_epoch else 0.1
+        raise UserError(f"unknown schedule '{self.schedule}'; use one of {', '.join(SCHEDULES)}")
 
 
-OPTIMIZERS = ("adamw", "sgd")
+OPTIMIZERS = ("adamw", "sgd", "sgd_dc")  # sgd: Nesterov momentum 0.9; sgd_dc: plain momentum 0.9, as DC/DSA
+SCHEDULES = ("cosine", "step")
 
 
-def make_optimizer(model: torch.nn.Module, recipe: TrainRecipe, steps: int):
+def make_optimizer(model: torch.nn.Module, recipe: TrainRecipe, steps_per_epoch: int):
     if recipe.optimizer == "adamw":
         opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
-    elif recipe.optimizer == "sgd":
-        opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=0.9, weight_decay=recipe.weight_decay, nesterov=True)
+    elif recipe.optimizer in ("sgd", "sgd_dc"):
+        opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=0.9, weight_decay=recipe.weight_decay,
+                              nesterov=recipe.optimizer == "sgd")
     else:
         raise UserError(f"unknown optimizer '{recipe.optimizer}'; use one of {', '.join(OPTIMIZERS)}")
-    return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, steps))
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, recipe.lr_factor(steps_per_epoch))
 
 
 def _resume(checkpoint: Path | None, parts: dict, g: torch.Generator, extra: dict) -> tuple[int, list[float]]:
@@ -161,7 +173,7 @@ def fit(model: torch.nn.Module, images: ImageSet, recipe: TrainRecipe, loss_fn: 
     net = distributed.data_parallel(model, device)
     n = len(images)
     steps_per_epoch = math.ceil(n / recipe.batch_size)
-    opt, sched = make_optimizer(model, recipe, recipe.epochs * steps_per_epoch)
+    opt, sched = make_optimizer(model, recipe, steps_per_epoch)
     ema = (torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(
         recipe.ema_decay), use_buffers=True) if recipe.ema_decay > 0 else None)
     parts = {"model": model, "optimizer": opt, "scheduler": sched, **({"ema": ema} if ema is not None else {})}
@@ -198,6 +210,8 @@ def fit(model: torch.nn.Module, images: ImageSet, recipe: TrainRecipe, loss_fn: 
             bar.update()
         losses.append(total / max(seen, 1))  # this rank's rows under torchrun
         bar.set_postfix(epoch=epoch + 1, loss=f"{losses[-1]:.4f}")
+        if recipe.schedule == "step" and epoch + 1 == recipe.step_epoch:
+            opt.state.clear()  # DC builds a new optimiser at the lower rate: its momentum starts again
         if on_epoch is not None:
             on_epoch(epoch + 1)
         if checkpoint is not None and epoch + 1 < recipe.epochs and rank.main:

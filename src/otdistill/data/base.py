@@ -155,6 +155,7 @@ class LabelledData:
     class_ids: list[str]  # folder-safe identifiers (wnids for ImageNet-style folders)
     channels: int
     image_size: int
+    mirror_safe: bool = True  # False where a mirror image changes the class (digits): DSA's flip is then off
 
     @property
     def num_classes(self) -> int:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
-from ..config import DataConfig
 from .base import LabelledData, TensorImages, resize_uint8, stratified_split
+
+if TYPE_CHECKING:  # annotations only: the config sits above the data adapters
+    from ..config import DataConfig
 
 
 def load_digits_data(cfg: DataConfig) -> LabelledData:
@@ -19,4 +23,4 @@ def load_digits_data(cfg: DataConfig) -> LabelledData:
     tr, te = stratified_split(labels, cfg.split_seed, fraction=cfg.test_fraction)
     names = [str(i) for i in range(10)]
     return LabelledData("digits", TensorImages(images[tr], labels[tr]), TensorImages(images[te], labels[te]),
-                        names, names, channels=1, image_size=size)
+                        names, names, channels=1, image_size=size, mirror_safe=False)

@@ -22,6 +22,7 @@ from typing import Callable, Sequence
 import torch
 
 from ..config import AutoencoderConfig, GeneratorConfig
+from ..config_rules import SPACINGS  # the choices of sample.spacing
 from ..errors import UserError
 from ..io import read_json
 
@@ -32,7 +33,6 @@ SCHEDULES = {
 }
 PREDICTIONS = ("epsilon", "v_prediction")
 SAMPLERS = ("ddim", "ddpm")  # sample.scheduler: the diffusers scheduler that draws samples
-SPACINGS = ("leading", "dit")  # sample.spacing: which training timesteps the sampling steps visit
 CFG_CHANNELS = {"all": None, "first3": 3}  # sample.cfg_channels: the leading channels CFG guides (None = all)
 # generator.json "timestep_embedding": diffusers (the sinusoidal projections as the diffusers
 # class builds them; its DiT's frequencies are exp(-ln(10^4) i / (half - 1))) | dit-original (the
