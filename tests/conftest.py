@@ -63,6 +63,8 @@ def finished_run(trained, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("e2e") / "run"
     args = ["run", str(TINY), "--set", f"output={out}", "--set", f"generator.path={trained.generator.path}",
-            "--set", f"teachers.0.path={trained.teachers[0].path}", "--set", "baseline=[random,herding]"]
+            "--set", f"teachers.0.path={trained.teachers[0].path}", "--set", "baseline=[random,herding]",
+            # the field's DSA protocol at a smoke length beside ours, and learning curves
+            "--set", "student.protocols=[soft,hard,dsa-e3]", "--set", "student.eval_every=1"]
     assert main(["--quiet", *args]) == 0
     return out, args

@@ -142,11 +142,15 @@ def test_run_summary_carries_a_row_and_a_difference_per_baseline(finished_run):
     summary = (out / "summary.md").read_text()
     for name in ("random", "herding"):
         assert f"| {name} real (baseline) |" in summary and f"| distilled - {name} real |" in summary
-        assert f"over {name} real " in summary
+        assert f"over {name} real: " in summary
         baseline = json.loads((out / "baselines" / name / "eval.json").read_text())
         ours = json.loads((out / "distilled" / "eval.json").read_text())
         assert baseline["student_config"] == ours["student_config"] and baseline["full_data"]["accuracy"] > 0
     assert "better than picking real images" in summary and "full data" in summary
+    # a verdict per protocol (one seed here: no verdict), each protocol described with its length
+    assert "soft untold" in summary and "dsa-e3 untold" in summary and "quick: short students" in summary
+    assert "- dsa-e3: hard labels, SGD 0.01 step schedule, DSA augmentation, 3 epochs" in summary
+    assert "random real, teacher_features: OT distance" in summary  # the baselines' metrics too
     report = (out / "report" / "report.md").read_text()
     assert "vs random real (IOR)" in report and "baselines/random" in report and "baselines/herding" in report
 

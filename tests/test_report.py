@@ -21,7 +21,9 @@ def test_run_writes_report_and_log(finished_run):
     page = (report / "report.html").read_text()
     md = (report / "report.md").read_text()
     pngs = sorted(p.name for p in report.glob("*.png"))
-    assert {"accuracy-vs-ipc.png", "label-entropy.png", "grid-00.png"} <= set(pngs)
+    # one IPC: bars of the sets, not a line against IPC; eval_every: learning curves
+    assert {"accuracy.png", "learning-curves.png", "label-entropy.png", "grid-00.png"} <= set(pngs)
+    assert "accuracy-vs-ipc.png" not in pngs
     # the HTML embeds every figure; the Markdown twin links the PNG files beside it
     assert page.count("data:image/png;base64,") == len(pngs)
     assert sorted(re.findall(r"\]\(([^)]+\.png)\)", md)) == pngs

@@ -23,12 +23,14 @@ import torch  # noqa: E402
 from torchvision.utils import make_grid  # noqa: E402
 
 from . import artifacts, guidance  # noqa: E402
+from . import protocols as student_protocols  # noqa: E402
+from .protocols import labels  # noqa: E402
 from .config import from_dict  # noqa: E402
 from .data import LabelledData, class_subset, load_dataset  # noqa: E402
 from .errors import UserError  # noqa: E402
 from .io import atomic_path, write_text  # noqa: E402
 from .metrics import junk_warning  # noqa: E402
-from .records import Evaluation, Manifest, is_evaluation  # noqa: E402
+from .records import Evaluation, Manifest, ProtocolResult, is_evaluation  # noqa: E402
 from .relabel import label_entropy  # noqa: E402
 
 MAX_GRID_CLASSES = 20  # ImageNet has 1000; a page shows the first ones
@@ -144,9 +146,10 @@ def accuracy_rows(entries: list[SetEntry]) -> list[dict]:
             full = (ev.get("full_data") or {}).get("accuracy")
             for protocol, r in ev["protocols"].items():
                 rows.append({"set": e.name, "method": e.method, "ipc": e.ds.ipc, "student": ev["student"],
-                             "epochs": ev.get("epochs"), "labels": protocol, "mean": r["final_mean"],
+                             "epochs": r.get("epochs") or ev.get("epochs"), "labels": protocol, "mean": r["final_mean"],
+                             "curve": r.get("curve"),
                              "std": r["final_std"], "seeds": len(r["seeds"]),
-                             "hlr": full - r["final_mean"] if full is not None and protocol == "hard" else None})
+                             "hlr": full - r["final_mean"] if full is not None and labels(protocol) == "hard" else None})
     cell = lambda r: (r["ipc"], r["student"], r["epochs"], r["labels"])  # noqa: E731
     random_real = {cell(r): r["mean"] for r in rows if r["method"] == BASELINE}
     for r in rows:
@@ -189,7 +192,8 @@ def summary_text(output: str, dataset: str, manifest: Manifest, result: Evaluati
     protocols = list(result["protocols"])
     lines = [f"# otdistill run: {output}", "",
              f"dataset {dataset}, IPC {manifest['ipc']}, {result['num_images']} images, "
-             f"student {result['student']} ({result['epochs']} epochs), final-epoch top-1 (mean +- std over seeds)", "",
+             f"student {result['student']}, final-epoch top-1 (mean +- std over seeds (n))", "",
+             *[f"- {student_protocols.describe(p, result['student_config'])}" for p in protocols], "",
              "| set | " + " | ".join(protocols) + " |", "|" + "---|" * (len(protocols) + 1)]
 
     def row(name: str, cells: list[str]) -> None:
@@ -208,28 +212,44 @@ def summary_text(output: str, dataset: str, manifest: Manifest, result: Evaluati
                  for p in protocols if p in b["protocols"]}
         row(f"distilled - {baseline_name(b)}", [f"{diffs[p]:+.2f}" if p in diffs else "-" for p in protocols])
         if diffs:
-            verdicts.append(f"over {baseline_name(b)} {'yes' if all(d > 0 for d in diffs.values()) else 'no'} ("
-                            + ", ".join(f"{p} {d:+.2f}" for p, d in diffs.items()) + " points)")
+            verdicts.append(f"over {baseline_name(b)}: " + ", ".join(
+                f"{p} {verdict(result['protocols'][p], b['protocols'][p])}" for p in diffs))
     if full is not None:
         row(f"full data ({100 * full['accuracy']:.2f}) - distilled",
-            [f"{100 * (full['accuracy'] - result['protocols'][p]['final_mean']):.2f}" if p == "hard" else "-"
+            [f"{100 * (full['accuracy'] - result['protocols'][p]['final_mean']):.2f}" if labels(p) == "hard" else "-"
              for p in protocols])
     if verdicts:
-        lines += ["", "better than picking real images (same students)? " + "; ".join(verdicts)]
+        lines += ["", "better than picking real images (same students, per protocol)? " + "; ".join(verdicts)]
     if full is not None:
         lines.append(f"full data: teacher {full['teacher']} ({result['student']} on the whole training split)")
     if "teacher_agreement" in manifest:
         lines += ["", f"teacher agrees with the generated class on {100 * manifest['teacher_agreement']['overall']:.1f}% "
                       "of images"]
-    for space, r in manifest.get("metrics", {}).items():
-        if isinstance(r, dict) and "ot_distance" in r:
-            lines.append(f"{space}: OT distance to held-out real {r['ot_distance']:.3f}, coverage {r['coverage']:.3f}, "
-                         f"density {r['density']:.3f}")
+    lines += metric_lines("distilled", manifest)
+    for b in baselines:
+        lines += metric_lines(baseline_name(b), _json_or_none(Path(b["distilled"]) / "manifest.json") or {})
     warning = junk_warning(manifest)
     if warning:
         lines += ["", f"**WARNING**: {warning}"]
     lines += ["", "time per stage: " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items())]
     return "\n".join(lines) + "\n"
+
+
+def metric_lines(name: str, manifest: Manifest) -> list[str]:
+    return [f"{name}, {space}: OT distance to held-out real {r['ot_distance']:.3f}, coverage {r['coverage']:.3f}, "
+            f"density {r['density']:.3f}" for space, r in manifest.get("metrics", {}).items()
+            if isinstance(r, dict) and "ot_distance" in r]
+
+
+def verdict(ours: ProtocolResult, theirs: ProtocolResult) -> str:
+    """ahead / behind / level by the difference of means against the larger seed std: a
+    difference inside it is level, and more seeds are what would tell."""
+    diff, noise = 100 * (ours["final_mean"] - theirs["final_mean"]), 100 * max(ours["final_std"], theirs["final_std"])
+    if min(len(ours["seeds"]), len(theirs["seeds"])) < 2:
+        return f"untold ({diff:+.2f} points on one seed; run 3 or more seeds for a verdict)"
+    if abs(diff) <= noise:
+        return f"level ({diff:+.2f} points, inside the larger seed std {noise:.2f}; more seeds would tell)"
+    return f"{'ahead' if diff > 0 else 'behind'} ({diff:+.2f} points, beyond the larger seed std {noise:.2f})"
 
 
 def baseline_name(result: Evaluation) -> str:
@@ -249,6 +269,37 @@ def _ipc_axes(ax, ylabel: str):
     ax.grid(alpha=0.3)
     _legend(ax)
     return ax.figure
+
+
+def accuracy_bars(rows: list[dict]) -> bytes:
+    """One IPC: a bar per set, student and protocol (a line against IPC would have one point)."""
+    rows = sorted(rows, key=lambda r: (r["student"], r["labels"], -r["mean"]))
+    fig, ax = plt.subplots(figsize=(max(5, 0.45 * len(rows) + 2), 4))
+    ax.bar(range(len(rows)), [100 * r["mean"] for r in rows], yerr=[100 * r["std"] for r in rows], capsize=3,
+           color=["#4c72b0" if r["method"].startswith("real-") else "#dd8452" for r in rows])
+    ax.set_xticks(range(len(rows)), [f"{r['method']}\n{r['student']} / {r['labels']}" for r in rows], rotation=45,
+                  ha="right", fontsize=7)
+    low = min(100 * (r["mean"] - r["std"]) for r in rows)
+    ax.set_ylim(max(0, low - 5), min(100, max(100 * (r["mean"] + r["std"]) for r in rows) + 2))
+    ax.set_ylabel("final-epoch test accuracy (%)")
+    ax.set_title(f"IPC {rows[0]['ipc']} (blue: real images, orange: distilled)", fontsize=9)
+    ax.grid(alpha=0.3, axis="y")
+    return _png(fig)
+
+
+def curves_plot(rows: list[dict]) -> bytes:
+    """Test accuracy against student epoch (mean over seeds): where the sets' curves cross. A
+    curve, never a way to pick the reported epoch (the final one)."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in sorted(rows, key=lambda r: (r["ipc"], r["labels"], r["method"])):
+        pts = sorted((int(e), a) for e, a in r["curve"].items())
+        ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], marker=".",
+                label=f"{r['method']} / IPC {r['ipc']} / {r['student']} / {r['labels']}")
+    ax.set_xlabel("student epoch")
+    ax.set_ylabel("test accuracy (%)")
+    ax.grid(alpha=0.3)
+    _legend(ax)
+    return _png(fig)
 
 
 def accuracy_plot(rows: list[dict]) -> bytes:
@@ -345,9 +396,15 @@ def build(run_dir: str | Path, data: LabelledData | None = None) -> Path:
         cache[json.dumps(entries[0].ds.manifest["config"]["data"], sort_keys=True)] = data
     figures: list[tuple[str, str, bytes]] = []  # (file name, caption, png)
     rows = accuracy_rows(entries)
-    if rows:
+    if len({r["ipc"] for r in rows}) > 1:
         figures.append(("accuracy-vs-ipc.png", "Final-epoch test accuracy against IPC (mean +- std over seeds)",
                         accuracy_plot(rows)))
+    elif rows:
+        figures.append(("accuracy.png", "Final-epoch test accuracy per set (mean +- std over seeds)", accuracy_bars(rows)))
+    curves = [r for r in rows if r.get("curve")]
+    if curves:
+        figures.append(("learning-curves.png", "Test accuracy against student epoch (student.eval_every; mean over "
+                        "seeds; the reported figure stays the final epoch's)", curves_plot(curves)))
     for space in ("teacher_features", "latent"):
         png = ot_plot(entries, space)
         if png:
