@@ -34,6 +34,8 @@ GUIDED_BY_OTHERS = ["sample.guidance.feature_ot.classifiers=[" + ",".join(
 # method -> (how the set is made, recipe in configs/, overrides)
 ROWS = {
     **{name: ("select", "base/fashion-mnist", []) for name in SELECTIONS},  # every real-image selection
+    # the same real subsets labelled by LIA's teachers, as fot_lia is, so that labels never decide a comparison
+    **{f"{name}_lia": ("select", "lia", []) for name in ("random", "herding")},
     "plain": ("sample", "plain", []),
     "d4m": ("sample", "plain", ["sample.init=prototypes"]),
     "igd": ("sample", "igd", []),
@@ -73,10 +75,16 @@ def epochs_for(spec: list[str], student: str, ipc: int | None) -> int:
     return best
 
 
+def selection_of(method: str) -> str:
+    """The selection that makes a select row's images (`herding_lia` is herding's subset)."""
+    return method.removesuffix("_lia")
+
+
 def made_key(cfg, method: str, train: ImageSet) -> str:
     """What made a row's images: its selection's or its sampler's settings, and the training
     images they read (a validation run holds some out of the OT pool and the selections)."""
-    made = pipeline.select_fingerprint(cfg, method) if ROWS[method][0] == "select" else pipeline.sample_fingerprint(cfg)
+    made = (pipeline.select_fingerprint(cfg, selection_of(method)) if ROWS[method][0] == "select"
+            else pipeline.sample_fingerprint(cfg))
     return fingerprint(made, train.content_id())
 
 
@@ -99,7 +107,7 @@ def build_set(method: str, ctx: RunContext, work: Path) -> Path:
     how, cfg = ROWS[method][0], ctx.cfg
     row_set = Path(cfg.output) / "distilled"
     if how == "select":
-        return pipeline.select_stage(ctx, method, row_set)
+        return pipeline.select_stage(ctx, selection_of(method), row_set)
     if (row_set / "manifest.json").exists():
         return row_set
     made = pipeline.sample_stage(ctx.replace(output=str(work / "sets" / made_key(cfg, method, ctx.data.train))))

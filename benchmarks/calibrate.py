@@ -4,7 +4,8 @@ Fashion-MNIST rows of the DC paper (Table 1). A gap over 2 points must be explai
 published row is printed beside ours (docs/protocols.md says what each remaining gap is).
 
 Every set and student cell is cached under --work (distill_bench's machinery), so an interrupted
-run resumes; rows merge into the result file per (method, IPC, protocol).
+run resumes; rows merge into the result file per (method, IPC, protocol). With --sets N each row spans N
+random (or herding-candidate) subsets, as DC's published std spans its 5 sets.
 
 Usage: python benchmarks/calibrate.py [--ipc 1 10] [--protocols dc dsa] [--seeds 0 1 2]
 Writes benchmarks/results/calibration-fashion-mnist.json and .md.
@@ -40,6 +41,7 @@ def calibration_row(row: dict) -> dict:
     acc, std = 100 * row["acc_mean"], 100 * row["acc_std"]
     return {"method": row["method"], "ipc": row["ipc"], "protocol": row["labels"], "epochs": row["epochs"],
             "acc_mean": round(acc, 2), "acc_std": round(std, 2), "seeds": row["seeds"], "acc": row["acc"],
+            "sets": len(row.get("sample_seeds") or [None]),
             "published": None if published is None else {"mean": published[0], "std": published[1], "verified": False},
             "gap": None if published is None else round(acc - published[0], 2),
             "source": DC_TABLE if published else None}
@@ -50,12 +52,12 @@ def render(rows: list[dict]) -> str:
              "Our students (final epoch, mean +- std over seeds, 10k test images) on real subsets, beside the "
              f"published coreset rows ({DC_TABLE}, as quoted from memory: unverified until read in the paper). gap = ours - published (points). "
              "Protocols: src/otdistill/protocols.py; the reading: docs/protocols.md.", "",
-             "| method | IPC | protocol | epochs | seeds | ours | published | gap |", "|---|---|---|---|---|---|---|---|"]
+             "| method | IPC | protocol | epochs | sets x seeds | ours | published | gap |", "|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (r["ipc"], r["method"], r["protocol"])):
         pub = "-" if r["published"] is None else "{mean:.1f} +- {std:.1f}{mark}".format(
             **r["published"], mark="" if r["published"]["verified"] else " (unverified)")
         gap = "-" if r["gap"] is None else f"{r['gap']:+.2f}"
-        lines.append(f"| {r['method']} | {r['ipc']} | {r['protocol']} | {r['epochs']} | {','.join(map(str, r['seeds']))} | "
+        lines.append(f"| {r['method']} | {r['ipc']} | {r['protocol']} | {r['epochs']} | {r.get('sets', 1)} x {len(r['seeds'])} | "
                      f"{r['acc_mean']:.2f} +- {r['acc_std']:.2f} | {pub} | {gap} |")
     return "\n".join(lines) + "\n"
 
@@ -66,6 +68,9 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=list(PUBLISHED))
     parser.add_argument("--protocols", nargs="+", default=["dc", "dsa"], type=protocol_name)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--sets", type=int, default=1,
+                        help="real subsets per row (selection seeds 0..N-1), each scored with every student seed: "
+                             "DC's published std spans 5 sets x 20 students, ours spans N sets x the seeds")
     parser.add_argument("--work", default=str(ROOT / "runs" / "calibration"))
     parser.add_argument("--result", default=str(ROOT / "benchmarks/results/calibration-fashion-mnist.json"))
     args = parser.parse_args()
@@ -77,8 +82,9 @@ def main() -> None:
     start, rows = time.time(), []
     for ipc in args.ipc:
         for method in args.methods:
-            for row in set_rows(method, ipc, [score_set(method, ipc, None, bench, work, data, data)], None,
-                                len(data.test)):
+            seeds = list(range(args.sets)) if args.sets > 1 else None
+            sets = [score_set(method, ipc, seed, bench, work, data, data) for seed in seeds or [None]]
+            for row in set_rows(method, ipc, sets, seeds, len(data.test)):
                 rows.append(calibration_row(row))
                 print(json.dumps({k: rows[-1][k] for k in ("method", "ipc", "protocol", "acc_mean", "gap")}), flush=True)
     result = Path(args.result)

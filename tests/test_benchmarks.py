@@ -73,6 +73,12 @@ def test_bench_row_folders_are_named_for_what_made_their_images(tmp_path, monkey
         assert seeded.sample.seed == 7 and seeded.output != after[method]
     monkeypatch.setitem(bench.ROWS, "plain", (how, recipe, [*extra, "sample.seed=7"]))
     assert folders()["plain"] != before["plain"]
+    # herding_lia: herding's very subset (the same first teacher's features), labelled by LIA's teachers
+    monkeypatch.undo()
+    rows = _script("bench_rows")
+    plain_herding, lia_herding = (bench.row_config(m, 10, args, tmp_path, train) for m in ("herding", "herding_lia"))
+    assert len(lia_herding.teachers) > len(plain_herding.teachers) == 1
+    assert rows.made_key(lia_herding, "herding_lia", train) == rows.made_key(plain_herding, "herding", train)
 
 
 def test_bench_rows_pool_several_sets_over_sets_and_student_seeds():
