@@ -28,6 +28,8 @@ def test_run_writes_report_and_log(finished_run):
     assert page.count("data:image/png;base64,") == len(pngs)
     assert sorted(re.findall(r"\]\(([^)]+\.png)\)", md)) == pngs
     assert "<table>" in page and "| plain | 2 | convnet2 |" in md
+    # each protocol says how it trained, a short student that it is quick
+    assert "- dsa-e3: hard labels, SGD 0.01 step schedule" in md and "quick: short students" in page
     for stage in ("sample", "relabel", "evaluate"):
         assert f"| . | {stage} |" in md  # time per stage, from the run's timings.json
     log = (out / "otdistill.log").read_text()

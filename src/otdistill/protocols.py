@@ -93,9 +93,9 @@ def describe(name: str, student: dict) -> str:
         note = "" if length is None else f"; shortened from the field's {field.epochs}: not comparable to published rows"
         return (f"{name}: hard labels, SGD {field.lr:g} step schedule, {aug}, "
                 f"{epochs(name, student['epochs'])} epochs ({field.source}{note})")
-    cutmix = f" + CutMix {student['cutmix']:g}" if student["cutmix"] else ""
+    cutmix = f" + CutMix {student['cutmix']:g}" if student.get("cutmix") else ""  # absent in early records
     recipe_text = (f"{student['optimizer']} lr {student['lr']:g} cosine, RandomResizedCrop"
-                   f"{' + flip' if student['flip'] else ''}{cutmix}")
+                   f"{' + flip' if student.get('flip', True) else ''}{cutmix}")
     what = "teacher soft labels" if base == "soft" else "hard labels"
     quick = (f"; quick: short students, a screen and not a verdict (the field trains {FIELD_EPOCHS}+)"
              if student["epochs"] < FIELD_EPOCHS else "")

@@ -422,8 +422,11 @@ def build(run_dir: str | Path, data: LabelledData | None = None) -> Path:
              e.ds.manifest.get("metrics", {}).get("teacher_features", {})) for e in entries]
 
     warnings = [f"{e.name}: {w}" for e in entries if (w := junk_warning(e.ds.manifest))]
-    md = _markdown(run_dir, rows, sets, timings, figures, warnings)
-    page = _html(run_dir, rows, sets, timings, figures, warnings)
+    # how each number was made, next to the numbers (a quick student says so)
+    notes = sorted({student_protocols.describe(p, ev["student_config"]) for e in entries for ev in e.evals
+                    for p in ev["protocols"] if "student_config" in ev})
+    md = _markdown(run_dir, rows, sets, timings, figures, warnings, notes)
+    page = _html(run_dir, rows, sets, timings, figures, warnings, notes)
     out = run_dir / "report"
     out.mkdir(exist_ok=True)
     for name, _, png in figures:
@@ -457,8 +460,10 @@ def _tables(rows, sets, timings) -> list[tuple[str, list[str], list[list[str]]]]
     ]
 
 
-def _markdown(run_dir, rows, sets, timings, figures, warnings) -> str:
+def _markdown(run_dir, rows, sets, timings, figures, warnings, notes) -> str:
     lines = [f"# otdistill report: {run_dir}", ""] + [f"**WARNING** {w}\n" for w in warnings]
+    if notes:
+        lines += ["Student protocols:", "", *[f"- {n}" for n in notes], ""]
     for title, header, cells in _tables(rows, sets, timings):
         lines += [f"## {title}", ""]
         if not cells:
@@ -472,7 +477,7 @@ def _markdown(run_dir, rows, sets, timings, figures, warnings) -> str:
     return "\n".join(lines)
 
 
-def _html(run_dir, rows, sets, timings, figures, warnings) -> str:
+def _html(run_dir, rows, sets, timings, figures, warnings, notes) -> str:
     esc = html.escape
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>otdistill report: {esc(str(run_dir))}</title>",
              "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
@@ -480,6 +485,8 @@ def _html(run_dir, rows, sets, timings, figures, warnings) -> str:
              "text-align:right}th{background:#eee}figure{margin:1.5em 0}img{max-width:100%}</style></head><body>",
              f"<h1>otdistill report</h1><p>{esc(str(run_dir))}</p>"]
     parts += [f"<p style='color:#a00'><b>WARNING</b> {esc(w)}</p>" for w in warnings]
+    if notes:
+        parts.append("<p>Student protocols:</p><ul>" + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul>")
     for title, header, cells in _tables(rows, sets, timings):
         parts.append(f"<h2>{esc(title)}</h2>")
         if not cells:
