@@ -93,7 +93,7 @@ def row_config(method: str, ipc: int, args, work: Path, train: ImageSet, sample_
     (made_key): a row re-made by another teacher (herding's features), sampler, seed or training
     split gets a new folder."""
     _, recipe, extra = ROWS[method]
-    overrides = [f"sample.ipc={ipc}", f"student.protocols={json.dumps(args.protocols)}", *extra]
+    overrides = [f"sample.ipc={ipc}", f"student.protocols={json.dumps(args.protocols)}", *extra, *args.overrides]
     if sample_seed is not None:
         overrides.append(f"sample.seed={sample_seed}")
     if args.steps:

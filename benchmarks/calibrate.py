@@ -36,10 +36,11 @@ PUBLISHED = {
 }
 
 
-def calibration_row(row: dict) -> dict:
+def calibration_row(row: dict, image_size: int) -> dict:
     published = PUBLISHED.get(row["method"], {}).get(row["ipc"])
     acc, std = 100 * row["acc_mean"], 100 * row["acc_std"]
     return {"method": row["method"], "ipc": row["ipc"], "protocol": row["labels"], "epochs": row["epochs"],
+            "student": row["student"], "image_size": image_size,
             "acc_mean": round(acc, 2), "acc_std": round(std, 2), "seeds": row["seeds"], "acc": row["acc"],
             "sets": len(row.get("sample_seeds") or [None]),
             "published": None if published is None else {"mean": published[0], "std": published[1], "verified": False},
@@ -52,12 +53,14 @@ def render(rows: list[dict]) -> str:
              "Our students (final epoch, mean +- std over seeds, 10k test images) on real subsets, beside the "
              f"published coreset rows ({DC_TABLE}, as quoted from memory: unverified until read in the paper). gap = ours - published (points). "
              "Protocols: src/otdistill/protocols.py; the reading: docs/protocols.md.", "",
-             "| method | IPC | protocol | epochs | sets x seeds | ours | published | gap |", "|---|---|---|---|---|---|---|---|"]
+             "| method | IPC | protocol | student | px | epochs | sets x seeds | ours | published | gap |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (r["ipc"], r["method"], r["protocol"])):
         pub = "-" if r["published"] is None else "{mean:.1f} +- {std:.1f}{mark}".format(
             **r["published"], mark="" if r["published"]["verified"] else " (unverified)")
         gap = "-" if r["gap"] is None else f"{r['gap']:+.2f}"
-        lines.append(f"| {r['method']} | {r['ipc']} | {r['protocol']} | {r['epochs']} | {r.get('sets', 1)} x {len(r['seeds'])} | "
+        lines.append(f"| {r['method']} | {r['ipc']} | {r['protocol']} | {r.get('student', 'convnet3')} | "
+                     f"{r.get('image_size', 32)} | {r['epochs']} | {r.get('sets', 1)} x {len(r['seeds'])} | "
                      f"{r['acc_mean']:.2f} +- {r['acc_std']:.2f} | {pub} | {gap} |")
     return "\n".join(lines) + "\n"
 
@@ -71,24 +74,29 @@ def main() -> None:
     parser.add_argument("--sets", type=int, default=1,
                         help="real subsets per row (selection seeds 0..N-1), each scored with every student seed: "
                              "DC's published std spans 5 sets x 20 students, ours spans N sets x the seeds")
+    parser.add_argument("--student", default="convnet3",
+                        help="the student (convnet3-pad3 with --set data.image_size=28: DC's net on DC's 28 px images)")
+    parser.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="config overrides for every row (e.g. data.image_size=28)")
     parser.add_argument("--work", default=str(ROOT / "runs" / "calibration"))
     parser.add_argument("--result", default=str(ROOT / "benchmarks/results/calibration-fashion-mnist.json"))
     args = parser.parse_args()
     # distill_bench's row machinery: one ConvNet-3 student, no sampling steps or metrics to set
-    bench = argparse.Namespace(protocols=args.protocols, seeds=args.seeds, students=["convnet3"], epochs=["1"],
-                               steps=None, metrics=False, test_subset=0)
+    bench = argparse.Namespace(protocols=args.protocols, seeds=args.seeds, students=[args.student], epochs=["1"],
+                               steps=None, metrics=False, test_subset=0, overrides=args.overrides)
     work = Path(args.work)
-    data = load_dataset(load_config(ROOT / "configs" / "base" / "fashion-mnist.yaml").data)
+    data = load_dataset(load_config(ROOT / "configs" / "base" / "fashion-mnist.yaml", args.overrides).data)
     start, rows = time.time(), []
     for ipc in args.ipc:
         for method in args.methods:
             seeds = list(range(args.sets)) if args.sets > 1 else None
             sets = [score_set(method, ipc, seed, bench, work, data, data) for seed in seeds or [None]]
             for row in set_rows(method, ipc, sets, seeds, len(data.test)):
-                rows.append(calibration_row(row))
+                rows.append(calibration_row(row, data.image_size))
                 print(json.dumps({k: rows[-1][k] for k in ("method", "ipc", "protocol", "acc_mean", "gap")}), flush=True)
     result = Path(args.result)
-    rows = write_merged(result, rows, key=lambda r: (r["method"], r["ipc"], r["protocol"]))
+    rows = write_merged(result, rows, key=lambda r: (r["method"], r["ipc"], r["protocol"], r.get("student", "convnet3"),
+                                                     r.get("image_size", 32)))
     result.with_suffix(".md").write_text(render(rows))
     print(f"{len(rows)} rows in {time.time() - start:.0f} s -> {result}")
 

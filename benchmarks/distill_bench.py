@@ -142,7 +142,8 @@ def score_set(method: str, ipc: int, sample_seed: int | None, args, work: Path, 
     cfg = row_config(method, ipc, args, work, data.train, sample_seed)
     ctx = RunContext(cfg, quiet=True, data=data)
     root = build_set(method, ctx, work)
-    pipeline.relabel_stage(root, ctx)
+    if any(protocols.labels(p) == "soft" for p in args.protocols):  # hard-label protocols read no teacher
+        pipeline.relabel_stage(root, ctx)
     metrics = pipeline.metrics_stage(root, ctx).get("teacher_features", {}) if args.metrics else {}
     students = {}
     for student in args.students:
@@ -206,6 +207,8 @@ def main() -> None:
     parser.add_argument("--full-epochs", type=int, default=3,
                         help="epochs of the full-data reference (an epoch on 2 CPU cores: ConvNet-3 ~4 min, ResNet-18 ~22 min)")
     parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the recipes')")
+    parser.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="config overrides for every row, after the row's own (e.g. data.image_size=28)")
     parser.add_argument("--test-subset", type=int, default=0,
                         help="score students on this many test images (every n-th; 0 = all)")
     parser.add_argument("--no-metrics", dest="metrics", action="store_false", help="skip the distribution metrics")
@@ -221,7 +224,7 @@ def main() -> None:
         args.work = args.work + "-quick"
         args.result = args.result.replace(".json", "-quick.json")
     work = Path(args.work)
-    default = load_config(ROOT / "configs" / "base" / "fashion-mnist.yaml")  # every row's recipe is based on it
+    default = load_config(ROOT / "configs" / "base" / "fashion-mnist.yaml", args.overrides)  # every row's base
     data = load_dataset(default.data)
     test_data = data if not args.test_subset else dataclasses.replace(data, test=every_nth(data.test, args.test_subset))
     rows = []

@@ -65,6 +65,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the recipe's)")
     parser.add_argument("--work", default=str(ROOT / "runs" / "tune-otm"))
     parser.add_argument("--result", default=str(ROOT / "benchmarks/results/tune-otm-fashion-mnist.json"))
+    parser.set_defaults(overrides=[])  # bench_rows.row_config's extra overrides: none here
     args = parser.parse_args()
     args.protocols = ["soft"]
     candidates = {name: weights_of(name) for name in args.candidates}

@@ -50,7 +50,7 @@ def test_bench_results_keep_rows_of_other_runs(tmp_path):
 
 def test_bench_row_folders_are_named_for_what_made_their_images(tmp_path, monkeypatch):
     bench = _script("distill_bench")
-    args = SimpleNamespace(protocols=["soft", "hard"], steps=None)
+    args = SimpleNamespace(protocols=["soft", "hard"], steps=None, overrides=[])
     images = torch.zeros(4, 1, 8, 8, dtype=torch.uint8)
     train, held_out = TensorImages(images, torch.arange(4)), TensorImages(images[:2], torch.arange(2))
 

@@ -37,3 +37,14 @@ def test_options_ride_in_the_name():
     assert build_classifier("resnetap10-w8", 10, 1, 16).net.fc.in_features == 64
     with pytest.raises(UserError, match="unknown option 'w'"):
         build_classifier("convnet3-w", 10, 3, 32)
+
+
+def test_dc_first_padding_turns_28_px_into_32_px_maps():
+    """DC's ConvNet on grey 28 x 28 images: the first convolution pads 3, so the maps are
+    32 -> 16 -> 8 -> 4 and the linear layer reads 128 x 4 x 4 features, as on 32 px images."""
+    model = build_classifier("convnet3-pad3", 10, 1, 28)
+    assert model.net.features[0].padding == (3, 3) and model.net.features[4].padding == (1, 1)
+    assert model.net.classifier.in_features == 128 * 4 * 4
+    assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+    with pytest.raises(UserError, match="unknown option 'pad3'"):
+        build_classifier("resnetap10-pad3", 10, 1, 28)

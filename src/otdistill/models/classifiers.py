@@ -31,17 +31,19 @@ def make_norm(kind: str, channels: int) -> nn.Module:
 
 
 class ConvNet(nn.Module):
-    """ConvNet-D: D blocks of conv3x3 -> norm -> ReLU -> 2x2 pooling, then a linear layer."""
+    """ConvNet-D: D blocks of conv3x3 -> norm -> ReLU -> 2x2 pooling, then a linear layer.
+    `first_padding` 3 is DC's 28-px rule: grey 28 x 28 images padded to 32 x 32 maps."""
 
     def __init__(self, num_classes: int, in_channels: int, image_size: int, depth: int = 3, width: int = 128,
-                 norm: str = "instancenorm", pooling: str = "avg"):
+                 norm: str = "instancenorm", pooling: str = "avg", first_padding: int = 1):
         super().__init__()
         pool = {"avg": nn.AvgPool2d, "max": nn.MaxPool2d}.get(pooling)
         if pool is None:
             raise UserError(f"unknown pooling '{pooling}'; use avg or max")
-        layers, channels, size = [], in_channels, image_size
-        for _ in range(depth):
-            layers += [nn.Conv2d(channels, width, 3, padding=1), make_norm(norm, width), nn.ReLU(inplace=True)]
+        layers, channels, size = [], in_channels, image_size + 2 * (first_padding - 1)
+        for d in range(depth):
+            layers += [nn.Conv2d(channels, width, 3, padding=first_padding if d == 0 else 1), make_norm(norm, width),
+                       nn.ReLU(inplace=True)]
             if size >= 2:
                 layers.append(pool(2))
                 size //= 2
@@ -144,7 +146,8 @@ _REGISTRY: dict[str, tuple[Callable[..., nn.Module], dict, bool]] = {
 
 
 def available() -> list[str]:
-    return ["convnet<D>[-w<width>][-<norm>][-avg|max] (e.g. convnet3, convnet6-w64-batchnorm)",
+    return ["convnet<D>[-w<width>][-<norm>][-avg|max][-pad<P>] (e.g. convnet3, convnet6-w64-batchnorm, "
+            "convnet3-pad3: DC's net for 28 px)",
             "resnetap10[-w<width>][-<norm>]", "resnet18", "tv:<torchvision name>"]
 
 
@@ -165,9 +168,12 @@ def _parse_options(arch: str, kwargs: dict) -> tuple[str, dict]:
             kwargs["norm"] = opt
         elif opt in ("avg", "max"):
             kwargs["pooling"] = opt
+        elif re.fullmatch(r"pad\d", opt) and base.startswith("convnet"):
+            kwargs["first_padding"] = int(opt[3:])
         else:
             raise UserError(f"unknown option '{opt}' in classifier name '{arch}'; options are w<width>, "
-                            f"{', '.join(NORMS)}, avg, max (e.g. convnet3-w64-batchnorm)")
+                            f"{', '.join(NORMS)}, avg, max, pad<P> (ConvNet's first padding) "
+                            "(e.g. convnet3-w64-batchnorm)")
     return base, kwargs
 
 
