@@ -26,13 +26,12 @@ from pathlib import Path
 
 import torch
 
-from . import artifacts, distributed, report
+from . import artifacts, distributed, protocols, report
 from .config import Config, StudentConfig, dump_config, fingerprint, to_dict
 from .context import RunContext
 from .data import TensorImages
 from .errors import UserError
 from .evaluate import summarise, train_student
-from .train import channel_stats
 from .guidance import build_terms, models_read
 from .io import read_json, remove_stale_temporaries, write_json, write_text
 from .metrics import features, junk_warning, set_report
@@ -44,6 +43,7 @@ from .relabel import choose_teachers, load_ensemble, soft_logits
 from .sample import sample_classes
 from .selection import SELECTIONS, candidate_keeper, class_starts, embedding, model_read, select_class
 from .teachers import full_data_reference, load_teacher, train_teacher
+from .train import channel_stats
 from .train_generator import encode_all, needs_more_steps, train_generator, training_dir
 
 log = logging.getLogger(__name__)
@@ -327,8 +327,8 @@ def evaluate_stage(distilled: str | Path, ctx: RunContext | None = None, out: st
             if ensemble is None and protocol == "soft" and ds.manifest.get("teachers"):
                 ensemble = load_ensemble(ds.manifest["teachers"], device)  # only when a cell must train
             resume = cells_dir / f".{name}-{key}-{scored_on}.resume.pt"
-            if stats is None:  # the field's protocols normalise by the training split (protocols.py)
-                stats = channel_stats(data.train)
+            if stats is None and protocols.check(protocol) in protocols.FIELD:
+                stats = channel_stats(data.train)  # the field's protocols normalise by the training split
             cell = train_student(ds, data.test, cfg.student, protocol, seed, ensemble, device, quiet, resume,
                                  stats, data.mirror_safe)
             cell.update(key=key, scored_on=scored_on)
