@@ -83,7 +83,7 @@ def with_ior_hlr(rows: list[dict]) -> list[dict]:
     out = []
     for r in rows:
         ref = random.get((r["ipc"], r["student"], r["labels"]))
-        hard = r["labels"] == "hard" and r["method"] != "full_data" and r["student"] in full
+        hard = protocols.labels(r["labels"]) == "hard" and r["method"] != "full_data" and r["student"] in full
         out.append({**r, "ior": r["acc_mean"] - ref if ref is not None and r["method"] != "full_data" else None,
                     "hlr": full[r["student"]] - r["acc_mean"] if hard else None})
     return out
@@ -108,8 +108,10 @@ def render(rows: list[dict]) -> str:
     # rows merge across invocations, so each row names its own seeds
     lines = ["# otdistill benchmark: Fashion-MNIST", "",
              "Final-epoch test accuracy (%), mean +- std over the seeds in the seeds column (x N sets: over N "
-             "sets made with different sampling seeds, each scored with those student seeds); one student recipe "
-             "(AdamW + cosine, RandomResizedCrop + flip) and the same epochs for every row of an IPC and student. "
+             "sets made with different sampling seeds, each scored with those student seeds); one student protocol "
+             "per column value for every row of an IPC and student: soft / hard = AdamW + cosine, RandomResizedCrop "
+             "+ flip, the epochs shown (below 300: quick, short students); dc / dsa = the field's hard-label "
+             "protocols (SGD step schedule, 300 / 1000 epochs, docs/protocols.md). "
              "gen s = seconds to make the set on 2 CPU cores; OT dist (lower is closer) and coverage (higher "
              "is better) compare the set with held-out real images in the first teacher's feature space; agree = "
              "share of the images the label teachers assign to the class they were made or picked for. "
@@ -117,7 +119,7 @@ def render(rows: list[dict]) -> str:
              "student's full-data accuracy minus the row (points). A generated row marked (K real/class) keeps "
              "K real images per class that herding or another selection picked (sample.real) beside its generated ones.", "",
              *made_with(rows),
-             "| method | IPC | student | labels | loss | epochs | seeds | accuracy | IOR | HLR | gen s | OT dist | coverage | agree |",
+             "| method | IPC | student | protocol | loss | epochs | seeds | accuracy | IOR | HLR | gen s | OT dist | coverage | agree |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def cell(value, fmt, scale=1):
