@@ -116,3 +116,17 @@ def test_a_schedule_asking_for_more_teachers_says_so_once(trained, caplog):
     assert len(chosen) == 1 and how["count"] == 1
     told = [r for r in caplog.records if "asks for 3 teachers at IPC 2 but 1 is configured" in r.getMessage()]
     assert len(told) == 1
+
+
+def test_compile_wraps_the_training_passes_only(monkeypatch):
+    """student.compile hands the training forward to torch.compile (recorded here, not run: the
+    speed is measured in benchmarks/student_speed.py); the returned model is the plain one."""
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda net: compiled.append(net) or net)
+    images = TensorImages(torch.randint(0, 256, (8, 1, 8, 8), dtype=torch.uint8), torch.arange(8) % 2)
+    for flag in (False, True):
+        recipe = student_recipe("dc-e2", StudentConfig(compile=flag), [0.5], [0.5], mirror_safe=True)
+        model = build_classifier("convnet2", 2, 1, 8)
+        fit(model, images, recipe, cross_entropy, lambda x, idx: images.labels[idx], torch.Generator().manual_seed(0),
+            "cpu", quiet=True)
+    assert len(compiled) == 1 and compiled[0] is model

@@ -35,14 +35,15 @@ def student_recipe(protocol: str, cfg: StudentConfig, mean: list[float], std: li
     base = protocols.check(protocol)
     if base in protocols.OWN:
         return TrainRecipe(cfg.epochs, cfg.batch_size, cfg.optimizer, cfg.lr, cfg.weight_decay,
-                           Augment(cfg.crop_scale_min, cfg.flip, cfg.image_size), cfg.cutmix, cfg.ema_decay)
+                           Augment(cfg.crop_scale_min, cfg.flip, cfg.image_size), cfg.cutmix, cfg.ema_decay,
+                           compile=cfg.compile)
     field = protocols.FIELD[base]
     n = protocols.epochs(protocol, cfg.epochs)
     operations = tuple(op for op in OPERATIONS if mirror_safe or op != "flip")
     augment = DSAugment(mean, std, operations) if field.augment == "dsa" else Augment(1.0, False, cfg.image_size)
     # DC's drop comes after epoch E // 2 + 1 counted from 0, i.e. after E // 2 + 2 epochs
     return TrainRecipe(n, field.batch_size, "sgd_dc", field.lr, field.weight_decay, augment,
-                       schedule="step", step_epoch=n // 2 + 2)
+                       schedule="step", step_epoch=n // 2 + 2, compile=cfg.compile)
 
 
 def train_student(ds: DistilledSet, test: ImageSet, cfg: StudentConfig, protocol: str, seed: int,

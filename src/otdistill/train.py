@@ -113,6 +113,7 @@ class TrainRecipe:
     ema_decay: float = 0.0  # > 0: train an exponential moving average of the weights and return it
     schedule: str = "cosine"  # cosine (per step) | step (DC's: x0.1 after the epoch `step_epoch`)
     step_epoch: int = 0  # with schedule=step: epochs trained at the full rate
+    compile: bool = False  # torch.compile the training forward (the weights, checkpoints and scoring stay the model's)
 
     def lr_factor(self, steps_per_epoch: int) -> Callable[[int], float]:
         if self.schedule == "cosine":
@@ -171,6 +172,8 @@ def fit(model: torch.nn.Module, images: ImageSet, recipe: TrainRecipe, loss_fn: 
     process, and trains on its share of the rows; only the main rank writes the checkpoint."""
     rank = distributed.active()
     net = distributed.data_parallel(model, device)
+    if recipe.compile:
+        net = torch.compile(net)
     n = len(images)
     steps_per_epoch = math.ceil(n / recipe.batch_size)
     opt, sched = make_optimizer(model, recipe, steps_per_epoch)
