@@ -12,9 +12,10 @@ def test_run_writes_every_artifact(finished_run, capsys):
     assert (out / "config.yaml").is_file()
     assert (out / "distilled" / "manifest.json").is_file() and (out / "distilled" / "labels.safetensors").is_file()
     result = json.loads((out / "distilled" / "eval.json").read_text())
-    assert set(result["protocols"]) == {"soft", "hard"}
+    assert set(result["protocols"]) == {"soft", "hard", "dsa-e3"}  # conftest's run adds the field's protocol
     for r in result["protocols"].values():
         assert 0.0 <= r["final_mean"] <= 1.0 and r["seeds"] == [0]
+    assert result["protocols"]["dsa-e3"]["epochs"] == 3 and len(result["protocols"]["soft"]["curve"]) == 3
     assert "final-epoch top-1" in (out / "summary.md").read_text()
 
 
