@@ -5,7 +5,8 @@
   protocol of SRe2L / RDED at the field's length).
 - `hard`: cross-entropy on the class labels, same recipe.
 - `dc` and `dsa`: the field's hard-label protocols, fixed by their source rather than by the
-  `student` section (only its arch, seeds and test batch size apply). Source: DC (Zhao,
+  `student` section (only its arch, seeds, image size, eval_every, compile and test batch
+  size apply). Source: DC (Zhao,
   Mopuri & Bilen, ICLR 2021) and DSA (Zhao & Bilen, ICML 2021), VICO-UoE/DatasetCondensation,
   `utils.evaluate_synset`: SGD with momentum 0.9 (not Nesterov), lr 0.01, weight decay 5e-4,
   batch 256, cross-entropy, the rate x0.1 after epoch E // 2 + 1 (counted from 0) with a fresh
@@ -53,7 +54,7 @@ NAMES = (*OWN, *FIELD)
 
 def parse(name: str) -> tuple[str, int | None]:
     """`dsa-e20` -> ("dsa", 20); `soft` -> ("soft", None)."""
-    match = re.fullmatch(r"(dc|dsa)-e(\d+)", name)
+    match = re.fullmatch(rf"({'|'.join(FIELD)})-e(\d+)", name)
     return (match.group(1), int(match.group(2))) if match else (name, None)
 
 
@@ -61,7 +62,7 @@ def problem(name: str) -> str | None:
     base, epochs = parse(name)
     if base in NAMES and epochs != 0:
         return None
-    return (f"must be one of {', '.join(NAMES)} (dc and dsa may carry another length, e.g. dsa-e20), got {name!r}")
+    return f"must be one of {', '.join(NAMES)} (dc and dsa may carry another length, e.g. dsa-e20), got {name!r}"
 
 
 def check(name: str) -> str:
