@@ -28,8 +28,7 @@ FLIP_PROB = 0.5
 SCALE = 1.2  # each axis scaled by a factor in [1/1.2, 1.2]
 ROTATE_DEGREES = 15.0
 
-STRATEGY = "color_crop_cutout_flip_scale_rotate"  # DSA's choice for every dataset but digits
-OPERATIONS = ("color", "crop", "cutout", "flip", "scale", "rotate")
+OPERATIONS = ("color", "crop", "cutout", "flip", "scale", "rotate")  # DSA's strategy for all but digits
 
 
 def _per_image(u: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -16,13 +16,13 @@ from . import protocols
 from .artifacts import DistilledSet
 from .config import StudentConfig
 from .data import ImageSet, TensorImages
+from .dsa import OPERATIONS, DSAugment
 from .errors import UserError
 from .io import generator
 from .losses import Targets, hard_loss, soft_loss
 from .models.classifiers import build_classifier
 from .records import Cell, ProtocolResult
 from .relabel import TeacherEnsemble
-from .dsa import OPERATIONS, DSAugment
 from .train import Augment, TrainRecipe, accuracy, channel_stats, fit
 
 SOFT_LABELS = ("online", "stored")  # the teachers label each augmented view | the set's stored logits
@@ -98,8 +98,8 @@ def train_student(ds: DistilledSet, test: ImageSet, cfg: StudentConfig, protocol
     fit(model, images, recipe, loss, target_fn, generator(seed, "student", protocol), device, on_epoch,
         desc=f"{cfg.arch} {protocol} seed {seed}", quiet=quiet, checkpoint=checkpoint, extra=scores)
     scores[recipe.epochs] = accuracy(model, test, device, cfg.test_batch_size, cfg.image_size)
-    return {"protocol": protocol, "seed": seed, "final": scores[recipe.epochs], "epochs": recipe.epochs, "best_epoch": max(scores.values()),
-            "scores": {str(k): v for k, v in sorted(scores.items())}, "seconds": round(time.time() - start, 1)}
+    return {"protocol": protocol, "seed": seed, "final": scores[recipe.epochs], "epochs": recipe.epochs,
+            "best_epoch": max(scores.values()), "scores": {str(k): v for k, v in sorted(scores.items())}, "seconds": round(time.time() - start, 1)}
 
 
 def summarise(cells: list[Cell]) -> dict[str, ProtocolResult]:

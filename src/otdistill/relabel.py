@@ -42,19 +42,19 @@ class TeacherEnsemble(nn.Module):
 
 def select_teachers(paths: list[str], ipc: int, schedule: list[list[int]]) -> list[str]:
     """The first `count` teachers, with count from the last [ipc, count] step not above `ipc`
-    (clipped to the teachers available)."""
+    (clipped to the teachers available, which it says once)."""
     if not paths:
         raise UserError("no teachers configured; add at least one under `teachers` in the config")
-    return paths[:min(scheduled_count(ipc, schedule, len(paths)), len(paths))]
-
-
-def scheduled_count(ipc: int, schedule: list[list[int]], default: int = 1) -> int:
-    """How many teachers the schedule asks for at `ipc` (the last [ipc, count] step not above it;
-    the first step's count below it; `default` for an empty schedule)."""
     steps = sorted((int(s[0]), int(s[1])) for s in schedule if len(s) == 2)
     if len(steps) != len(schedule) or any(count < 1 for _, count in steps):
         raise UserError(f"relabel.schedule must be a list of [ipc, count] pairs with count >= 1, got {schedule}")
-    return next((c for threshold, c in reversed(steps) if threshold <= ipc), steps[0][1] if steps else default)
+    count = next((c for threshold, c in reversed(steps) if threshold <= ipc), steps[0][1] if steps else len(paths))
+    if count > len(paths) and (count, len(paths)) not in _TOLD:
+        _TOLD.add((count, len(paths)))  # once per run, not once per set
+        log.warning("relabel.schedule asks for %d teachers at IPC %d but %d %s configured; labelling with %d "
+                    "(add teachers, or set relabel.schedule to what you have)", count, ipc, len(paths),
+                    "is" if len(paths) == 1 else "are", len(paths))
+    return paths[:min(count, len(paths))]
 
 
 def load_ensemble(paths: list[str | Path], device="cpu") -> TeacherEnsemble:
@@ -105,12 +105,6 @@ def choose_teachers(ctx: RunContext, images: torch.Tensor, ipc: int) -> tuple[li
     paths = [t.path for t in cfg.teachers]
     if cfg.relabel.rule == "schedule":
         chosen = select_teachers(paths, ipc, cfg.relabel.schedule)
-        asked = scheduled_count(ipc, cfg.relabel.schedule)
-        if asked > len(chosen) and (asked, len(chosen)) not in _TOLD:
-            _TOLD.add((asked, len(chosen)))  # once per run, not once per set
-            log.warning("relabel.schedule asks for %d teachers at IPC %d but %d %s configured; labelling with %d "
-                        "(add teachers, or set relabel.schedule to what you have)", asked, ipc, len(chosen),
-                        "is" if len(chosen) == 1 else "are", len(chosen))
         return chosen, {"rule": "schedule", "count": len(chosen)}
     data = ctx.data
     real = data.train.get(held_out(data.train, data.num_classes, cfg.relabel.real_per_class, seed=0))

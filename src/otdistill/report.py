@@ -23,8 +23,7 @@ import torch  # noqa: E402
 from torchvision.utils import make_grid  # noqa: E402
 
 from . import artifacts, guidance  # noqa: E402
-from . import protocols as student_protocols  # noqa: E402
-from .protocols import labels  # noqa: E402
+from . import protocols as student_protocols  # noqa: E402  (summary_text has its own `protocols`)
 from .config import from_dict  # noqa: E402
 from .data import LabelledData, class_subset, load_dataset  # noqa: E402
 from .errors import UserError  # noqa: E402
@@ -149,7 +148,8 @@ def accuracy_rows(entries: list[SetEntry]) -> list[dict]:
                              "epochs": r.get("epochs") or ev.get("epochs"), "labels": protocol, "mean": r["final_mean"],
                              "curve": r.get("curve"),
                              "std": r["final_std"], "seeds": len(r["seeds"]),
-                             "hlr": full - r["final_mean"] if full is not None and labels(protocol) == "hard" else None})
+                             "hlr": (full - r["final_mean"] if full is not None
+                                     and student_protocols.labels(protocol) == "hard" else None)})
     cell = lambda r: (r["ipc"], r["student"], r["epochs"], r["labels"])  # noqa: E731
     random_real = {cell(r): r["mean"] for r in rows if r["method"] == BASELINE}
     for r in rows:
@@ -216,7 +216,8 @@ def summary_text(output: str, dataset: str, manifest: Manifest, result: Evaluati
                 f"{p} {verdict(result['protocols'][p], b['protocols'][p])}" for p in diffs))
     if full is not None:
         row(f"full data ({100 * full['accuracy']:.2f}) - distilled",
-            [f"{100 * (full['accuracy'] - result['protocols'][p]['final_mean']):.2f}" if labels(p) == "hard" else "-"
+            [f"{100 * (full['accuracy'] - result['protocols'][p]['final_mean']):.2f}"
+             if student_protocols.labels(p) == "hard" else "-"
              for p in protocols])
     if verdicts:
         lines += ["", "better than picking real images (same students, per protocol)? " + "; ".join(verdicts)]

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+from ..config import DataConfig
 from ..errors import UserError
 from .base import (FolderImages, ImageSet, LabelledData, SubsetImages, TensorImages, class_subset, hold_out,
                    resize_uint8, to_unit)
 from .digits import load_digits_data
 from .fashion_mnist import load_fashion_mnist
 from .imagefolder import load_imagefolder
-
-if TYPE_CHECKING:  # annotations only: the config sits above the data adapters
-    from ..config import DataConfig
 
 ADAPTERS = {
     "fashion-mnist": load_fashion_mnist,

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
+from ..config import DataConfig
 from .base import LabelledData, TensorImages, resize_uint8, stratified_split
-
-if TYPE_CHECKING:  # annotations only: the config sits above the data adapters
-    from ..config import DataConfig
 
 
 def load_digits_data(cfg: DataConfig) -> LabelledData:

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import gzip
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..config import DataConfig
 from ..errors import UserError
 from .base import LabelledData, TensorImages, resize_uint8
-
-if TYPE_CHECKING:  # annotations only: the config sits above the data adapters
-    from ..config import DataConfig
 
 DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"
 FILES = {

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from pathlib import Path
 
 import torch
 from PIL import Image
 
+from ..config import DataConfig
 from ..errors import UserError
 from .base import FolderImages, LabelledData, readable_images, stratified_split
-
-if TYPE_CHECKING:  # annotations only: the config sits above the data adapters
-    from ..config import DataConfig
 
 EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "F"}  # PIL modes without colour
