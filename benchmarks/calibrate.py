@@ -19,33 +19,25 @@ import time
 from pathlib import Path
 
 from bench_rows import ROOT, write_merged
+from published import DC_TABLE, find
 from distill_bench import protocol_name, score_set, set_rows
 
 from otdistill import protocols
 from otdistill.config import load_config
 from otdistill.data import load_dataset
 
-# The DC paper (Zhao, Mopuri & Bilen, ICLR 2021), Table 1, Fashion-MNIST, ConvNet-3, hard labels,
-# coresets trained as its synthetic sets are (300 epochs, no augmentation for Fashion-MNIST):
-# (mean, std) in % at IPC 1 / 10 / 50. Not yet read in the paper itself (no stored copy of its
-# table could be reached: ../shared/docs/research/fmnist-records.md), hence `verified: false`.
-DC_TABLE = "DC paper (Zhao, Mopuri & Bilen, ICLR 2021), Table 1"
-PUBLISHED = {
-    "random": {1: (51.4, 3.8), 10: (73.8, 0.7), 50: (82.5, 0.7)},
-    "herding": {1: (67.0, 1.9), 10: (71.1, 0.7), 50: (71.9, 0.8)},
-}
-
-
 def calibration_row(row: dict, image_size: int) -> dict:
-    published = PUBLISHED.get(row["method"], {}).get(row["ipc"])
+    # DC trained its coresets as its synthetic sets (dc); under dsa the same rows are the nearest
+    published = find(row["method"], row["ipc"], "dc")
     acc, std = 100 * row["acc_mean"], 100 * row["acc_std"]
     return {"method": row["method"], "ipc": row["ipc"], "protocol": row["labels"], "epochs": row["epochs"],
             "student": row["student"], "image_size": image_size,
             "acc_mean": round(acc, 2), "acc_std": round(std, 2), "seeds": row["seeds"], "acc": row["acc"],
             "sets": len(row.get("sample_seeds") or [None]),
-            "published": None if published is None else {"mean": published[0], "std": published[1], "verified": False},
-            "gap": None if published is None else round(acc - published[0], 2),
-            "source": DC_TABLE if published else None}
+            "published": None if published is None else {"mean": published.mean, "std": published.std,
+                                                          "verified": published.verified},
+            "gap": None if published is None else round(acc - published.mean, 2),
+            "source": published.source if published else None}
 
 
 def render(rows: list[dict]) -> str:
@@ -68,7 +60,7 @@ def render(rows: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ipc", type=int, nargs="+", default=[1, 10, 50])
-    parser.add_argument("--methods", nargs="+", default=list(PUBLISHED))
+    parser.add_argument("--methods", nargs="+", default=["random", "herding"])
     parser.add_argument("--protocols", nargs="+", default=["dc", "dsa"], type=protocol_name)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--sets", type=int, default=1,

@@ -30,15 +30,17 @@ from pathlib import Path
 import torch
 
 # bench_rows (beside this script) also puts src/ on sys.path
+import published
 from bench_rows import ABLATION, ROOT, ROWS, build_set, epochs_for, loss_weights, made_by, merged, row_config
 
 from otdistill import pipeline, protocols
 from otdistill.artifacts import DistilledSet
 from otdistill.config import fingerprint, load_config
 from otdistill.context import RunContext
-from otdistill.data import SubsetImages, load_dataset
+from otdistill.data import every_nth, load_dataset
 from otdistill.evaluate import train_student
 from otdistill.io import read_json, write_json
+from otdistill.report import curves_plot
 
 
 def protocol_name(text: str) -> str:
@@ -65,9 +67,14 @@ def full_data_cells(cfg, data, students, seeds, epochs: int, work: Path) -> dict
     return cells
 
 
-def every_nth(images, count: int) -> SubsetImages:
-    """`count` images spread evenly over a split (the test split's order mixes the classes)."""
-    return SubsetImages(images, torch.linspace(0, len(images) - 1, min(count, len(images))).long())
+def trained_full_data_row(folder: Path) -> dict:
+    """The full_data row of a model already trained on the whole training split (one seed, its
+    own recipe and length, as its model.json records them)."""
+    info = read_json(folder / "model.json")
+    return {"method": "full_data", "ipc": None, "student": info["arch"], "labels": "hard",
+            "acc_mean": info["test_accuracy"], "acc_std": 0.0, "seeds": [info["seed"]], "gen_seconds": None,
+            "acc": [info["test_accuracy"]], "epochs": info["epochs"], "full_data_model": str(folder),
+            "full_data_recipe": info.get("recipe")}
 
 
 def summary(values: list[float]) -> tuple[float, float]:
@@ -134,6 +141,12 @@ def render(rows: list[dict]) -> str:
                      f"{cell(r.get('hlr'), '.2f', 100)} | {cell(r['gen_seconds'], '.0f')} | "
                      f"{cell(r.get('ot_distance'), '.2f')} | {cell(r.get('coverage'), '.3f')} | "
                      f"{cell(r.get('teacher_agreement'), '.2f')} |")
+    if any(protocols.check(r["labels"]) in protocols.FIELD for r in rows):  # the published rows' own protocols
+        lines += ["", *published.render(sorted({r["ipc"] for r in rows if r["ipc"]}))]
+    curves = sorted({r.get("curve_test_images") for r in rows if r.get("curve")})
+    if curves:
+        lines.append(f"Learning curves (student.eval_every; points on {', '.join(map(str, curves))} test images, the "
+                     "final epoch's accuracy above on all): the PNG beside this file.")
     return "\n".join(lines) + "\n"
 
 
@@ -188,6 +201,10 @@ def set_rows(method: str, ipc: int, sets: list[dict], sample_seeds: list[int] | 
                          "teachers": len(manifest.get("teachers", [])), **made_by(manifest)})
             if sample_seeds:
                 rows[-1].update(sample_seeds=sample_seeds, set_means=[p["final_mean"] for p in scored])
+            curves = [p.get("curve") for p in scored]
+            if all(curves):  # student.eval_every: test accuracy against epoch, mean over sets and seeds
+                rows[-1].update(curve={e: statistics.fmean(c[e] for c in curves) for e in curves[0]},
+                                curve_test_images=min(scfg.student.curve_test_images or test_images, test_images))
     return rows
 
 
@@ -208,6 +225,10 @@ def main() -> None:
                              "dc, dsa (the field's, at their own length)")
     parser.add_argument("--full-epochs", type=int, default=3,
                         help="epochs of the full-data reference (an epoch on 2 CPU cores: ConvNet-3 ~4 min, ResNet-18 ~22 min)")
+    parser.add_argument("--full-data-model", default=None, metavar="FOLDER",
+                        help="take the full-data reference (full_data row, HLR) from a model trained on the whole "
+                             "training split, e.g. checkpoints/fashion-mnist/teachers/convnet3-e20 (its model.json: "
+                             "test accuracy, recipe), instead of training it here")
     parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the recipes')")
     parser.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE",
                         help="config overrides for every row, after the row's own (e.g. data.image_size=28)")
@@ -243,6 +264,8 @@ def main() -> None:
             rows.append({"method": "full_data", "ipc": None, "student": student, "labels": "hard", "acc_mean": mean,
                          "acc_std": std, "seeds": args.seeds, "gen_seconds": None, "acc": accs,
                          "epochs": args.full_epochs})
+    if args.full_data_model:
+        rows.append(trained_full_data_row(Path(args.full_data_model)))
     rows = with_ior_hlr(merged(Path(args.result), rows))
     Path(args.result).write_text(json.dumps(rows, indent=2) + "\n")
     # the ablation file is rewritten only by a run of all its variants, so that its rows
@@ -254,6 +277,9 @@ def main() -> None:
     if ablation and set(ABLATION.values()) <= set(args.methods):
         Path(args.result.replace("bench-", "lia-otm-")).write_text(json.dumps(ablation, indent=2) + "\n")
     Path(args.result).with_suffix(".md").write_text(render(rows))
+    curves = [r for r in rows if r.get("curve")]
+    if curves:
+        Path(args.result).with_name(Path(args.result).stem + "-curves.png").write_bytes(curves_plot(curves))
     print(f"{len(rows)} rows in {time.time() - start:.0f} s -> {args.result}")
 
 

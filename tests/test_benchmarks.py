@@ -102,6 +102,32 @@ def test_bench_rows_pool_several_sets_over_sets_and_student_seeds():
     assert "| fot | 10 | convnet3 | soft | kl1 | 80 | 0,1 x 2 sets | 65.00 +- 11.18 |" in bench.render([row])
     (one,) = bench.set_rows("fot", 10, sets[:1], None, 1000)  # one set: the row as before, no set keys
     assert one["acc_mean"] == pytest.approx(0.6) and "set_means" not in one and "x 1 sets" not in bench.render([one])
+    assert "curve" not in row
+    for s, curve in zip(sets, ({"5": 0.3, "10": 0.5}, {"5": 0.5, "10": 0.7})):
+        s["students"]["convnet3"][2]["soft"]["curve"] = curve
+    student.curve_test_images = 500
+    (curved,) = bench.set_rows("fot", 10, sets, [0, 1], 1000)  # the curve: mean over sets, on its test images
+    assert curved["curve"] == pytest.approx({"5": 0.4, "10": 0.6}) and curved["curve_test_images"] == 500
+    assert "on 500 test images" in bench.render([curved])
+
+
+def test_the_table_prints_published_methods_under_their_own_protocols_only(tmp_path):
+    bench = _script("distill_bench")
+    row = {"method": "random", "ipc": 10, "student": "convnet3", "labels": "dsa", "epochs": 1000, "acc_mean": 0.74,
+           "acc_std": 0.0, "seeds": [0], "gen_seconds": 0.0}
+    table = bench.render([row])
+    assert "| DSA | 10 | dsa | 84.6 +- 0.3 |" in table and "| DC | 10 | dc | 82.3 +- 0.4 |" in table
+    assert "| IDC | 10 | IDC's" in table and "| DSA | 1 |" not in table
+    # the published coresets stand in the calibration file, beside ours with their gaps
+    assert "| random | 10 | dc |" not in table and "calibration-fashion-mnist.md" in table
+    assert "Published rows" not in bench.render([{**row, "labels": "soft", "epochs": 300}])
+    model = tmp_path / "teacher"
+    model.mkdir()
+    (model / "model.json").write_text(json.dumps({"arch": "convnet3", "test_accuracy": 0.9346, "seed": 0, "epochs": 20,
+                                                  "recipe": {"optimizer": "adamw"}}))
+    full = bench.trained_full_data_row(model)
+    assert (full["method"], full["student"], full["acc_mean"], full["epochs"]) == ("full_data", "convnet3", 0.9346, 20)
+    assert bench.with_ior_hlr([row, full])[0]["hlr"] == pytest.approx(0.9346 - 0.74)
 
 
 def test_rows_sampling_alike_share_one_set_and_relabel_it_cleanly(trained, digits, tmp_path, caplog):
@@ -333,3 +359,13 @@ def test_split_leak_tells_copies_of_the_validation_images_from_fresh_draws():
         near = leak.distances(images, torch.zeros(10, dtype=torch.long), splits, embed)
         ratio = near["validation"]["features"] / near["test"]["features"]
         assert (ratio < 0.5) if leaking else (0.8 < ratio < 1.25)
+
+
+def test_calibration_rows_stand_beside_dc_papers_coreset_rows_marked_unverified():
+    calibrate = _script("calibrate")
+    ours = {"method": "random", "ipc": 10, "labels": "dsa", "epochs": 1000, "student": "convnet3", "acc_mean": 0.7385,
+            "acc_std": 0.0017, "seeds": [0, 1, 2], "acc": [0.74, 0.7385, 0.737]}
+    row = calibrate.calibration_row(ours, 32)
+    assert row["published"] == {"mean": 73.8, "std": 0.7, "verified": False} and row["gap"] == pytest.approx(0.05)
+    assert "73.8 +- 0.7 (unverified) | +0.05 |" in calibrate.render([row])
+    assert calibrate.calibration_row({**ours, "method": "kmeans"}, 32)["published"] is None

@@ -130,3 +130,28 @@ def test_compile_wraps_the_training_passes_only(monkeypatch):
         fit(model, images, recipe, cross_entropy, lambda x, idx: images.labels[idx], torch.Generator().manual_seed(0),
             "cpu", quiet=True)
     assert len(compiled) == 1 and compiled[0] is model
+
+
+def test_a_curve_on_fewer_test_images_leaves_the_final_epoch_on_all(monkeypatch):
+    """student.curve_test_images: the curve's epochs (the last one too, so that the curve is one
+    set of images) on a spread subset; the reported final accuracy on the whole test split."""
+    from otdistill import evaluate
+    from otdistill.artifacts import DistilledSet
+
+    scored = []
+    real_accuracy = evaluate.accuracy
+    monkeypatch.setattr(evaluate, "accuracy", lambda model, images, *a: scored.append(len(images))
+                        or real_accuracy(model, images, *a))
+    g = torch.Generator().manual_seed(0)
+    ds = DistilledSet.in_memory(torch.randint(0, 256, (4, 1, 8, 8), dtype=torch.uint8, generator=g),
+                                torch.tensor([0, 1, 0, 1]), num_classes=2)
+    test = TensorImages(torch.randint(0, 256, (40, 1, 8, 8), dtype=torch.uint8, generator=g), torch.arange(40) % 2)
+    cfg = StudentConfig(arch="convnet2", epochs=3, batch_size=4, eval_every=1, curve_test_images=7)
+    cell = evaluate.train_student(ds, test, cfg, "hard", 0, None, "cpu", quiet=True)
+    assert scored == [7, 7, 40, 7]  # epochs 1 and 2, the final on all, the final on the curve's images
+    assert list(cell["scores"]) == ["1", "2", "3"]
+    assert all(abs(7 * s - round(7 * s)) < 1e-6 for s in cell["scores"].values())
+    assert abs(40 * cell["final"] - round(40 * cell["final"])) < 1e-6
+    scored.clear()
+    evaluate.train_student(ds, test, dataclasses.replace(cfg, curve_test_images=0), "hard", 0, None, "cpu", quiet=True)
+    assert scored == [40, 40, 40]

@@ -322,7 +322,8 @@ class StudentConfig:
     flip: bool = True  # random horizontal flip
     cutmix: float = 0.0  # probability that a batch is CutMix-ed (the teachers label the mixed view)
     ema_decay: float = 0.0  # > 0: score an exponential moving average of the student's weights
-    eval_every: int = 0  # also score every N epochs (for the labelled best-epoch extra); 0 = final only
+    eval_every: int = 0  # also score every N epochs: the learning curve and the labelled best-epoch extra; 0 = final only
+    curve_test_images: int = 0  # score the curve's epochs on this many test images spread over the split (0 = all); the reported final epoch always on all
     test_batch_size: int = 1000  # images per forward pass when scoring the test set
     compile: bool = False  # torch.compile the student's training passes: on 2 CPU cores 1.1-1.55x from batch 50 up, nothing at batch 10, 12-25 s of compiling per student (docs/protocols.md)
 

@@ -1,8 +1,9 @@
 """Student evaluation: train a fresh student on a distilled set, score it on the real test set.
 
 Headline = FINAL-epoch accuracy, mean +- std over seeds. When `eval_every` > 0 the test set
-is also scored during training and the best of those epochs is reported, labelled as an
-extra that peers use and we do not recommend (it picks the epoch on the test set).
+(or `curve_test_images` of it) is also scored during training: a learning curve, and the best
+of its epochs reported as an extra labelled as peers' practice we do not recommend (it picks
+the epoch on the test set).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 from . import protocols
 from .artifacts import DistilledSet
 from .config import StudentConfig
-from .data import ImageSet, TensorImages
+from .data import ImageSet, TensorImages, every_nth
 from .dsa import OPERATIONS, DSAugment
 from .errors import UserError
 from .io import generator
@@ -88,17 +89,20 @@ def train_student(ds: DistilledSet, test: ImageSet, cfg: StudentConfig, protocol
 
     loss = soft_loss(cfg.soft_loss) if labels == "soft" else hard_loss
 
-    scores: dict[int, float] = {}
+    scores: dict[int, float] = {}  # the curve: every point on the same images
+    curve_test = every_nth(test, cfg.curve_test_images) if cfg.eval_every and cfg.curve_test_images else test
 
     def on_epoch(epoch: int) -> None:
         if cfg.eval_every and epoch % cfg.eval_every == 0 and epoch != recipe.epochs:
-            scores[epoch] = accuracy(model, test, device, cfg.test_batch_size, cfg.image_size)
+            scores[epoch] = accuracy(model, curve_test, device, cfg.test_batch_size, cfg.image_size)
             model.train()
 
     fit(model, images, recipe, loss, target_fn, generator(seed, "student", protocol), device, on_epoch,
         desc=f"{cfg.arch} {protocol} seed {seed}", quiet=quiet, checkpoint=checkpoint, extra=scores)
-    scores[recipe.epochs] = accuracy(model, test, device, cfg.test_batch_size, cfg.image_size)
-    return {"protocol": protocol, "seed": seed, "final": scores[recipe.epochs], "epochs": recipe.epochs,
+    final = accuracy(model, test, device, cfg.test_batch_size, cfg.image_size)
+    scores[recipe.epochs] = final if curve_test is test else accuracy(model, curve_test, device, cfg.test_batch_size,
+                                                                      cfg.image_size)
+    return {"protocol": protocol, "seed": seed, "final": final, "epochs": recipe.epochs,
             "best_epoch": max(scores.values()), "scores": {str(k): v for k, v in sorted(scores.items())}, "seconds": round(time.time() - start, 1)}
 
 

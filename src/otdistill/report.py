@@ -289,17 +289,26 @@ def accuracy_bars(rows: list[dict]) -> bytes:
 
 
 def curves_plot(rows: list[dict]) -> bytes:
-    """Test accuracy against student epoch (mean over seeds): where the sets' curves cross. A
-    curve, never a way to pick the reported epoch (the final one)."""
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for r in sorted(rows, key=lambda r: (r["ipc"], r["labels"], r["method"])):
-        pts = sorted((int(e), a) for e, a in r["curve"].items())
-        ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], marker=".",
-                label=f"{r['method']} / IPC {r['ipc']} / {r['student']} / {r['labels']}")
-    ax.set_xlabel("student epoch")
-    ax.set_ylabel("test accuracy (%)")
-    ax.grid(alpha=0.3)
-    _legend(ax)
+    """Test accuracy against student epoch (mean over seeds), a panel per IPC, student and
+    protocol: where the sets' curves cross. A curve, never a way to pick the reported epoch."""
+    panels: dict[tuple, list[dict]] = {}
+    for r in rows:
+        panels.setdefault((r["ipc"], r["student"], r["labels"]), []).append(r)
+    cols = min(len(panels), 3)
+    lines = -(-len(panels) // cols)
+    fig, axes = plt.subplots(lines, cols, figsize=(4.2 * cols, 3.2 * lines), squeeze=False)
+    for ax, ((ipc, student, labels), group) in zip(axes.flat, sorted(panels.items())):
+        for r in sorted(group, key=lambda r: r["method"]):
+            pts = sorted((int(e), a) for e, a in r["curve"].items())
+            ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], marker=".", markersize=3, label=r["method"])
+        ax.set_title(f"IPC {ipc}, {student}, {labels}", fontsize=9)
+        ax.set_xlabel("student epoch")
+        ax.set_ylabel("test accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    fig.tight_layout()
     return _png(fig)
 
 
@@ -405,7 +414,8 @@ def build(run_dir: str | Path, data: LabelledData | None = None) -> Path:
     curves = [r for r in rows if r.get("curve")]
     if curves:
         figures.append(("learning-curves.png", "Test accuracy against student epoch (student.eval_every; mean over "
-                        "seeds; the reported figure stays the final epoch's)", curves_plot(curves)))
+                        "seeds; on student.curve_test_images of the test split where set; the reported figure "
+                        "stays the final epoch's on all of it)", curves_plot(curves)))
     for space in ("teacher_features", "latent"):
         png = ot_plot(entries, space)
         if png:

@@ -12,7 +12,7 @@ import torch
 from torchvision.ops import roi_align
 
 from . import distributed
-from .data import ImageSet, to_unit
+from .data import ImageSet, every_nth, to_unit
 from .errors import UserError
 from .io import atomic_path
 from .progress import progress
@@ -232,6 +232,5 @@ def fit(model: torch.nn.Module, images: ImageSet, recipe: TrainRecipe, loss_fn: 
 
 def channel_stats(images: ImageSet, max_images: int = 10000) -> tuple[list[float], list[float]]:
     """Per-channel mean and std of [0, 1] images (a deterministic subset of at most max_images)."""
-    idx = torch.linspace(0, len(images) - 1, min(len(images), max_images)).long()
-    x = to_unit(images.get(idx))
+    x = to_unit(images.get(every_nth(images, max_images).indices))
     return x.mean(dim=(0, 2, 3)).tolist(), x.std(dim=(0, 2, 3)).clamp(min=1e-3).tolist()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from ..config import DataConfig
 from ..errors import UserError
-from .base import (FolderImages, ImageSet, LabelledData, SubsetImages, TensorImages, class_subset, hold_out,
-                   resize_uint8, to_unit)
+from .base import (FolderImages, ImageSet, LabelledData, SubsetImages, TensorImages, class_subset, every_nth,
+                   hold_out, resize_uint8, to_unit)
 from .digits import load_digits_data
 from .fashion_mnist import load_fashion_mnist
 from .imagefolder import load_imagefolder
@@ -24,4 +24,4 @@ def load_dataset(cfg: DataConfig) -> LabelledData:
 
 
 __all__ = ["load_dataset", "LabelledData", "ImageSet", "TensorImages", "FolderImages", "SubsetImages", "hold_out",
-           "resize_uint8", "to_unit", "class_subset", "ADAPTERS"]
+           "resize_uint8", "to_unit", "class_subset", "every_nth", "ADAPTERS"]

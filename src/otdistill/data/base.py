@@ -84,6 +84,12 @@ class SubsetImages(ImageSet):
         return _digest(self.parent.content_id(), self.indices)
 
 
+def every_nth(images: ImageSet, count: int) -> SubsetImages:
+    """At most `count` images spread evenly over a split (deterministic; a split's order mixes
+    its classes, so the subset keeps their shares)."""
+    return SubsetImages(images, torch.linspace(0, len(images) - 1, min(count, len(images))).long())
+
+
 class FolderImages(ImageSet):
     """Image files decoded on demand, resized (shorter side) and centre-cropped to `size`."""
 
