@@ -129,3 +129,42 @@ def test_student_image_size_crops_for_training_and_centres_for_testing():
     assert center_view(x, 12).shape == (2, 3, 12, 12)
     out = Augment(0.5, True, size=6)(x, torch.Generator().manual_seed(0))
     assert out.shape == (2, 3, 6, 6)
+
+
+def test_micro_batches_give_the_batchs_own_gradient():
+    """Parts of a batch, their mean losses weighted by their share: the same training (instance
+    norm, per-image losses), with CutMix and soft targets computed on each part's views."""
+    labels = torch.arange(24) % 3
+    data = TensorImages(torch.randint(0, 256, (24, 1, 8, 8), dtype=torch.uint8, generator=generator(1)), labels)
+    teacher = build_classifier("convnet2", 3, 1, 8).eval()
+
+    def target(x, idx):  # a teacher labelling the very (mixed) view, as evaluate's online labels do
+        with torch.no_grad():
+            return teacher(x)
+
+    trained = []
+    for micro in (0, 5, 24):
+        torch.manual_seed(0)
+        model = build_classifier("convnet2", 3, 1, 8)
+        recipe = TrainRecipe(2, 12, optimizer="sgd_dc", lr=0.1, augment=Augment(0.5, True), cutmix=0.5,
+                             micro_batch=micro)
+        losses = fit(model, data, recipe, lambda s, t: kl_divergence(s, t), target, generator(2), "cpu", quiet=True)
+        trained.append((losses, [p.detach().clone() for p in model.parameters()]))
+    for losses, params in trained[1:]:
+        assert losses == pytest.approx(trained[0][0], rel=1e-5)
+        assert all(torch.allclose(a, b, atol=1e-6, rtol=1e-5) for a, b in zip(params, trained[0][1]))
+
+
+def test_micro_batches_only_where_they_leave_the_gradient_unchanged():
+    from otdistill.config import SoftLossConfig, StudentConfig
+    from otdistill.evaluate import CPU_MICRO_BATCH, exact_micro_batch
+
+    convnet = build_classifier("convnet2", 3, 1, 8)  # instance norm: no batch statistics
+    batchnorm = build_classifier("convnet4-w64-batchnorm-max", 3, 1, 32)
+    assert exact_micro_batch(StudentConfig(), "soft", convnet, "cpu") == CPU_MICRO_BATCH
+    assert exact_micro_batch(StudentConfig(), "hard", convnet, "cuda") == 0  # a GPU wants the whole batch
+    assert exact_micro_batch(StudentConfig(micro_batch=4), "dsa", convnet, "cuda") == 4
+    assert exact_micro_batch(StudentConfig(micro_batch=4), "dsa", batchnorm, "cpu") == 0
+    with_sd = StudentConfig(soft_loss=SoftLossConfig(sd=1.0))  # the sd term matches a batch's images to each other
+    assert exact_micro_batch(with_sd, "soft", convnet, "cpu") == 0
+    assert exact_micro_batch(with_sd, "hard", convnet, "cpu") == CPU_MICRO_BATCH

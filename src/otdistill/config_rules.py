@@ -282,6 +282,7 @@ RULES: dict[str, OneOf | Range | Rule] = {
     "student.ema_decay": DECAY,
     "student.eval_every": NON_NEGATIVE,
     "student.curve_test_images": NON_NEGATIVE,
+    "student.micro_batch": NON_NEGATIVE,
     "student.test_batch_size": AT_LEAST_1,
     "metrics.per_class": AT_LEAST_1,
     "metrics.k": AT_LEAST_1,

@@ -8,6 +8,7 @@ the epoch on the test set).
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 
@@ -47,6 +48,20 @@ def student_recipe(protocol: str, cfg: StudentConfig, mean: list[float], std: li
                        schedule="step", step_epoch=n // 2 + 2, compile=cfg.compile)
 
 
+CPU_MICRO_BATCH = 16  # student.micro_batch=None on a CPU: fastest of 8 / 16 / 32 / 256 at batch 256 (student-speed.json)
+
+
+def exact_micro_batch(cfg: StudentConfig, labels: str, model: torch.nn.Module, device) -> int:
+    """The parts a batch is trained in (0: whole): student.micro_batch, or by default small parts on
+    a CPU only, and only where the parts' summed gradients are the batch's own, i.e. the student
+    keeps no batch statistics (BatchNorm) and the loss is a per-image mean (the sd term matches
+    a batch's images to each other)."""
+    wanted = cfg.micro_batch if cfg.micro_batch is not None else CPU_MICRO_BATCH * (torch.device(device).type == "cpu")
+    batch_stats = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    per_image = labels == "hard" or cfg.soft_loss.sd == 0
+    return wanted if per_image and not batch_stats else 0
+
+
 def train_student(ds: DistilledSet, test: ImageSet, cfg: StudentConfig, protocol: str, seed: int,
                   ensemble: TeacherEnsemble | None, device, quiet: bool = False, checkpoint=None,
                   data_stats: tuple[list[float], list[float]] | None = None, mirror_safe: bool = True) -> Cell:
@@ -65,7 +80,8 @@ def train_student(ds: DistilledSet, test: ImageSet, cfg: StudentConfig, protocol
     torch.manual_seed(seed)
     size = cfg.image_size or ds.images.shape[-1]
     model = build_classifier(cfg.arch, ds.num_classes, ds.images.shape[1], size, mean, std).to(device)
-    recipe = student_recipe(protocol, cfg, mean, std, mirror_safe)
+    recipe = dataclasses.replace(student_recipe(protocol, cfg, mean, std, mirror_safe),
+                                 micro_batch=exact_micro_batch(cfg, labels, model, device))
     hard = ds.hard.to(device)
     if labels == "soft" and cfg.soft_labels == "stored":
         if ds.soft_logits is None:
@@ -102,7 +118,7 @@ def train_student(ds: DistilledSet, test: ImageSet, cfg: StudentConfig, protocol
     final = accuracy(model, test, device, cfg.test_batch_size, cfg.image_size)
     scores[recipe.epochs] = final if curve_test is test else accuracy(model, curve_test, device, cfg.test_batch_size,
                                                                       cfg.image_size)
-    return {"protocol": protocol, "seed": seed, "final": final, "epochs": recipe.epochs,
+    return {"protocol": protocol, "seed": seed, "final": final, "epochs": recipe.epochs, "micro_batch": recipe.micro_batch,
             "best_epoch": max(scores.values()), "scores": {str(k): v for k, v in sorted(scores.items())}, "seconds": round(time.time() - start, 1)}
 
 

@@ -49,13 +49,14 @@ class Manifest(TypedDict, total=False):
 class Cell(TypedDict):
     """One student: one protocol and seed."""
 
-    protocol: str  # soft | hard
+    protocol: str  # soft | hard | dc | dsa (protocols.py)
     seed: int
     final: float  # final-epoch test accuracy, the headline
     best_epoch: float  # the best of the scored epochs: test-selected, a reference only
     scores: dict[str, float]  # epoch -> test accuracy
     seconds: float
     epochs: NotRequired[int]  # the protocol's length (absent in cells written before protocols had their own)
+    micro_batch: NotRequired[int]  # images per forward / backward part (0: the whole batch); the same gradient
     key: NotRequired[str]  # fingerprint of the recipe, the set's files and its teachers (added when cached)
     scored_on: NotRequired[str]  # content id of the test split (likewise)
 

@@ -114,6 +114,8 @@ class TrainRecipe:
     schedule: str = "cosine"  # cosine (per step) | step (DC's: x0.1 after the epoch `step_epoch`)
     step_epoch: int = 0  # with schedule=step: epochs trained at the full rate
     compile: bool = False  # torch.compile the training forward (the weights, checkpoints and scoring stay the model's)
+    micro_batch: int = 0  # > 0: forward / backward in parts of at most this many images, gradients summed; the
+    # caller sets it only where that is the batch's own gradient (no batch statistics, a per-image loss)
 
     def lr_factor(self, steps_per_epoch: int) -> Callable[[int], float]:
         if self.schedule == "cosine":
@@ -174,6 +176,8 @@ def fit(model: torch.nn.Module, images: ImageSet, recipe: TrainRecipe, loss_fn: 
     net = distributed.data_parallel(model, device)
     if recipe.compile:
         net = torch.compile(net)
+    # small parts stay in the CPU's caches (1.7x at batch 256 on 2 cores); data-parallel ranks already split
+    micro = recipe.micro_batch if rank.world == 1 else 0
     n = len(images)
     steps_per_epoch = math.ceil(n / recipe.batch_size)
     opt, sched = make_optimizer(model, recipe, steps_per_epoch)
@@ -198,17 +202,22 @@ def fit(model: torch.nn.Module, images: ImageSet, recipe: TrainRecipe, loss_fn: 
                 x, partner, lam = cutmix(x, g)
             rows, weight = distributed.my_rows(len(idx), rank)
             x, mine = x[rows.to(x.device)], idx[rows]
-            out = net(x)
-            loss = loss_fn(out, target_fn(x, mine))
-            if partner is not None:
-                loss = lam * loss + (1 - lam) * loss_fn(out, target_fn(x, idx[partner][rows]))
             opt.zero_grad(set_to_none=True)
-            (loss * weight).backward()
+            loss = 0.0
+            for part in torch.arange(len(mine)).tensor_split(-(-len(mine) // (micro or len(mine)))):  # even parts
+                share = len(part) / len(mine)  # parts' mean losses weighted to the batch's mean
+                view = x[part.to(x.device)]
+                out = net(view)
+                part_loss = loss_fn(out, target_fn(view, mine[part]))
+                if partner is not None:
+                    part_loss = lam * part_loss + (1 - lam) * loss_fn(out, target_fn(view, idx[partner][rows][part]))
+                (part_loss * weight * share).backward()
+                loss += part_loss.item() * share
             opt.step()
             sched.step()
             if ema is not None:
                 ema.update_parameters(model)
-            total += loss.item() * len(mine) * (weight > 0)
+            total += loss * len(mine) * (weight > 0)
             seen += len(mine) * (weight > 0)
             bar.update()
         losses.append(total / max(seen, 1))  # this rank's rows under torchrun
