@@ -143,7 +143,7 @@ def test_micro_batches_give_the_batchs_own_gradient():
             return teacher(x)
 
     trained = []
-    for micro in (0, 5, 24):
+    for micro in (0, 5, 24):  # 3 parts of 4, and a part as large as the batch
         torch.manual_seed(0)
         model = build_classifier("convnet2", 3, 1, 8)
         recipe = TrainRecipe(2, 12, optimizer="sgd_dc", lr=0.1, augment=Augment(0.5, True), cutmix=0.5,

@@ -48,7 +48,9 @@ def student_recipe(protocol: str, cfg: StudentConfig, mean: list[float], std: li
                        schedule="step", step_epoch=n // 2 + 2, compile=cfg.compile)
 
 
-CPU_MICRO_BATCH = 16  # student.micro_batch=None on a CPU: fastest of 8 / 16 / 32 / 256 at batch 256 (student-speed.json)
+# student.micro_batch=None on a CPU: parts of 32 train dsa's batches of 100 / 256 1.6x / 1.5x faster on 2 cores,
+# soft's batch of 50 level (benchmarks/results/student-speed.json)
+CPU_MICRO_BATCH = 32
 
 
 def exact_micro_batch(cfg: StudentConfig, labels: str, model: torch.nn.Module, device) -> int:
