@@ -40,7 +40,7 @@ from otdistill.context import RunContext
 from otdistill.data import every_nth, load_dataset
 from otdistill.evaluate import train_student
 from otdistill.io import read_json, write_json
-from otdistill.report import curves_plot
+from otdistill.report import curves_plot, verdict
 
 
 def protocol_name(text: str) -> str:
@@ -141,6 +141,7 @@ def render(rows: list[dict]) -> str:
                      f"{cell(r.get('hlr'), '.2f', 100)} | {cell(r['gen_seconds'], '.0f')} | "
                      f"{cell(r.get('ot_distance'), '.2f')} | {cell(r.get('coverage'), '.3f')} | "
                      f"{cell(r.get('teacher_agreement'), '.2f')} |")
+    lines += cell_verdicts(rows)
     if any(protocols.check(r["labels"]) in protocols.FIELD for r in rows):  # the published rows' own protocols
         lines += ["", *published.render(sorted({r["ipc"] for r in rows if r["ipc"]}))]
     curves = sorted({r.get("curve_test_images") for r in rows if r.get("curve")})
@@ -148,6 +149,28 @@ def render(rows: list[dict]) -> str:
         lines.append(f"Learning curves (student.eval_every; points on {', '.join(map(str, curves))} test images, the "
                      "final epoch's accuracy above on all): the PNG beside this file.")
     return "\n".join(lines) + "\n"
+
+
+def cell_verdicts(rows: list[dict]) -> list[str]:
+    """Per IPC, student and protocol: the best generated row against the best real-image row
+    (report.verdict: ahead / behind beyond the larger seed std, else level)."""
+    cells: dict[tuple, dict[str, list[dict]]] = {}
+    for r in rows:
+        if r["method"] in ROWS:
+            kind = "real" if ROWS[r["method"]][0] == "select" else "generated"
+            cells.setdefault((r["ipc"], r["student"], r["labels"], r["epochs"]), {}).setdefault(kind, []).append(r)
+    lines = []
+    for (ipc, student, labels, epochs), kinds in sorted(cells.items()):
+        if len(kinds) == 2:
+            gen, real = (max(kinds[k], key=lambda r: r["acc_mean"]) for k in ("generated", "real"))
+            told = verdict(*({"final_mean": r["acc_mean"], "final_std": r["acc_std"], "seeds": r.get("acc", r["seeds"])}
+                             for r in (gen, real)))
+            lines.append(f"| {ipc} | {student} | {labels} | {epochs} | {gen['method']} {100 * gen['acc_mean']:.2f} | "
+                         f"{real['method']} {100 * real['acc_mean']:.2f} | {told} |")
+    head = ["", "Verdict per cell: the best generated row against the best real-image row of the same IPC, student, "
+            "protocol and length (ahead / behind when the difference is beyond the larger seed std, else level):", "",
+            "| IPC | student | protocol | epochs | best generated | best real | verdict |", "|---|---|---|---|---|---|---|"]
+    return head + lines if lines else []
 
 
 def score_set(method: str, ipc: int, sample_seed: int | None, args, work: Path, data, test_data) -> dict:

@@ -369,3 +369,20 @@ def test_calibration_rows_stand_beside_dc_papers_coreset_rows_marked_unverified(
     assert row["published"] == {"mean": 73.8, "std": 0.7, "verified": False} and row["gap"] == pytest.approx(0.05)
     assert "73.8 +- 0.7 (unverified) | +0.05 |" in calibrate.render([row])
     assert calibrate.calibration_row({**ours, "method": "kmeans"}, 32)["published"] is None
+
+
+def test_the_table_tells_per_cell_whether_a_generated_row_beats_the_real_ones():
+    bench = _script("distill_bench")
+
+    def row(method, labels, acc):
+        return {"method": method, "ipc": 1, "student": "convnet3", "labels": labels, "epochs": 300, "acc": acc,
+                "acc_mean": sum(acc) / len(acc), "acc_std": float(torch.tensor(acc).std(unbiased=False)),
+                "seeds": [0, 1, 2], "gen_seconds": 0.0}
+    rows = [row("random", "soft", [0.50, 0.51, 0.52]), row("herding_lia", "soft", [0.70, 0.71, 0.72]),
+            row("fot_lia", "soft", [0.75, 0.75, 0.76]), row("plain", "soft", [0.60, 0.60, 0.60]),
+            row("herding", "dsa", [0.66, 0.67, 0.68]), row("fot", "dsa", [0.665, 0.675, 0.67]),
+            row("kmeans", "hard", [0.5, 0.5, 0.5])]  # no generated row in that cell: no verdict
+    table = bench.render(rows)
+    assert "| 1 | convnet3 | soft | 300 | fot_lia 75.33 | herding_lia 71.00 | ahead (+4.33 points" in table
+    assert "| 1 | convnet3 | dsa | 300 | fot 67.00 | herding 67.00 | level (+0.00 points" in table
+    assert "\n| 1 | convnet3 | hard |" not in table
