@@ -31,6 +31,7 @@ CE_MSE = ["student.soft_loss.sd=0.0"]  # otdistill.yaml's CE + MSE without the S
 GUIDED_BY_OTHERS = ["sample.guidance.feature_ot.classifiers=[" + ",".join(
     f"checkpoints/fashion-mnist/teachers/{t}" for t in ("convnet2-w64", "convnet4-w64-batchnorm-max",
                                                          "resnetap10-w32-batchnorm-e5")) + "]"]
+PACKED = ["sample.formation=2"]
 # method -> (how the set is made, recipe in configs/, overrides)
 ROWS = {
     **{name: ("select", "base/fashion-mnist", []) for name in SELECTIONS},  # every real-image selection
@@ -50,6 +51,10 @@ ROWS = {
     "fot": ("sample", "feature-ot", []),
     "fot_lia": ("sample", "feature-ot+lia", []),
     "fot_cross": ("sample", "feature-ot", GUIDED_BY_OTHERS),
+    # multi-formation (IDC): 2 x 2 half-size images in each stored one, real and generated alike
+    **{f"{name}_mf2": ("select", "base/fashion-mnist", PACKED) for name in ("random", "herding")},
+    **{f"{name}_lia_mf2": ("select", "lia", PACKED) for name in ("random", "herding")},
+    "fot_lia_mf2": ("sample", "feature-ot+lia", PACKED),
 }
 # the LIA/OTM ablation (issue 4) read off the same rows: variant name -> bench method
 ABLATION = {"full": "otdistill", "no_lia": "no_lia", "no_otm_kl": "no_otm", "no_otm_ce_mse": "no_otm_ce_mse"}
@@ -76,8 +81,8 @@ def epochs_for(spec: list[str], student: str, ipc: int | None) -> int:
 
 
 def selection_of(method: str) -> str:
-    """The selection that makes a select row's images (`herding_lia` is herding's subset)."""
-    return method.removesuffix("_lia")
+    """The selection that makes a select row's images (`herding_lia` and `herding_mf2` are herding's)."""
+    return method.split("_")[0]
 
 
 def made_key(cfg, method: str, train: ImageSet) -> str:

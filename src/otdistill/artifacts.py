@@ -3,7 +3,8 @@
 A distilled set is a folder:
     images/<index>-<class id>/<i>.png   ImageFolder of PNGs; sorted folder order = label index
     labels.safetensors                  hard (N,) int64, soft_logits (N, K) float32 once relabelled;
-                                        metadata: teacher names
+                                        metadata: teacher names (N x f^2 rows, one per part, when the
+                                        manifest's `formation` f packs f x f images into each PNG)
     manifest.json                       config, seeds, package versions, per-class status, file hashes
     .done/<index>-<class id>.json       per-class completion record (file hashes) while it is made
 Rows of the label tensors follow the images class by class, file name order within a class.
@@ -26,6 +27,7 @@ from safetensors.torch import load_file, save_file
 
 from .data.base import to_unit
 from .errors import UserError
+from .formation import unpack
 from .records import Manifest
 from .io import atomic_path, read_json, sha256_file, write_json
 
@@ -146,7 +148,7 @@ class DistilledSet:
     manifest: Manifest
     images: torch.Tensor  # uint8 (N, C, H, W), class-ordered
     hard: torch.Tensor  # (N,)
-    soft_logits: torch.Tensor | None  # (N, K) or None before relabelling
+    soft_logits: torch.Tensor | None  # (N * formation^2, K): one row per training image; None before relabelling
 
     @property
     def class_names(self) -> list[str]:
@@ -159,6 +161,20 @@ class DistilledSet:
     @property
     def ipc(self) -> int:
         return self.manifest["ipc"]
+
+    @property
+    def formation(self) -> int:
+        return self.manifest.get("formation", 1)
+
+    def training(self) -> DistilledSet:
+        """What students, teachers and metrics read: with multi-formation each stored image's
+        formation^2 parts enlarged back to the stored size, their labels the image's (formation.py);
+        the set itself otherwise."""
+        f = self.formation
+        if f == 1:
+            return self
+        return DistilledSet(self.root, {**self.manifest, "formation": 1}, unpack(self.images, f),
+                            self.hard.repeat_interleave(f * f), self.soft_logits)
 
     @classmethod
     def in_memory(cls, images: torch.Tensor, hard: torch.Tensor, num_classes: int, ipc: int | None = None,
@@ -199,12 +215,13 @@ def read_distilled(root: str | Path, verify_hashes: bool = True, labels: bool = 
             tensors = load_file(root / "labels.safetensors")
         except (SafetensorError, OSError) as exc:
             raise UserError(f"{root}/labels.safetensors is unreadable ({exc}); rerun `otdistill relabel {root}`") from None
-        if not torch.equal(tensors["hard"], hard):
+        parts = m.get("formation", 1) ** 2  # the labels' rows follow the training images
+        if not torch.equal(tensors["hard"], hard.repeat_interleave(parts)):
             raise UserError(f"{root}/labels.safetensors does not match the images (hard labels differ)")
         soft = tensors.get("soft_logits")
-        if soft is not None and soft.shape != (len(images), m["num_classes"]):
+        if soft is not None and soft.shape != (len(images) * parts, m["num_classes"]):
             raise UserError(f"{root}/labels.safetensors: soft_logits has shape {tuple(soft.shape)}, "
-                            f"expected {(len(images), m['num_classes'])}")
+                            f"expected {(len(images) * parts, m['num_classes'])}")
     return DistilledSet(root, m, images, hard, soft)
 
 
@@ -247,6 +264,7 @@ def export_ddranking(ds: DistilledSet, out: str | Path) -> None:
     with the same first dimension; both are written with torch.save (plain tensors)."""
     if ds.soft_logits is None:
         raise UserError(f"{ds.root} has no soft labels yet; run `otdistill relabel {ds.root}` first")
+    ds = ds.training()  # DD-Ranking trains on what our students train on
     with atomic_path(out) as tmp:
         tmp.mkdir()
         torch.save(to_unit(ds.images), tmp / "images.pt")

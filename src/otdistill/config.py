@@ -253,6 +253,10 @@ class SampleConfig:
     init: str = "noise"
     init_strength: float = 0.7  # prototypes or a selection: share of the sampling steps run (1.0 = from pure noise)
     prototype_candidates: int = 2000  # prototypes: real images per class the k-means sees
+    # multi-formation (IDC): each stored image packs formation x formation images of 1/formation its side, made
+    # (sampled, selected) at full size as formation^2 x ipc per class; students train on the parts enlarged back.
+    # The budget stays ipc stored images per class. Real-image baselines pack alike (benchmarks: *_mf2 rows)
+    formation: int = 1
     # guidance terms added inside a window of steps (plain sampling when all weights are 0)
     guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
 

@@ -141,6 +141,16 @@ def _real(value, cfg) -> Problem:
     return None
 
 
+def _formation(value, cfg) -> Problem:
+    if value < 1:
+        return f"must be at least 1 (1 = one image per stored image), got {value}"
+    if cfg.data.image_size and cfg.data.image_size % value:  # a native size is checked once the data is read
+        return f"must divide data.image_size={cfg.data.image_size} so that the parts tile it, got {value}"
+    if value > 1 and cfg.sample.real:
+        return "packs generated images only: set sample.real to 0, or sample.formation to 1 to keep real images"
+    return None
+
+
 def _snapshots(value, cfg) -> Problem:
     steps = cfg.generator.diffusion.steps
     bad = [s for s in value if not 1 <= s <= steps]
@@ -213,6 +223,7 @@ RULES: dict[str, OneOf | Range | Rule] = {
     "sample.keep": OneOf(_owned("selection", "SELECTIONS")),
     "sample.real": Rule(_real, lambda cfg: cfg.sample.ipc),
     "sample.real_select": OneOf(_owned("selection", "SELECTIONS")),
+    "sample.formation": Rule(_formation, lambda cfg: 0),
     "sample.init": OneOf(lambda: ("noise", "prototypes", *_owned("selection", "SELECTIONS")())),
     "sample.init_strength": Range(0, 1, open_low=True),
     "sample.prototype_candidates": AT_LEAST_1,

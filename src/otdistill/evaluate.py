@@ -76,6 +76,7 @@ def train_student(ds: DistilledSet, test: ImageSet, cfg: StudentConfig, protocol
     if labels == "soft" and ensemble is None and cfg.soft_labels == "online":
         raise UserError("the soft protocol needs teachers; list them under `teachers` in the config")
     start = time.time()
+    ds = ds.training()  # with multi-formation: each stored image's parts, enlarged back
     images = TensorImages(ds.images, ds.hard)
     field = protocols.check(protocol) in protocols.FIELD
     mean, std = data_stats if field and data_stats is not None else channel_stats(images)

@@ -32,6 +32,7 @@ from .context import RunContext
 from .data import TensorImages
 from .errors import UserError
 from .evaluate import summarise, train_student
+from .formation import pack
 from .guidance import build_terms, models_read
 from .io import read_json, remove_stale_temporaries, write_json, write_text
 from .metrics import features, junk_warning, set_report
@@ -148,7 +149,8 @@ def sample_stage(ctx: RunContext) -> Path:
     terms = build_terms(cfg.sample.guidance, model, data, cache_dir=Path(cfg.output) / "cache", quiet=quiet,
                         classes=classes, teachers=[t.path for t in cfg.teachers])
     window = tuple(cfg.sample.guidance.window)
-    drawn = dataclasses.replace(cfg.sample, ipc=(cfg.sample.ipc - cfg.sample.real) * cfg.sample.oversample)
+    f = packing(cfg, data)
+    drawn = dataclasses.replace(cfg.sample, ipc=(cfg.sample.ipc - cfg.sample.real) * f * f * cfg.sample.oversample)
     start = time.time()
     bar = progress(total=len(classes), desc="sample classes", unit="class", disable=quiet or not rank.main)
     for group in groups:
@@ -165,7 +167,7 @@ def sample_stage(ctx: RunContext) -> Path:
                       for c in real}
             images = sample_classes(model, group, drawn, terms, window, starts, memory)
             for c in todo:
-                made = keep(images[c], c) if keep else images[c]
+                made = pack(keep(images[c], c) if keep else images[c], f)
                 artifacts.write_class_images(root, folders[c], torch.cat([real[c], made]) if real else made)
                 log.info("sample: class %d/%d '%s' done, %d images (%d class(es) per pass, %.1f s)", c + 1, k,
                          data.class_names[c], cfg.sample.ipc, len(group), time.time() - t)
@@ -188,17 +190,28 @@ def sample_stage(ctx: RunContext) -> Path:
               "ranks": rank.world}
     artifacts.write_manifest(
         root, ipc=cfg.sample.ipc, class_names=data.class_names, class_ids=data.class_ids, channels=data.channels,
-        image_size=data.image_size, source=source, config=to_dict(cfg), seeds={"sample": cfg.sample.seed})
+        image_size=data.image_size, source=source, config=to_dict(cfg), seeds={"sample": cfg.sample.seed},
+        extra={"formation": f})
     log.info("sample: %s finished in %.1f s (OT %.1f s), guidance %s", root, source["sample_seconds"],
              source["ot_seconds"], source["guidance"] or "none")
     distributed.barrier()
     return root
 
 
+def packing(cfg: Config, data) -> int:
+    """sample.formation, checked against the data's image size (a native size is known only now)."""
+    f = cfg.sample.formation
+    if data.image_size % f:
+        raise UserError(f"sample.formation={f} does not divide the images' side of {data.image_size} pixels; "
+                        "choose a formation that does, or set data.image_size")
+    return f
+
+
 def select_fingerprint(cfg: Config, method: str) -> str:
     """What a real-image selection depends on: the data, IPC, seed and the model it reads, if any."""
     used = model_read(method, cfg)
-    return fingerprint(cfg.data, cfg.sample.ipc, cfg.sample.seed, *([used] if used else []))
+    packed = [cfg.sample.formation] if cfg.sample.formation > 1 else []  # unpacked sets keep their fingerprints
+    return fingerprint(cfg.data, cfg.sample.ipc, cfg.sample.seed, *([used] if used else []), *packed)
 
 
 def select_stage(ctx: RunContext, method: str, out: str | Path) -> Path:
@@ -212,21 +225,24 @@ def select_stage(ctx: RunContext, method: str, out: str | Path) -> Path:
         return root
     remove_stale_temporaries(root)
     data = ctx.data
+    f = packing(cfg, data)
+    count = cfg.sample.ipc * f * f  # images picked per class, formation^2 to each stored one
     embed = embedding(method, cfg, ctx.device)
     k = data.num_classes
     start = time.time()
     for c in progress(range(k), desc=f"select {method}", disable=ctx.quiet):
-        if len(data.train.indices_of(c)) < cfg.sample.ipc:
+        if len(data.train.indices_of(c)) < count:
             raise UserError(f"class '{data.class_names[c]}' has {len(data.train.indices_of(c))} training images, "
-                            f"fewer than sample.ipc={cfg.sample.ipc}; lower the IPC")
+                            f"fewer than the {count} that sample.ipc={cfg.sample.ipc} x sample.formation^2 pick; "
+                            "lower the IPC or the formation")
         folder = artifacts.class_folder(c, data.class_ids[c], k)
         if not artifacts.class_done(root, folder, cfg.sample.ipc):
-            pick = select_class(method, data.train, c, cfg.sample.ipc, cfg.sample.seed, embed)
-            artifacts.write_class_images(root, folder, data.train.get(pick))
+            pick = select_class(method, data.train, c, count, cfg.sample.seed, embed)
+            artifacts.write_class_images(root, folder, pack(data.train.get(pick), f))
     artifacts.write_manifest(
         root, ipc=cfg.sample.ipc, class_names=data.class_names, class_ids=data.class_ids, channels=data.channels,
         image_size=data.image_size, source={"kind": f"real-{method}", "sample_seconds": round(time.time() - start, 1)},
-        config=to_dict(cfg), seeds={"select": cfg.sample.seed})
+        config=to_dict(cfg), seeds={"select": cfg.sample.seed}, extra={"formation": f})
     return root
 
 
@@ -242,6 +258,7 @@ def relabel_stage(distilled: str | Path, ctx: RunContext | None = None) -> dict:
         ds = artifacts.read_distilled(distilled, labels=False)  # still fails for damaged images
         log.warning("relabelling %s: its labels are damaged (%s)", distilled, exc)
     rank = ctx.rank  # under torchrun the ranks share the labelling; the main one writes
+    ds = ds.training()  # with multi-formation the teachers label each part, as the students see it
     paths, rule = choose_teachers(ctx, ds.images, ds.ipc)
     current = ds.soft_logits is not None and ds.manifest.get("teachers") == paths and ds.manifest.get("relabel") == rule
     if distributed.agree(current):
@@ -267,7 +284,7 @@ def metrics_stage(distilled: str | Path, ctx: RunContext | None = None) -> dict:
     first teacher's feature space and in the generator's latent space; stored in the manifest."""
     ctx = ctx or RunContext.of_set(distilled)
     cfg, device = ctx.cfg, ctx.device
-    ds = artifacts.read_distilled(distilled)
+    ds = artifacts.read_distilled(distilled).training()  # what the students train on
     # a stored report stands only for the same settings, feature space and held-out images
     measured = {"settings": dataclasses.asdict(cfg.metrics), "teacher": cfg.teachers[0].path,
                 "scored_on": ctx.data.test.content_id()}

@@ -163,6 +163,10 @@ def inspect_text(distilled: str | Path) -> str:
     m = ds.manifest
     lines = [f"{distilled}: {m['num_classes']} classes x IPC {m['ipc']} = {len(ds.images)} images, "
              f"{m['channels']}x{m['image_size']}x{m['image_size']}, source {m['source'].get('kind')}"]
+    if ds.formation > 1:
+        f = ds.formation
+        lines.append(f"multi-formation: each image packs {f} x {f} parts of {m['image_size'] // f} px; students train "
+                     f"on the {len(ds.images) * f * f} parts enlarged back")
     if ds.soft_logits is not None:
         ent = label_entropy(ds.soft_logits)
         rule = m.get("relabel", {})
