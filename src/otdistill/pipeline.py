@@ -232,9 +232,10 @@ def select_stage(ctx: RunContext, method: str, out: str | Path) -> Path:
     start = time.time()
     for c in progress(range(k), desc=f"select {method}", disable=ctx.quiet):
         if len(data.train.indices_of(c)) < count:
+            wanted = (f"sample.ipc={cfg.sample.ipc}; lower the IPC" if f == 1 else
+                      f"the {count} that sample.ipc={cfg.sample.ipc} x sample.formation^2 pick; lower the IPC or the formation")
             raise UserError(f"class '{data.class_names[c]}' has {len(data.train.indices_of(c))} training images, "
-                            f"fewer than the {count} that sample.ipc={cfg.sample.ipc} x sample.formation^2 pick; "
-                            "lower the IPC or the formation")
+                            f"fewer than {wanted}")
         folder = artifacts.class_folder(c, data.class_ids[c], k)
         if not artifacts.class_done(root, folder, cfg.sample.ipc):
             pick = select_class(method, data.train, c, count, cfg.sample.seed, embed)
