@@ -141,6 +141,12 @@ def render(rows: list[dict]) -> str:
                      f"{cell(r.get('hlr'), '.2f', 100)} | {cell(r['gen_seconds'], '.0f')} | "
                      f"{cell(r.get('ot_distance'), '.2f')} | {cell(r.get('coverage'), '.3f')} | "
                      f"{cell(r.get('teacher_agreement'), '.2f')} |")
+    for r in rows:
+        if r.get("full_data_model"):
+            recipe = r.get("full_data_recipe") or {}
+            lines += ["", f"full_data ({r['student']}): {r['full_data_model']}, trained on the whole training split with "
+                      f"its own recipe ({recipe.get('optimizer', '?')}, {r['epochs']} epochs, batch "
+                      f"{recipe.get('batch_size', '?')}, seed {r['seeds'][0]}), not a protocol of this table."]
     lines += cell_verdicts(rows)
     if any(protocols.check(r["labels"]) in protocols.FIELD for r in rows):  # the published rows' own protocols
         lines += ["", *published.render(sorted({r["ipc"] for r in rows if r["ipc"]}))]

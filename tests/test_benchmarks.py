@@ -126,6 +126,8 @@ def test_the_table_prints_published_methods_under_their_own_protocols_only(tmp_p
     (model / "model.json").write_text(json.dumps({"arch": "convnet3", "test_accuracy": 0.9346, "seed": 0, "epochs": 20,
                                                   "recipe": {"optimizer": "adamw"}}))
     full = bench.trained_full_data_row(model)
+    assert f"full_data (convnet3): {model}, trained on the whole training split with its own recipe (adamw, 20" \
+        in bench.render([row, full])
     assert (full["method"], full["student"], full["acc_mean"], full["epochs"]) == ("full_data", "convnet3", 0.9346, 20)
     assert bench.with_ior_hlr([row, full])[0]["hlr"] == pytest.approx(0.9346 - 0.74)
 
