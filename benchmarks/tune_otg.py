@@ -31,7 +31,8 @@ row's accuracy is then over sets x student seeds, with `set_means` per set.
 
 Usage: python benchmarks/tune_otg.py [--settings SETTING ...] [--seeds 0 1] [--sample-seeds 0 1] [--ipc 10]
 Writes benchmarks/results/tune-otg-fashion-mnist.json (rows of earlier runs are kept; one row
-per setting and protocol: setting, split, acc_mean, acc_std, seeds, ot_distance, coverage)
+per setting and protocol: setting, split, labels (the protocol), epochs, acc_mean, acc_std, seeds,
+ot_distance, coverage)
 and prints the settings best first. The winner goes into the recipes by hand, with the figures.
 """
 
@@ -147,7 +148,8 @@ def main(argv: list[str] | None = None) -> None:
         for labels in scored[0][2]:
             acc = [a for _, _, protocols in scored for a in protocols[labels]["final"]]
             rows.append({"setting": setting, "overrides": extra, "split": "validation", "ipc": args.ipc,
-                         "labels": labels, "acc_mean": statistics.fmean(acc),
+                         "labels": labels, "epochs": scored[0][2][labels].get("epochs"),  # the protocol's length
+                         "acc_mean": statistics.fmean(acc),
                          "acc_std": statistics.pstdev(acc), "acc": acc,
                          "seeds": scored[0][2][labels]["seeds"],
                          "ot_distance": statistics.fmean(m["ot_distance"] for _, m, _ in scored),

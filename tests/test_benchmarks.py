@@ -277,6 +277,7 @@ def test_guidance_sweep_scores_on_the_validation_split(trained, tmp_path):
                                                                                  "hard"), ("real:random", "hard")]
     keys = {"setting", "split", "acc_mean", "acc_std", "seeds", "ot_distance", "coverage", "cfg_scale", "guidance"}
     assert all(keys <= r.keys() and r["split"] == "validation" for r in rows)
+    assert all(r["epochs"] == load_config(TINY).student.epochs for r in rows)  # the protocol's length, in every row
     work = tmp_path / "work"
     guided = json.loads(next(work.glob("ot.weight=1_ot.pool_size=5_window=_0_5_-*/distilled/manifest.json")).read_text())
     assert guided["source"]["guidance"] == ["ot"] and guided["config"]["sample"]["guidance"]["ot"]["weight"] == 1.0
