@@ -138,6 +138,34 @@ def test_a_herding_pool_holds_the_herding_baselines_picks(trained, digits, parts
     assert len(list(tmp_path.glob("real-features-*.safetensors"))) == 4
 
 
+def test_a_kmeans_pool_reaches_every_mode_of_the_class_where_herding_keeps_to_its_mean(tmp_path):
+    """pool_select=kmeans on a class with three modes of 40, 4 and 4 images (flat images of three
+    grey levels; the features are the mean grey): k-means picks one image of each mode, while
+    herding's picks keep their mean on the class mean (grey 55) and never reach the far mode."""
+    from otdistill.data import LabelledData, TensorImages
+
+    class MeanGrey(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.unused = torch.nn.Parameter(torch.zeros(1))
+
+        def embed(self, x):
+            return x.mean(dim=(1, 2, 3)).unsqueeze(1) * 100
+
+    g = torch.Generator().manual_seed(0)
+    grey = torch.cat([torch.full((40,), 30.0), torch.full((4,), 130.0), torch.full((4,), 230.0)])
+    grey = (grey + torch.randint(-3, 4, (48,), generator=g)).clamp(0, 255)
+    images = grey.view(48, 1, 1, 1).expand(48, 1, 4, 4).to(torch.uint8).contiguous()
+    split = TensorImages(images, torch.zeros(48, dtype=torch.long))
+    data = LabelledData("modes", split, split, ["a"], ["a"], 1, 4)
+    weights = tmp_path / "w.bin"
+    weights.write_bytes(b"weights")
+    modes = lambda pool: sorted(int(v // (100 * 100 / 255)) for v in pool.flatten())  # noqa: E731 (0, 1, 2)
+    spread = real_feature_pools(MeanGrey(), weights, data, 3, 0, [0], None, select="kmeans")
+    typical = real_feature_pools(MeanGrey(), weights, data, 3, 0, [0], None, select="herding")
+    assert modes(spread[0]) == [0, 1, 2] and 2 not in modes(typical[0])
+
+
 def test_classifiers_default_to_the_first_teacher_and_take_a_surrogate(trained, digits, parts, tmp_path):
     from otdistill.config import SurrogateConfig
     from otdistill.surrogate import train_surrogate

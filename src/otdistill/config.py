@@ -146,7 +146,8 @@ class FeatureOTConfig:
     cost: str = "sqeuclidean"  # sqeuclidean | cosine | l1, between features
     pool_size: int = 200  # real training images per class
     # random | herding (our herding baseline's pool_size picks in the classifier's features: the
-    # class's most typical images, spread so that their mean stays on the class mean)
+    # class's most typical images, spread so that their mean stays on the class mean) | kmeans (the
+    # images nearest pool_size k-means centres in those features: the class's modes, a diverse target)
     pool_select: str = "random"
     pool_seed: int = 0  # seed of the pool's choice
     # the classifiers whose features it matches: teacher folders (model.json; imported torchvision

@@ -53,7 +53,7 @@ def load_classifier(path: str | Path, device) -> tuple[torch.nn.Module, Path]:
                     "one with `otdistill import-teacher`")
 
 
-POOL_SELECTIONS = ("random", "herding")  # sample.guidance.feature_ot.pool_select
+POOL_SELECTIONS = ("random", "herding", "kmeans")  # sample.guidance.feature_ot.pool_select
 
 
 def real_feature_pools(net: torch.nn.Module, weights: Path, data: LabelledData, size: int, seed: int,
@@ -62,13 +62,15 @@ def real_feature_pools(net: torch.nn.Module, weights: Path, data: LabelledData, 
     under a name that covers the weights, the training images (a validation split holds some
     out), the selection and its seed. select: random (seeded) | herding (the herding baseline's
     greedy class-mean matching, in these features, among as many candidates as that baseline
-    sees: the class's most typical images, spread so that their mean stays on the class mean)."""
+    sees: the class's most typical images, spread so that their mean stays on the class mean) |
+    kmeans (the image nearest each of `size` k-means centres of those candidates' features: the
+    class's modes, covered evenly, a diverse target where herding's is a typical one)."""
     digest, device = sha256_file(weights), next(net.parameters()).device
     embed = lambda x: features(net, x, device)  # noqa: E731
 
     def chosen(c: int) -> torch.Tensor:
-        if select == "herding":
-            return select_class("herding", data.train, c, size, seed, embed, max(HERDING_CANDIDATES, size))
+        if select in ("herding", "kmeans"):  # the selections of those names, in these features
+            return select_class(select, data.train, c, size, seed, embed, max(HERDING_CANDIDATES, size))
         return class_subset(data.train, c, size, generator(seed, "feature-pool", c)).sort().values
 
     pools = {}
