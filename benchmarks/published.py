@@ -50,7 +50,6 @@ PUBLISHED: list[Published] = [
            "normalisation", KIP_SUBMISSION, True),
     *_rows("RCIG", {1: (79.8, 1.1), 10: (88.5, 0.2), 50: (90.2, 0.2)}, LEARNED, "RCIG paper, Table 1", False),
 ]
-FULL_DATA = Published("whole dataset", 0, 93.5, 0.1, "dc", DC_TABLE, False)
 
 
 def find(method: str, ipc: int, protocol: str) -> Published | None:

@@ -114,11 +114,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     cells = {(p, ipc, c): Cell(p, ipc, *how) for p in PROTOCOLS for ipc in IPCS for c, how in CANDIDATES.items()}
-    epochs = {}  # per cell: enough epochs for about --seconds, from a one-epoch probe of the baseline
-    for (p, ipc, c), cell in cells.items():
-        key = (p, ipc)
-        if key not in epochs:
-            epochs[key] = max(1, round(args.seconds / max(cells[(p, ipc, "baseline")].run(1), 1e-3)))
+    # per protocol and IPC: enough epochs for about --seconds, from a one-epoch probe of the baseline
+    epochs = {(p, ipc): max(1, round(args.seconds / max(cells[(p, ipc, "baseline")].run(1), 1e-3)))
+              for p in PROTOCOLS for ipc in IPCS}
     per_step: dict = {}
     scoring: dict = {}
     for r in range(args.rounds):

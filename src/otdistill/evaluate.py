@@ -58,7 +58,10 @@ def exact_micro_batch(cfg: StudentConfig, labels: str, model: torch.nn.Module, d
     a CPU only, and only where the parts' summed gradients are the batch's own, i.e. the student
     keeps no batch statistics (BatchNorm) and the loss is a per-image mean (the sd term matches
     a batch's images to each other)."""
-    wanted = cfg.micro_batch if cfg.micro_batch is not None else CPU_MICRO_BATCH * (torch.device(device).type == "cpu")
+    if cfg.micro_batch is not None:
+        wanted = cfg.micro_batch
+    else:  # a GPU wants the whole batch
+        wanted = CPU_MICRO_BATCH if torch.device(device).type == "cpu" else 0
     batch_stats = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
     per_image = labels == "hard" or cfg.soft_loss.sd == 0
     return wanted if per_image and not batch_stats else 0
