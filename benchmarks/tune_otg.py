@@ -22,7 +22,9 @@ whole keys of the sample section (the CFG scale, the chunk size):
 `recipe` (no overrides) is the recipe itself.
 `off` switches every registered term off (the recipe's plain samples with its labels).
 `real:METHOD` (e.g. real:herding, real:random) scores a real-image selection of the same IPC
-on the same split with the same labels and students: the reference a setting must beat.
+on the same split with the same labels and students: the reference a setting must beat; whole
+sample.* keys may follow it (real:herding+sample.formation=2 packs the selection as a sampled
+setting with sample.formation=2 would).
 
 One sampled set per setting is one draw: a second sampling seed of the same setting moved it by
 0.9 / 2.3 points (soft / hard, IPC 10, docs/feature-ot.md), more than most settings differ.
@@ -54,6 +56,7 @@ from otdistill.config import load_config, non_defaults
 from otdistill.context import RunContext
 from otdistill.data import LabelledData, hold_out, load_dataset
 from otdistill.guidance import off_overrides
+from otdistill.relabel import select_teachers
 from otdistill.selection import SELECTIONS
 
 # a first grid around the recipes' values (configs/ot.yaml, igd.yaml): the OT weight and
@@ -75,15 +78,24 @@ def overrides_of(setting: str) -> list[str]:
         return []
     if setting == "off":
         return off_overrides()
-    if setting.startswith("real:"):
-        if setting[5:] not in SELECTIONS:
-            raise SystemExit(f"setting '{setting}': no selection '{setting[5:]}'; use one of {', '.join(SELECTIONS)}")
-        return []
     pairs = setting.split("+")
+    if setting.startswith("real:"):  # the selection, then whole sample.* keys (sample.formation=2)
+        if real_of(setting) not in SELECTIONS:
+            raise SystemExit(f"setting '{setting}': no selection '{real_of(setting)}'; use one of {', '.join(SELECTIONS)}")
+        pairs = pairs[1:]
+        if not all(re.fullmatch(r"sample\.[a-z_.]+=\S+", p) for p in pairs):
+            raise SystemExit(f"setting '{setting}': a real selection takes whole sample.* keys only, "
+                             "e.g. real:herding+sample.formation=2")
+        return pairs
     if not all(re.fullmatch(r"[a-z_.]+=\S+", p) for p in pairs):
         raise SystemExit(f"setting '{setting}': write KEY=VALUE pairs joined by +, keys relative to "
                          "sample.guidance, e.g. ot.weight=1+window=[0,40] (or recipe, off)")
     return [p if p.startswith("sample.") else f"sample.guidance.{p}" for p in pairs]
+
+
+def real_of(setting: str) -> str | None:
+    """`real:herding+sample.formation=2` -> "herding"; None for a sampled setting."""
+    return setting.split("+")[0][5:] if setting.startswith("real:") else None
 
 
 def slug(setting: str) -> str:
@@ -91,12 +103,15 @@ def slug(setting: str) -> str:
 
 
 def held_out_teachers(cfg, validation: LabelledData, work: Path) -> list[str]:
-    """Overrides pointing the recipe's teachers at copies trained (here, once) on the training
-    images the validation split keeps, so that no teacher has seen the images students are scored on."""
+    """An override replacing the recipe's teachers by copies trained (here, once) on the training
+    images the validation split keeps, so that no teacher has seen the images students are scored on.
+    Only the teachers that label at the recipe's IPC (LIA's schedule) are trained and kept: the first
+    of them also guides and measures, the others would cost their training for nothing."""
+    used = len(select_teachers([t.path for t in cfg.teachers], cfg.sample.ipc, cfg.relabel.schedule))
     teachers = [dataclasses.replace(t, path=str(work / "teachers" / f"{i}-{Path(t.path).name}"))
-                for i, t in enumerate(cfg.teachers)]
+                for i, t in enumerate(cfg.teachers[:used])]
     pipeline.ensure_teachers(RunContext(dataclasses.replace(cfg, teachers=teachers), data=validation))  # absent ones
-    return [f"teachers.{i}.path={t.path}" for i, t in enumerate(teachers)]
+    return [f"teachers={json.dumps([dataclasses.asdict(t) for t in teachers])}"]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -140,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
             # rerun after a recipe change gets a new folder instead of refusing the old one
             cfg = dataclasses.replace(cfg, output=str(work / f"{slug(setting)}-{pipeline.sample_fingerprint(cfg)[:8]}"))
             ctx = RunContext(cfg, quiet=True, data=validation)
-            root = (pipeline.select_stage(ctx, setting[5:], Path(cfg.output) / "distilled") if setting.startswith("real:")
+            root = (pipeline.select_stage(ctx, real_of(setting), Path(cfg.output) / "distilled") if real_of(setting)
                     else pipeline.sample_stage(ctx))
             pipeline.relabel_stage(root, ctx)
             scored.append((cfg, pipeline.metrics_stage(root, ctx)["teacher_features"],

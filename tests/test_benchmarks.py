@@ -266,6 +266,9 @@ def test_guidance_sweep_scores_on_the_validation_split(trained, tmp_path):
         tune.main(["--settings", "real:herd"])
     assert tune.overrides_of("feature_ot.weight=1+sample.cfg_scale=1.5") == [
         "sample.guidance.feature_ot.weight=1", "sample.cfg_scale=1.5"]  # whole sample.* keys pass as they are
+    assert tune.overrides_of("real:herding+sample.formation=2") == ["sample.formation=2"]  # a packed real row
+    with pytest.raises(SystemExit, match="whole sample.. keys only"):
+        tune.overrides_of("real:herding+ot.weight=1")  # guidance means nothing to a selection
     result = tmp_path / "otg.json"
     args = ["--recipe", str(TINY), "--set", f"teachers.0.path={trained.teachers[0].path}",
             "--set", f"generator.path={trained.generator.path}", "--set", "student.protocols=[hard]",
@@ -298,16 +301,20 @@ def test_guidance_sweep_scores_on_the_validation_split(trained, tmp_path):
     assert len(row["acc"]) == 2 and row["set_means"] == row["acc"] and row["acc_mean"] == pytest.approx(sum(row["acc"]) / 2)
     assert len(list(work.glob("recipe-*"))) == 3  # seed 0's set is the recipe's own; seed 2 is new
     # --held-out-teachers: the recipe's teacher trained again, once, on the images the split keeps
-    held = [*args[:args.index("--settings")], "--held-out-teachers", "--settings", "recipe", *args[args.index("--ipc"):]]
+    # a second teacher that LIA's schedule leaves out at this IPC is neither trained nor kept
+    pair = [dataclasses.asdict(trained.teachers[0]), {"path": str(tmp_path / "spare"), "arch": "convnet3"}]
+    held = [*args[:args.index("--settings")], "--set", f"teachers={json.dumps(pair)}", "--set", "relabel.schedule=[[1,1],[50,2]]",
+            "--held-out-teachers", "--settings", "recipe", *args[args.index("--ipc"):]]
     tune.main(held)
     held_work = work / "held-out-teachers-15-seed0"
+    assert [p.name for p in (held_work / "teachers").iterdir()] == [f"0-{Path(trained.teachers[0].path).name}"]
     teacher = held_work / "teachers" / f"0-{Path(trained.teachers[0].path).name}"
     mean = json.loads((teacher / "model.json").read_text())["mean"]
     pixel_mean = lambda images: (images.get(torch.arange(len(images))).double() / 255).mean().item()  # noqa: E731
     assert mean == pytest.approx([pixel_mean(validation.train)], abs=1e-5)  # its training images: the kept ones
     assert mean != pytest.approx([pixel_mean(load_dataset(load_config(TINY).data).train)], abs=1e-5)
     row = json.loads(result.read_text())[-1]
-    assert row["base_overrides"][-1] == f"teachers.0.path={teacher}"
+    assert [t["path"] for t in json.loads(row["base_overrides"][-1].removeprefix("teachers="))] == [str(teacher)]
     labelled = json.loads(next(held_work.glob("recipe-*/distilled/manifest.json")).read_text())
     assert labelled["teachers"] == [str(teacher)] and labelled["metrics"]["teacher"] == str(teacher)
     assert len(list(work.glob("recipe-*"))) == 3  # the sets labelled by the shipped teacher stay as they were
