@@ -20,7 +20,13 @@ Candidates (each measured, none assumed):
   docs/protocols.md) and are not repeated.
 Scoring: the test split at test_batch_size 1000 against 100.
 
-Usage: python benchmarks/student_speed.py [--seconds 3] [--rounds 3]
+Two cells at once (student.workers, `--workers-only` measures this alone and updates just its
+key): per protocol and IPC, two processes training the same cell with one thread each, against
+the same two trainings one after the other with every thread, in interleaved rounds; each
+process times its own training after a warm-up epoch, and the start of a worker process
+(importing the library) is timed apart.
+
+Usage: python benchmarks/student_speed.py [--seconds 3] [--rounds 3] [--workers-only]
 Writes benchmarks/results/student-speed.json.
 """
 
@@ -30,8 +36,10 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -106,12 +114,66 @@ def overall(rows: list[dict]) -> dict[str, float]:
     return out
 
 
+def timed_cells(protocol: str, ipc: int, epochs: int, threads: int, at_once: int) -> float:
+    """Seconds until `at_once` processes (`threads` threads each) have each trained `epochs` epochs
+    of the cell, as the processes time themselves (the longest; the warm-up epoch left out)."""
+    cmd = [sys.executable, __file__, "--time-cell", protocol, str(ipc), str(epochs), str(threads)]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) for _ in range(at_once)]
+    return max(float(p.communicate()[0].split()[-1]) for p in procs)
+
+
+def workers_rows(seconds: float, rounds: int) -> dict:
+    """student.workers=2 against 1: two cells at once, a thread each, against two in turn."""
+    threads = torch.get_num_threads()
+    rows = []
+    for p in PROTOCOLS:
+        for ipc in IPCS:
+            cell = Cell(p, ipc, CPU_MICRO_BATCH, False)
+            epochs = max(1, round(seconds / max(cell.run(1), 1e-3)))
+            apart, together = [], []
+            for _ in range(rounds):
+                apart.append(2 * timed_cells(p, ipc, epochs, threads, 1))  # two cells in turn, every thread
+                together.append(timed_cells(p, ipc, epochs, max(1, threads // 2), 2))
+            speedup = statistics.median(apart) / statistics.median(together)
+            rows.append({"protocol": p, "ipc": ipc, "batch": min(cell.recipe.batch_size, 10 * ipc), "epochs": epochs,
+                         "two_in_turn_s": [round(x, 2) for x in apart], "two_at_once_s": [round(x, 2) for x in together],
+                         "speedup": round(speedup, 3)})
+            print(f"{p} IPC {ipc}: two cells at once x{speedup:.2f}", flush=True)
+    return {"method": f"two processes of one thread each against two trainings in turn with {threads} threads, "
+                      f"{rounds} interleaved rounds of ~{seconds:g} s per training, medians; micro-batches at the "
+                      "default", "worker_start_seconds": worker_start_seconds(), "rows": rows}
+
+
+def worker_start_seconds() -> float:
+    """What starting one cell's worker process costs before it trains (an interpreter importing it)."""
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import otdistill.cell_worker"], check=True,
+                   env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    return round(time.perf_counter() - start, 2)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=3.0, help="timing window per measurement")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; figures are medians over them")
     parser.add_argument("--result", default=str(ROOT / "benchmarks/results/student-speed.json"))
+    parser.add_argument("--workers-only", action="store_true", help="measure two cells at once only (its key)")
+    parser.add_argument("--time-cell", nargs=4, metavar=("PROTOCOL", "IPC", "EPOCHS", "THREADS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.time_cell:  # a process of workers_rows: its own training time, printed
+        protocol, ipc, epochs, threads = args.time_cell
+        torch.set_num_threads(int(threads))
+        cell = Cell(protocol, int(ipc), CPU_MICRO_BATCH, False)
+        cell.run(1)
+        print(cell.run(int(epochs)))
+        return
+    if args.workers_only:
+        path = Path(args.result)
+        result = json.loads(path.read_text())
+        result["two_cells_at_once"] = workers_rows(args.seconds, args.rounds)
+        path.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"-> {args.result}")
+        return
     torch.manual_seed(0)
     cells = {(p, ipc, c): Cell(p, ipc, *how) for p in PROTOCOLS for ipc in IPCS for c, how in CANDIDATES.items()}
     # per protocol and IPC: enough epochs for about --seconds, from a one-epoch probe of the baseline
@@ -149,7 +211,8 @@ def main() -> None:
                         "`before` with 1000); speedup = before / seconds_per_cell",
               "scoring_seconds": {f"batch {b}": round(s, 2) for b, s in score.items()},
               "scoring_rounds": {f"batch {b}": [round(x, 2) for x in s] for b, s in scoring.items()},
-              "overall_speedup": overall(rows), "default": f"micro{CPU_MICRO_BATCH}", "rows": rows}
+              "overall_speedup": overall(rows), "default": f"micro{CPU_MICRO_BATCH}", "rows": rows,
+              "two_cells_at_once": workers_rows(args.seconds, args.rounds)}
     Path(args.result).write_text(json.dumps(result, indent=2) + "\n")
     print(f"-> {args.result}")
 

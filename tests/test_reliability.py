@@ -19,7 +19,7 @@ from conftest import TINY
 from PIL import Image
 from test_data import make_folder
 
-from otdistill import io, pipeline
+from otdistill import evaluate, io, pipeline
 from otdistill.cli import main
 from otdistill.config import DataConfig, load_config
 from otdistill.context import RunContext
@@ -197,7 +197,7 @@ def test_a_cached_student_cell_is_reused_only_on_the_split_it_was_scored_on(fini
     cfg = load_config(TINY, ["student.epochs=1", "student.protocols=[hard]", "student.seeds=[0]"])
     ctx = RunContext(cfg, quiet=True)
     trainings = []
-    monkeypatch.setattr(pipeline, "train_student", lambda *a, **k: trainings.append(a[1]) or train_student(*a, **k))
+    monkeypatch.setattr(evaluate, "train_student", lambda *a, **k: trainings.append(a[1]) or train_student(*a, **k))
     out = tmp_path / "e.json"
     first = evaluate_stage(reference / "distilled", ctx, out)
     assert evaluate_stage(reference / "distilled", ctx, out) == first
@@ -213,7 +213,7 @@ def test_new_soft_label_settings_retrain_only_the_soft_label_students(finished_r
     reference, _ = finished_run
     recipe = ["student.epochs=1", "student.protocols=[hard,soft]", "student.seeds=[0]"]
     trainings = []
-    monkeypatch.setattr(pipeline, "train_student", lambda *a, **k: trainings.append(a[3]) or train_student(*a, **k))
+    monkeypatch.setattr(evaluate, "train_student", lambda *a, **k: trainings.append(a[3]) or train_student(*a, **k))
     out = tmp_path / "e.json"
     evaluate_stage(reference / "distilled", RunContext(load_config(TINY, recipe), quiet=True), out)
     assert trainings == ["hard", "soft"]

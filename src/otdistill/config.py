@@ -331,6 +331,7 @@ class StudentConfig:
     curve_test_images: int = 0  # score the curve's epochs on this many test images spread over the split (0 = all); the reported final epoch always on all
     test_batch_size: int = 100  # images per forward pass when scoring the test set (on 2 CPU cores 14 s for 10k images, 17.5 s at 1000: student-speed.json)
     micro_batch: int | None = None  # forward / backward a batch in parts of at most this many images, their gradients summed: the same gradient, 1.5-1.6x faster at batch 100-256 on 2 CPU cores (caches); only for students without BatchNorm and per-image losses (not soft_loss.sd), the whole batch otherwise; None = 32 on a CPU, 0 (the whole batch) on a GPU
+    workers: int | None = None  # student cells trained at once, each in its own process with an equal share of the threads: a small student leaves 2 CPU cores half idle at batch 10-50 (soft cells 1.3x, dsa's micro-batched ones level: student-speed.json); None = 2 on a CPU with at least 2 threads, 1 on a GPU or under torchrun
     compile: bool = False  # torch.compile the student's training passes: on 2 CPU cores 1.1-1.55x from batch 50 up, nothing at batch 10, 12-25 s of compiling per student (docs/protocols.md)
 
 

@@ -294,6 +294,7 @@ RULES: dict[str, OneOf | Range | Rule] = {
     "student.eval_every": NON_NEGATIVE,
     "student.curve_test_images": NON_NEGATIVE,
     "student.micro_batch": NON_NEGATIVE,
+    "student.workers": AT_LEAST_1,
     "student.test_batch_size": AT_LEAST_1,
     "metrics.per_class": AT_LEAST_1,
     "metrics.k": AT_LEAST_1,

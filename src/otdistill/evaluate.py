@@ -9,22 +9,31 @@ the epoch on the test set).
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+import pickle
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 
-from . import protocols
+from . import distributed, protocols
 from .artifacts import DistilledSet
 from .config import StudentConfig
 from .data import ImageSet, TensorImages, every_nth
 from .dsa import OPERATIONS, DSAugment
 from .errors import UserError
 from .io import generator
+from .progress import progress
 from .losses import Targets, hard_loss, soft_loss
 from .models.classifiers import build_classifier
 from .records import Cell, ProtocolResult
-from .relabel import TeacherEnsemble
+from .relabel import TeacherEnsemble, load_ensemble
 from .train import Augment, TrainRecipe, accuracy, channel_stats, fit
 
 SOFT_LABELS = ("online", "stored")  # the teachers label each augmented view | the set's stored logits
@@ -125,7 +134,94 @@ def train_student(ds: DistilledSet, test: ImageSet, cfg: StudentConfig, protocol
     scores[recipe.epochs] = final if curve_test is test else accuracy(model, curve_test, device, cfg.test_batch_size,
                                                                       cfg.image_size)
     return {"protocol": protocol, "seed": seed, "final": final, "epochs": recipe.epochs, "micro_batch": recipe.micro_batch,
-            "best_epoch": max(scores.values()), "scores": {str(k): v for k, v in sorted(scores.items())}, "seconds": round(time.time() - start, 1)}
+            "threads": torch.get_num_threads(), "best_epoch": max(scores.values()), "scores": {str(k): v for k, v in sorted(scores.items())}, "seconds": round(time.time() - start, 1)}
+
+
+def cell_workers(cfg: StudentConfig, device, cells: int) -> int:
+    """How many student cells train at once: student.workers (by default 2 where a CPU has 2
+    threads or more), never more than the cells or the threads; one on a GPU or under torchrun,
+    whose ranks already share each student."""
+    if torch.device(device).type != "cpu" or distributed.active().world > 1:
+        return 1
+    threads = torch.get_num_threads()
+    return max(1, min(cfg.workers if cfg.workers is not None else 2, cells, threads))
+
+
+@dataclasses.dataclass(frozen=True)
+class CellJob:
+    """One student cell to train: its protocol and seed, and where its training state is kept."""
+
+    protocol: str
+    seed: int
+    checkpoint: Path
+
+
+def train_job(job: CellJob, ds: DistilledSet, test: ImageSet, cfg: StudentConfig, teachers: list[str] | None, device,
+              quiet: bool, data_stats, mirror_safe: bool, ensemble: TeacherEnsemble | None = None) -> Cell:
+    """train_student for one job; the teachers (paths) are loaded here unless `ensemble` is given."""
+    if ensemble is None and teachers and protocols.labels(job.protocol) == "soft":
+        ensemble = load_ensemble(teachers, device)
+    return train_student(ds, test, cfg, job.protocol, job.seed, ensemble, device, quiet, job.checkpoint,
+                         data_stats, mirror_safe)
+
+
+def train_cells(ds: DistilledSet, test: ImageSet, cfg: StudentConfig, jobs: list[CellJob], teachers: list[str] | None,
+                device, quiet: bool = False, data_stats=None, mirror_safe: bool = True) -> Iterator[tuple[CellJob, Cell]]:
+    """Train every job's student (train_student) and yield (job, cell) as each ends: one after the
+    other, or `cell_workers` at once, each in a process of its own (cell_worker.py) with an equal
+    share of the threads; a cell's numbers then differ from a whole-machine run's by float
+    rounding only. The teachers label the soft cells."""
+    workers = cell_workers(cfg, device, len(jobs))
+    shared = dict(ds=ds, test=test, cfg=cfg, teachers=teachers, device=device, data_stats=data_stats,
+                  mirror_safe=mirror_safe)
+    if workers == 1:
+        ensemble = None
+        for job in jobs:
+            if ensemble is None and teachers and protocols.labels(job.protocol) == "soft":
+                ensemble = load_ensemble(teachers, device)  # once for every cell
+            yield job, train_job(job, **shared, quiet=quiet, ensemble=ensemble)
+        return
+    threads = max(1, torch.get_num_threads() // workers)
+    # the package's own folder first: scripts that put src/ on sys.path reach it uninstalled
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
+                                                         os.environ.get("PYTHONPATH", "")])}
+    bar = progress(total=len(jobs), desc=f"{cfg.arch} students, {workers} at once", unit="cell", disable=quiet)
+    running: dict[subprocess.Popen, tuple[CellJob, Path]] = {}
+    with tempfile.TemporaryDirectory(prefix="otdistill-cells-") as tmp:
+        inputs = Path(tmp) / "inputs.pkl"
+        inputs.write_bytes(pickle.dumps({**shared, "quiet": True}))
+        pending = list(jobs)
+        try:
+            while pending or running:
+                while pending and len(running) < workers:
+                    job = pending.pop(0)
+                    out = Path(tmp) / f"{len(jobs) - len(pending)}.json"
+                    with open(out.with_suffix(".log"), "w") as log_file:
+                        proc = subprocess.Popen([sys.executable, "-m", "otdistill.cell_worker", str(inputs), job.protocol,
+                                                 str(job.seed), str(job.checkpoint), str(out), str(threads)],
+                                                env=env, stdout=log_file, stderr=subprocess.STDOUT)
+                    running[proc] = (job, out)
+                for proc in [p for p in running if p.poll() is not None]:
+                    job, out = running.pop(proc)
+                    yield job, _worker_cell(proc, out)
+                    bar.update()
+                time.sleep(0.2)
+        finally:  # an error or an interrupt: no student trains on unseen (their checkpoints keep their epochs)
+            for proc in running:
+                proc.terminate()
+                proc.wait()
+            bar.close()
+
+
+def _worker_cell(proc: subprocess.Popen, out: Path) -> Cell:
+    """The cell a worker wrote, its UserError raised again, or its log's tail when it died."""
+    result = json.loads(out.read_text()) if out.exists() else {}
+    if "error" in result:
+        raise UserError(result["error"])
+    if proc.returncode != 0 or not result:
+        tail = out.with_suffix(".log").read_text()[-3000:]
+        raise RuntimeError(f"a student cell's worker process ended with code {proc.returncode}:\n{tail}")
+    return result
 
 
 def summarise(cells: list[Cell]) -> dict[str, ProtocolResult]:

@@ -31,7 +31,7 @@ from .config import Config, StudentConfig, dump_config, fingerprint, to_dict
 from .context import RunContext
 from .data import TensorImages
 from .errors import UserError
-from .evaluate import summarise, train_student
+from .evaluate import CellJob, summarise, train_cells
 from .formation import pack
 from .guidance import build_terms, models_read
 from .io import read_json, remove_stale_temporaries, write_json, write_text
@@ -308,12 +308,16 @@ def cell_key(student: StudentConfig, manifest: dict, protocol: str) -> str:
     listed beside it) and the set's images; the soft-label loss, the teachers and their stored
     logits only under soft labels, so that new teachers or OTM weights retrain no hard-label
     student (hard labels are the images' class folders)."""
-    recipe = dataclasses.replace(student, seeds=[], protocols=[])
+    recipe = dataclasses.replace(student, seeds=[], protocols=[], workers=None)  # nor how many train at once
     if protocol == "soft":
         return fingerprint(recipe, manifest["files"], manifest.get("teachers"))
     unused = StudentConfig()
     images = {path: digest for path, digest in manifest["files"].items() if path.startswith("images/")}
     return fingerprint(dataclasses.replace(recipe, soft_loss=unused.soft_loss, soft_labels=unused.soft_labels), images)
+
+
+def cell_name(student: StudentConfig, protocol: str, seed: int) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{student.arch}-{protocol}-seed{seed}")
 
 
 def evaluate_stage(distilled: str | Path, ctx: RunContext | None = None, out: str | Path | None = None) -> Evaluation:
@@ -331,30 +335,28 @@ def evaluate_stage(distilled: str | Path, ctx: RunContext | None = None, out: st
     cells_dir = out.with_suffix("") if out.suffix else out / "cells"
     remove_stale_temporaries(cells_dir)
     scored_on = data.test.content_id()  # a cached score counts only on the images it was computed on
-    ensemble = stats = None
-    cells = []
-    for protocol in cfg.student.protocols:
-        key = cell_key(cfg.student, ds.manifest, protocol)  # the same for every seed
+    keys = {protocol: cell_key(cfg.student, ds.manifest, protocol) for protocol in cfg.student.protocols}  # every seed's
+    stats = None
+    cells, jobs = {}, []
+    for protocol, key in keys.items():
         for seed in cfg.student.seeds:
-            name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{cfg.student.arch}-{protocol}-seed{seed}")
-            cell_file = cells_dir / f"{name}.json"
-            cached = distributed.agree(read_cached_cell(cell_file))
+            name = cell_name(cfg.student, protocol, seed)
+            cached = distributed.agree(read_cached_cell(cells_dir / f"{name}.json"))
             if (cached.get("key"), cached.get("scored_on")) == (key, scored_on):
-                cells.append(cached)
+                cells[protocol, seed] = cached
                 continue
-            if ensemble is None and protocol == "soft" and ds.manifest.get("teachers"):
-                ensemble = load_ensemble(ds.manifest["teachers"], device)  # only when a cell must train
-            resume = cells_dir / f".{name}-{key}-{scored_on}.resume.pt"
+            jobs.append(CellJob(protocol, seed, cells_dir / f".{name}-{key}-{scored_on}.resume.pt"))
             if stats is None and protocols.check(protocol) in protocols.FIELD:
                 stats = channel_stats(data.train)  # the field's protocols normalise by the training split
-            cell = train_student(ds, data.test, cfg.student, protocol, seed, ensemble, device, quiet, resume,
-                                 stats, data.mirror_safe)
-            cell.update(key=key, scored_on=scored_on)
-            if rank.main:
-                write_json(cell_file, cell)
-            log.info("evaluate: %s %s seed %d final-epoch accuracy %.4f (%.0f s)", cfg.student.arch, protocol,
-                     seed, cell["final"], cell["seconds"])
-            cells.append(cell)
+    for job, cell in train_cells(ds, data.test, cfg.student, jobs, ds.manifest.get("teachers"), device, quiet, stats,
+                                 data.mirror_safe):
+        cell.update(key=keys[job.protocol], scored_on=scored_on)
+        if rank.main:
+            write_json(cells_dir / f"{cell_name(cfg.student, job.protocol, job.seed)}.json", cell)
+        log.info("evaluate: %s %s seed %d final-epoch accuracy %.4f (%.0f s)", cfg.student.arch, job.protocol,
+                 job.seed, cell["final"], cell["seconds"])
+        cells[job.protocol, job.seed] = cell
+    cells = [cells[protocol, seed] for protocol in cfg.student.protocols for seed in cfg.student.seeds]
     result = Evaluation(distilled=str(distilled), student=cfg.student.arch, epochs=cfg.student.epochs, ipc=ds.ipc,
                         num_images=len(ds.images), protocols=summarise(cells), cells=cells,
                         student_config=dataclasses.asdict(cfg.student),
