@@ -183,3 +183,7 @@ def test_cells_trained_two_at_once_are_one_thread_cells_trained_in_turn(tmp_path
     same = ("protocol", "seed", "final", "scores", "epochs")
     assert all({k: together[j][k] for k in same} == {k: in_turn[j][k] for k in same} for j in jobs)
     assert len({str(c["scores"]) for c in together.values()}) > 1  # different students, not one copied
+    # a worker's mistake reaches the caller as the same one message
+    with pytest.raises(UserError, match="the soft protocol needs teachers"):
+        list(train_cells(ds, test, cfg, [CellJob("soft", seed, tmp_path / f"s{seed}.pt") for seed in (0, 1)], None,
+                         "cpu", quiet=True))

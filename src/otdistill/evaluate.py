@@ -175,10 +175,9 @@ def train_cells(ds: DistilledSet, test: ImageSet, cfg: StudentConfig, jobs: list
     shared = dict(ds=ds, test=test, cfg=cfg, teachers=teachers, device=device, data_stats=data_stats,
                   mirror_safe=mirror_safe)
     if workers == 1:
-        ensemble = None
+        soft = teachers and any(protocols.labels(job.protocol) == "soft" for job in jobs)
+        ensemble = load_ensemble(teachers, device) if soft else None  # once for every cell
         for job in jobs:
-            if ensemble is None and teachers and protocols.labels(job.protocol) == "soft":
-                ensemble = load_ensemble(teachers, device)  # once for every cell
             yield job, train_job(job, **shared, quiet=quiet, ensemble=ensemble)
         return
     threads = max(1, torch.get_num_threads() // workers)
@@ -206,7 +205,7 @@ def train_cells(ds: DistilledSet, test: ImageSet, cfg: StudentConfig, jobs: list
                     yield job, _worker_cell(proc, out)
                     bar.update()
                 time.sleep(0.2)
-        finally:  # an error or an interrupt: no student trains on unseen (their checkpoints keep their epochs)
+        finally:  # an error or an interrupt stops the other workers; their checkpoints keep the epochs done
             for proc in running:
                 proc.terminate()
                 proc.wait()
@@ -214,11 +213,12 @@ def train_cells(ds: DistilledSet, test: ImageSet, cfg: StudentConfig, jobs: list
 
 
 def _worker_cell(proc: subprocess.Popen, out: Path) -> Cell:
-    """The cell a worker wrote, its UserError raised again, or its log's tail when it died."""
+    """The cell a worker wrote (written atomically: whatever the worker did after), its UserError
+    raised again, or its log's tail when it died first."""
     result = json.loads(out.read_text()) if out.exists() else {}
     if "error" in result:
         raise UserError(result["error"])
-    if proc.returncode != 0 or not result:
+    if not result:
         tail = out.with_suffix(".log").read_text()[-3000:]
         raise RuntimeError(f"a student cell's worker process ended with code {proc.returncode}:\n{tail}")
     return result
