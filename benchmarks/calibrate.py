@@ -22,7 +22,7 @@ from bench_rows import ROOT, write_merged
 from published import DC_TABLE, find
 from distill_bench import protocol_name, score_set, set_rows
 
-from otdistill import protocols
+from otdistill.allocator import keep_freed_memory
 from otdistill.config import load_config
 from otdistill.data import load_dataset
 
@@ -73,6 +73,7 @@ def main() -> None:
     parser.add_argument("--work", default=str(ROOT / "runs" / "calibration"))
     parser.add_argument("--result", default=str(ROOT / "benchmarks/results/calibration-fashion-mnist.json"))
     args = parser.parse_args()
+    keep_freed_memory()
     # distill_bench's row machinery: one ConvNet-3 student, no sampling steps or metrics to set
     bench = argparse.Namespace(protocols=args.protocols, seeds=args.seeds, students=[args.student], epochs=["1"],
                                steps=None, metrics=False, test_subset=0, overrides=args.overrides)

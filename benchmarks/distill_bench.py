@@ -34,6 +34,7 @@ import published
 from bench_rows import ABLATION, ROOT, ROWS, build_set, epochs_for, loss_weights, made_by, merged, row_config
 
 from otdistill import pipeline, protocols
+from otdistill.allocator import keep_freed_memory
 from otdistill.artifacts import DistilledSet
 from otdistill.config import fingerprint, load_config
 from otdistill.context import RunContext
@@ -269,6 +270,7 @@ def main() -> None:
     parser.add_argument("--work", default=str(ROOT / "runs" / "bench"))
     parser.add_argument("--result", default=str(ROOT / "benchmarks/results/bench-fashion-mnist.json"))
     args = parser.parse_args()
+    keep_freed_memory()
     if args.quick:
         args.ipc, args.seeds, args.students, args.epochs, args.steps = [10], [0], ["convnet3"], ["10"], 10
         args.test_subset, args.metrics = 2000, False

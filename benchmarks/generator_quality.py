@@ -37,6 +37,7 @@ import torch
 # bench_rows (beside this script) also puts src/ on sys.path
 from bench_rows import ROOT, write_merged
 
+from otdistill.allocator import keep_freed_memory
 from otdistill.artifacts import DistilledSet
 from otdistill.config import load_config
 from otdistill.data import TensorImages, hold_out, load_dataset
@@ -125,6 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], help="key.path=value override of --config")
     p.add_argument("--result", default=str(RESULT))
     args = p.parse_args(argv)
+    keep_freed_memory()
 
     cfg = load_config(args.config, args.overrides)
     device = "cpu"

@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from otdistill import pipeline  # noqa: E402
+from otdistill.allocator import keep_freed_memory  # noqa: E402
 from otdistill.config import load_config  # noqa: E402
 from otdistill.context import RunContext  # noqa: E402
 from otdistill.data import load_dataset  # noqa: E402
@@ -43,6 +44,7 @@ def main() -> None:
     parser.add_argument("--result", default=str(ROOT / "benchmarks/results/otg-fashion-mnist.json"))
     parser.add_argument("--retime", type=int, default=0, metavar="N", help="only re-time sampling on N classes")
     args = parser.parse_args()
+    keep_freed_memory()
     if args.retime:
         return retime(args)
 

@@ -26,7 +26,11 @@ the same two trainings one after the other with every thread, in interleaved rou
 process times its own training after a warm-up epoch, and the start of a worker process
 (importing the library) is timed apart.
 
-Usage: python benchmarks/student_speed.py [--seconds 3] [--rounds 3] [--workers-only]
+The allocator (allocator.keep_freed_memory, which every training entry point calls;
+`--allocator-only` measures this alone and updates just its key): the same two cells at once,
+a thread each, in processes that keep freed memory against processes with glibc's defaults.
+
+Usage: python benchmarks/student_speed.py [--seconds 3] [--rounds 3] [--workers-only | --allocator-only]
 Writes benchmarks/results/student-speed.json.
 """
 
@@ -49,6 +53,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from otdistill.allocator import keep_freed_memory  # noqa: E402
 from otdistill.config import StudentConfig  # noqa: E402
 from otdistill.data import TensorImages  # noqa: E402
 from otdistill.evaluate import CPU_MICRO_BATCH, student_recipe  # noqa: E402
@@ -114,34 +119,64 @@ def overall(rows: list[dict]) -> dict[str, float]:
     return out
 
 
-def timed_cells(protocol: str, ipc: int, epochs: int, threads: int, at_once: int) -> float:
+def timed_cells(protocol: str, ipc: int, epochs: int, threads: int, at_once: int, allocator: str = "keep") -> float:
     """Seconds until `at_once` processes (`threads` threads each) have each trained `epochs` epochs
-    of the cell, as the processes time themselves (the longest; the warm-up epoch left out)."""
-    cmd = [sys.executable, __file__, "--time-cell", protocol, str(ipc), str(epochs), str(threads)]
+    of the cell, as the processes time themselves (the longest; the warm-up epoch left out);
+    `allocator`: keep (keep_freed_memory) or default (glibc's own thresholds)."""
+    cmd = [sys.executable, __file__, "--time-cell", protocol, str(ipc), str(epochs), str(threads), allocator]
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) for _ in range(at_once)]
     return max(float(p.communicate()[0].split()[-1]) for p in procs)
 
 
-def workers_rows(seconds: float, rounds: int) -> dict:
-    """student.workers=2 against 1: two cells at once, a thread each, against two in turn."""
-    threads = torch.get_num_threads()
+def paired_rows(seconds: float, rounds: int, before: tuple, after: tuple, what: str) -> list[dict]:
+    """Per protocol and IPC, `before` against `after` in interleaved rounds: each a (name, timer)
+    with timer(protocol, ipc, epochs) -> seconds; speedup = median before / median after."""
     rows = []
     for p in PROTOCOLS:
         for ipc in IPCS:
             cell = Cell(p, ipc, CPU_MICRO_BATCH, False)
             epochs = max(1, round(seconds / max(cell.run(1), 1e-3)))
-            apart, together = [], []
+            times: dict[str, list[float]] = {before[0]: [], after[0]: []}
             for _ in range(rounds):
-                apart.append(2 * timed_cells(p, ipc, epochs, threads, 1))  # two cells in turn, every thread
-                together.append(timed_cells(p, ipc, epochs, max(1, threads // 2), 2))
-            speedup = statistics.median(apart) / statistics.median(together)
+                for name, timer in (before, after):
+                    times[name].append(timer(p, ipc, epochs))
+            speedup = statistics.median(times[before[0]]) / statistics.median(times[after[0]])
             rows.append({"protocol": p, "ipc": ipc, "batch": min(cell.recipe.batch_size, 10 * ipc), "epochs": epochs,
-                         "two_in_turn_s": [round(x, 2) for x in apart], "two_at_once_s": [round(x, 2) for x in together],
+                         **{f"{name}_s": [round(x, 2) for x in t] for name, t in times.items()},
                          "speedup": round(speedup, 3)})
-            print(f"{p} IPC {ipc}: two cells at once x{speedup:.2f}", flush=True)
+            print(f"{p} IPC {ipc}: {what} x{speedup:.2f}", flush=True)
+    return rows
+
+
+def workers_rows(seconds: float, rounds: int) -> dict:
+    """student.workers=2 against 1: two cells at once, a thread each, against two in turn."""
+    threads = torch.get_num_threads()
+    rows = paired_rows(seconds, rounds,
+                       ("two_in_turn", lambda p, ipc, n: 2 * timed_cells(p, ipc, n, threads, 1)),  # every thread
+                       ("two_at_once", lambda p, ipc, n: timed_cells(p, ipc, n, max(1, threads // 2), 2)),
+                       "two cells at once")
     return {"method": f"two processes of one thread each against two trainings in turn with {threads} threads, "
                       f"{rounds} interleaved rounds of ~{seconds:g} s per training, medians; micro-batches at the "
                       "default", "worker_start_seconds": worker_start_seconds(), "rows": rows}
+
+
+def allocator_rows(seconds: float, rounds: int) -> dict:
+    """keep_freed_memory against glibc's defaults, two cells at once with a thread each (the CPU default)."""
+    threads = max(1, torch.get_num_threads() // 2)
+    rows = paired_rows(seconds, rounds,
+                       ("default", lambda p, ipc, n: timed_cells(p, ipc, n, threads, 2, "default")),
+                       ("keep", lambda p, ipc, n: timed_cells(p, ipc, n, threads, 2, "keep")),
+                       "keeping freed memory")
+    return {"method": f"two processes of {threads} thread(s) each, keep_freed_memory against glibc's defaults, "
+                      f"{rounds} interleaved rounds of ~{seconds:g} s per training, medians; micro-batches at the default",
+            "rows": rows}
+
+
+def update_key(path: Path, key: str, value: dict) -> None:
+    result = json.loads(path.read_text())
+    result[key] = value
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"-> {path}")
 
 
 def worker_start_seconds() -> float:
@@ -158,22 +193,26 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; figures are medians over them")
     parser.add_argument("--result", default=str(ROOT / "benchmarks/results/student-speed.json"))
     parser.add_argument("--workers-only", action="store_true", help="measure two cells at once only (its key)")
-    parser.add_argument("--time-cell", nargs=4, metavar=("PROTOCOL", "IPC", "EPOCHS", "THREADS"), help=argparse.SUPPRESS)
+    parser.add_argument("--allocator-only", action="store_true", help="measure keep_freed_memory only (its key)")
+    parser.add_argument("--time-cell", nargs=5, metavar=("PROTOCOL", "IPC", "EPOCHS", "THREADS", "ALLOCATOR"),
+                        help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.time_cell:  # a process of workers_rows: its own training time, printed
-        protocol, ipc, epochs, threads = args.time_cell
+    if args.time_cell:  # a process of workers_rows / allocator_rows: its own training time, printed
+        protocol, ipc, epochs, threads, allocator = args.time_cell
+        if allocator == "keep":
+            keep_freed_memory()
         torch.set_num_threads(int(threads))
         cell = Cell(protocol, int(ipc), CPU_MICRO_BATCH, False)
         cell.run(1)
         print(cell.run(int(epochs)))
         return
     if args.workers_only:
-        path = Path(args.result)
-        result = json.loads(path.read_text())
-        result["two_cells_at_once"] = workers_rows(args.seconds, args.rounds)
-        path.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"-> {args.result}")
+        update_key(Path(args.result), "two_cells_at_once", workers_rows(args.seconds, args.rounds))
         return
+    if args.allocator_only:
+        update_key(Path(args.result), "allocator", allocator_rows(args.seconds, args.rounds))
+        return
+    keep_freed_memory()  # as every training entry point
     torch.manual_seed(0)
     cells = {(p, ipc, c): Cell(p, ipc, *how) for p in PROTOCOLS for ipc in IPCS for c, how in CANDIDATES.items()}
     # per protocol and IPC: enough epochs for about --seconds, from a one-epoch probe of the baseline
@@ -212,7 +251,8 @@ def main() -> None:
               "scoring_seconds": {f"batch {b}": round(s, 2) for b, s in score.items()},
               "scoring_rounds": {f"batch {b}": [round(x, 2) for x in s] for b, s in scoring.items()},
               "overall_speedup": overall(rows), "default": f"micro{CPU_MICRO_BATCH}", "rows": rows,
-              "two_cells_at_once": workers_rows(args.seconds, args.rounds)}
+              "two_cells_at_once": workers_rows(args.seconds, args.rounds),
+              "allocator": allocator_rows(args.seconds, args.rounds)}
     Path(args.result).write_text(json.dumps(result, indent=2) + "\n")
     print(f"-> {args.result}")
 

@@ -52,6 +52,7 @@ from pathlib import Path
 from bench_rows import ROOT, write_merged
 
 from otdistill import pipeline
+from otdistill.allocator import keep_freed_memory
 from otdistill.config import load_config, non_defaults
 from otdistill.context import RunContext
 from otdistill.data import LabelledData, hold_out, load_dataset
@@ -134,6 +135,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="label, guide and measure with the recipe's teachers trained again without the "
                              "validation images (trained once per split under --work)")
     args = parser.parse_args(argv)
+    keep_freed_memory()
     settings = {s: overrides_of(s) for s in args.settings}  # every setting parsed before any work
     recipe = load_config(args.recipe, [*args.overrides, f"sample.ipc={args.ipc}"])  # settings change no data key
     validation = hold_out(load_dataset(recipe.data), args.per_class, args.split_seed)

@@ -30,6 +30,7 @@ from bench_rows import LOSS_TERMS as TERMS
 from bench_rows import ROOT, build_set, epochs_for, made_by, row_config, write_merged
 
 from otdistill import pipeline
+from otdistill.allocator import keep_freed_memory
 from otdistill.config import load_config
 from otdistill.context import RunContext
 from otdistill.data import hold_out, load_dataset
@@ -67,6 +68,7 @@ def main() -> None:
     parser.add_argument("--result", default=str(ROOT / "benchmarks/results/tune-otm-fashion-mnist.json"))
     parser.set_defaults(overrides=[])  # bench_rows.row_config's extra overrides: none here
     args = parser.parse_args()
+    keep_freed_memory()
     args.protocols = ["soft"]
     candidates = {name: weights_of(name) for name in args.candidates}
     work, rows, start = Path(args.work), [], time.time()

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from .allocator import keep_freed_memory
 from .errors import UserError
 from .evaluate import CellJob, train_job
 from .io import write_json
@@ -22,6 +23,7 @@ from .io import write_json
 
 def main(argv: list[str]) -> None:
     inputs, protocol, seed, checkpoint, out, threads = argv
+    keep_freed_memory()
     torch.set_num_threads(int(threads))
     with open(inputs, "rb") as f:
         shared = pickle.load(f)

@@ -144,7 +144,10 @@ def _log_folder(args) -> Path | None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    from .allocator import keep_freed_memory
     from .distributed import current
+
+    keep_freed_memory()
 
     root = logging.getLogger()
     root.setLevel(logging.INFO)
