@@ -4,15 +4,21 @@ import sys
 
 import pytest
 
-# a fresh interpreter per case: the thresholds are process-wide and cannot be read back
+# a fresh interpreter per case: the thresholds are process-wide and cannot be read back.
+# Each "step" holds blocks of a training step's sizes (8-40 MB, as a CPU student's activations)
+# and frees them together; the page faults of 20 steps after 3 warm-up ones are printed.
 PROBE = """
 import resource, sys, torch
 from otdistill.allocator import keep_freed_memory
 if sys.argv[1] == "keep":
     assert keep_freed_memory()
-torch.ones(4 << 20)  # 16 MB (a batch's activations' size), freed at once
+def step():
+    blocks = [torch.ones(mb << 18) for mb in (8, 16, 24, 40)]
+for _ in range(3):
+    step()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-torch.ones(4 << 20)
+for _ in range(20):
+    step()
 print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
@@ -23,7 +29,8 @@ def page_faults(mode: str) -> int:
 
 
 @pytest.mark.skipif(not hasattr(ctypes.CDLL(None), "mallopt"), reason="glibc's mallopt only")
-def test_kept_memory_serves_the_next_block_without_page_faults():
-    pages = (16 << 20) // 4096
-    assert page_faults("default") > pages // 2  # glibc unmapped the block and faults a new one in
-    assert page_faults("keep") < pages // 20  # the same pages again, from the heap
+def test_kept_memory_serves_later_steps_without_page_faults():
+    # measured here: glibc's defaults 211k-432k faults (the 40 MB block, over its largest mmap
+    # threshold, is unmapped and faulted in again every step), kept 2k-37k (the heap's growth
+    # while it settles)
+    assert 3 * page_faults("keep") < page_faults("default")
