@@ -1,4 +1,5 @@
-"""Real-image selection baselines: random, herding (teacher features), k-means (latents)."""
+"""Real-image selection baselines: random, herding (teacher features), k-means (latents), confident
+(teacher probabilities)."""
 
 import json
 
@@ -41,17 +42,34 @@ def test_kmeans_picks_distinct_real_points_near_the_centres():
     assert sorted(p // 30 for p in picks) == [0, 1, 2]  # one real point from each blob
 
 
+def test_confident_keeps_the_images_the_teacher_finds_most_like_their_class(trained, digits):
+    """RDED's realism score: per class, the ipc images with the highest teacher probability of
+    that class, computed here straight from the teacher's softmax over every image of the class."""
+    from otdistill.selection import TEACHER_PROBABILITIES, select_class
+    from otdistill.teachers import load_teacher
+
+    teacher, _ = load_teacher(trained.teachers[0].path, "cpu")
+    embed = TEACHER_PROBABILITIES.build(trained.teachers[0].path, "cpu")
+    for c in range(digits.num_classes):
+        members = torch.nonzero(digits.train.labels == c).flatten()  # fewer than the candidates: all of them
+        with torch.no_grad():
+            p = teacher(digits.train.get(members).float() / 255).softmax(1)[:, c]
+        picks = select_class("confident", digits.train, c, 4, seed=0, embed=embed)
+        assert sorted(picks.tolist()) == sorted(members[p.argsort(descending=True)[:4]].tolist())
+        assert p[torch.isin(members, picks)].min() >= p.median()
+
+
 def test_select_command_builds_each_baseline(trained, tmp_path):
     paths = ["--set", f"generator.path={trained.generator.path}", "--set", f"teachers.0.path={trained.teachers[0].path}"]
     picked = {}
-    for method in ("random", "herding", "kmeans"):
+    for method in ("random", "herding", "kmeans", "confident"):
         out = tmp_path / method
         assert main(["--quiet", "select", str(TINY), "--method", method, "--out", str(out), "--set", "sample.ipc=3",
                      *paths]) == 0
         manifest = json.loads((out / "manifest.json").read_text())
         assert manifest["source"]["kind"] == f"real-{method}" and all(c["count"] == 3 for c in manifest["classes"])
         picked[method] = sorted(manifest["files"].values())
-    assert picked["herding"] != picked["random"] != picked["kmeans"]
+    assert len({tuple(files) for files in picked.values()}) == 4
 
 
 def test_a_registered_selection_is_a_baseline_everywhere(trained, tmp_path, monkeypatch):

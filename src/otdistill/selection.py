@@ -4,7 +4,10 @@
 - herding: greedy herding in the teacher's feature space (each pick keeps the mean of the
   picked features closest to the class mean), as in iCaRL / the DC benchmark;
 - kmeans: the real image nearest each of IPC k-means centres of real latents (D4M's
-  prototype idea, without Stable Diffusion).
+  prototype idea, without Stable Diffusion);
+- confident: the IPC images the teacher gives their class the highest probability (RDED's
+  realism score, on whole images rather than its crops); as `sample.keep`, the drawn images
+  the teacher finds most like their class.
 K-means on at most `candidates` images per class (seeded), to stay CPU-sized.
 
 Methods are registered by name (SELECTIONS): the CLI's choices, the `baseline` key and the
@@ -47,7 +50,24 @@ def _latents(path, device):
     return lambda x: encode_all(model, TensorImages(x, torch.zeros(len(x))), device)
 
 
-TEACHER = Embedding(lambda cfg: cfg.teachers[0].path if cfg.teachers else None, _teacher_features)
+def _teacher_probabilities(path, device):
+    from .teachers import load_teacher
+    from .train import predict_logits
+
+    teacher, _ = load_teacher(path, device)
+
+    def embed(x):
+        with torch.inference_mode():
+            return predict_logits(teacher, TensorImages(x, torch.zeros(len(x), dtype=torch.long)), device).softmax(1)
+    return embed
+
+
+def _first_teacher(cfg):
+    return cfg.teachers[0].path if cfg.teachers else None
+
+
+TEACHER = Embedding(_first_teacher, _teacher_features)
+TEACHER_PROBABILITIES = Embedding(_first_teacher, _teacher_probabilities)
 LATENT = Embedding(lambda cfg: cfg.generator.path, _latents)
 
 
@@ -131,9 +151,16 @@ def _kmeans(order, images, embed, ipc, seed, candidates):
     return pool[torch.tensor(nearest_distinct(kmeans_centres(points, ipc, seed), points))]
 
 
+def _confident(order, images, embed, ipc, seed, candidates):
+    pool, probabilities = _embedded(order, images, embed, candidates)
+    c = int(images.labels[pool[0]])  # every candidate is of the class
+    return pool[probabilities[:, c].argsort(descending=True, stable=True)[:ipc]]
+
+
 register_selection("random", _random)
 register_selection("herding", _herding, TEACHER)
 register_selection("kmeans", _kmeans, LATENT)
+register_selection("confident", _confident, TEACHER_PROBABILITIES)
 
 
 def select_class(method: str, images: ImageSet, c: int, ipc: int, seed: int, embed=None,
