@@ -54,7 +54,9 @@ ROWS = {
     # multi-formation (IDC): 2 x 2 half-size images in each stored one, real and generated alike
     **{f"{name}_mf2": ("select", "base/fashion-mnist", PACKED) for name in ("random", "herding")},
     **{f"{name}_lia_mf2": ("select", "lia", PACKED) for name in ("random", "herding")},
-    "fot_lia_mf2": ("sample", "feature-ot+lia", PACKED),
+    # toward herding's 40 real images per class, one per generated image (IPC 10's setting on validation at
+    # convergence: docs/feature-ot.md; the unpacked recipe's pool of 10 is one per image too)
+    "fot_lia_mf2": ("sample", "feature-ot+lia", [*PACKED, "sample.guidance.feature_ot.pool_size=40"]),
 }
 # the LIA/OTM ablation (issue 4) read off the same rows: variant name -> bench method
 ABLATION = {"full": "otdistill", "no_lia": "no_lia", "no_otm_kl": "no_otm", "no_otm_ce_mse": "no_otm_ce_mse"}
