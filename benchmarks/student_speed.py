@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import os
 import platform
@@ -57,6 +56,7 @@ from otdistill.allocator import keep_freed_memory  # noqa: E402
 from otdistill.config import StudentConfig  # noqa: E402
 from otdistill.data import TensorImages  # noqa: E402
 from otdistill.evaluate import CPU_MICRO_BATCH, student_recipe  # noqa: E402
+from otdistill.io import read_json, write_json  # noqa: E402
 from otdistill.losses import Targets, hard_loss, soft_loss  # noqa: E402
 from otdistill.models.classifiers import build_classifier  # noqa: E402
 from otdistill.train import accuracy, fit  # noqa: E402
@@ -173,9 +173,7 @@ def allocator_rows(seconds: float, rounds: int) -> dict:
 
 
 def update_key(path: Path, key: str, value: dict) -> None:
-    result = json.loads(path.read_text())
-    result[key] = value
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(path, {**read_json(path), key: value})
     print(f"-> {path}")
 
 
@@ -253,7 +251,7 @@ def main() -> None:
               "overall_speedup": overall(rows), "default": f"micro{CPU_MICRO_BATCH}", "rows": rows,
               "two_cells_at_once": workers_rows(args.seconds, args.rounds),
               "allocator": allocator_rows(args.seconds, args.rounds)}
-    Path(args.result).write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.result, result)
     print(f"-> {args.result}")
 
 

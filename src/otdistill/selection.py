@@ -21,7 +21,7 @@ from typing import Callable
 
 import torch
 
-from .data import ImageSet, TensorImages, class_subset
+from .data import ImageSet, TensorImages, class_subset, to_unit
 from .io import generator
 
 
@@ -52,13 +52,12 @@ def _latents(path, device):
 
 def _teacher_probabilities(path, device):
     from .teachers import load_teacher
-    from .train import predict_logits
 
     teacher, _ = load_teacher(path, device)
 
-    def embed(x):
+    def embed(x):  # _embedded hands over a class's candidates in batches
         with torch.inference_mode():
-            return predict_logits(teacher, TensorImages(x, torch.zeros(len(x), dtype=torch.long)), device).softmax(1)
+            return teacher(to_unit(x, device)).float().softmax(1).cpu()
     return embed
 
 
