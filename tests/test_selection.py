@@ -1,7 +1,8 @@
 """Real-image selection baselines: random, herding (teacher features), k-means (latents), confident
-(teacher probabilities)."""
+and informative (teacher probabilities)."""
 
 import json
+import math
 
 import torch
 from conftest import TINY
@@ -59,17 +60,37 @@ def test_confident_keeps_the_images_the_teacher_finds_most_like_their_class(trai
         assert p[torch.isin(members, picks)].min() >= p.median()
 
 
+def test_informative_keeps_the_images_the_teacher_is_least_sure_of_within_their_class(trained, digits):
+    """Per class, the images the teacher assigns to it ranked by the entropy of its softmax (highest
+    first), then the ones it assigns elsewhere; computed here straight from the teacher's softmax."""
+    from otdistill.selection import TEACHER_PROBABILITIES, select_class
+    from otdistill.teachers import load_teacher
+
+    teacher, _ = load_teacher(trained.teachers[0].path, "cpu")
+    embed = TEACHER_PROBABILITIES.build(trained.teachers[0].path, "cpu")
+    for c in range(digits.num_classes):
+        members = torch.nonzero(digits.train.labels == c).flatten()
+        with torch.no_grad():
+            p = teacher(digits.train.get(members).float() / 255).softmax(1)
+        entropy = [-sum(q * math.log(q) for q in row.tolist() if q > 0) for row in p]
+        own = [i for i in range(len(members)) if int(p[i].argmax()) == c]
+        ranked = sorted(own, key=lambda i: -entropy[i]) + sorted(set(range(len(members))) - set(own),
+                                                                  key=lambda i: -entropy[i])
+        picks = select_class("informative", digits.train, c, 4, seed=0, embed=embed)
+        assert sorted(picks.tolist()) == sorted(members[ranked[:4]].tolist())
+
+
 def test_select_command_builds_each_baseline(trained, tmp_path):
     paths = ["--set", f"generator.path={trained.generator.path}", "--set", f"teachers.0.path={trained.teachers[0].path}"]
     picked = {}
-    for method in ("random", "herding", "kmeans", "confident"):
+    for method in ("random", "herding", "kmeans", "confident", "informative"):
         out = tmp_path / method
         assert main(["--quiet", "select", str(TINY), "--method", method, "--out", str(out), "--set", "sample.ipc=3",
                      *paths]) == 0
         manifest = json.loads((out / "manifest.json").read_text())
         assert manifest["source"]["kind"] == f"real-{method}" and all(c["count"] == 3 for c in manifest["classes"])
         picked[method] = sorted(manifest["files"].values())
-    assert len({tuple(files) for files in picked.values()}) == 4
+    assert len({tuple(files) for files in picked.values()}) == 5
 
 
 def test_a_registered_selection_is_a_baseline_everywhere(trained, tmp_path, monkeypatch):

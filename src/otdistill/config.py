@@ -240,13 +240,17 @@ class SampleConfig:
     # that `keep` picks among them (a real-image selection method applied to the generated
     # candidates; guidance acts on all of them); 1 = keep every drawn image
     oversample: int = 1
-    keep: str = "herding"  # random | herding (the first teacher's features) | kmeans (latents) | confident (its class probability)
+    # random | herding (the first teacher's features) | kmeans (latents) | confident (its highest
+    # class probability) | informative (its least sure of those it assigns to the class)
+    keep: str = "herding"
     # our extension, not the paper's: the first `real` images of each class are the real training
     # images the selection `real_select` picks (as its baseline would), kept as they are; the
     # sampler draws the other ipc - real, and the guidance terms see the real ones (encoded) as
     # images already made for the class, so the generated ones complement them
     real: int = 0
-    real_select: str = "herding"  # random | herding (the first teacher's features) | kmeans (latents) | confident (its class probability)
+    # random | herding (the first teacher's features) | kmeans (latents) | confident (its highest
+    # class probability) | informative (its least sure of those it assigns to the class)
+    real_select: str = "herding"
     # noise | prototypes (D4M-style: each latent starts from a k-means centre of its class's real
     # latents, noised to init_strength of the schedule, then denoised) | a real-image selection
     # (random, herding, kmeans; our extension: each latent starts from the latent of one of the
@@ -357,7 +361,8 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     # the real-image sets `run` also evaluates with the same students, to answer "better than
     # picking real images?" (each made once into OUTPUT/baselines/METHOD/): a list of random |
-    # herding | kmeans | confident; [] (or none) = no baseline; a single name is a one-item list
+    # herding | kmeans | confident | informative; [] (or none) = no baseline; a single name is a
+    # one-item list
     baseline: str | list[str] = field(default_factory=lambda: ["random"])
 
     def __post_init__(self):

@@ -8,6 +8,9 @@
 - confident: the IPC images the teacher gives their class the highest probability (RDED's
   realism score, on whole images rather than its crops); as `sample.keep`, the drawn images
   the teacher finds most like their class.
+- informative: of the images the teacher assigns to their class, the IPC whose probabilities it
+  is least sure of (highest entropy): the class's border, where a soft label says the most beyond
+  the class name (our extension, for soft-label students); images it assigns elsewhere come last.
 K-means on at most `candidates` images per class (seeded), to stay CPU-sized.
 
 Methods are registered by name (SELECTIONS): the CLI's choices, the `baseline` key and the
@@ -16,6 +19,7 @@ benchmark rows read the table, so a new method is one `register_selection` call.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -156,10 +160,20 @@ def _confident(order, images, embed, ipc, seed, candidates):
     return pool[probabilities[:, c].argsort(descending=True, stable=True)[:ipc]]
 
 
+def _informative(order, images, embed, ipc, seed, candidates):
+    pool, probabilities = _embedded(order, images, embed, candidates)
+    c = int(images.labels[pool[0]])
+    entropy = -(probabilities * probabilities.clamp_min(1e-12).log()).sum(1)
+    # an image the teacher assigns elsewhere ranks below every one it assigns to c (entropy <= log K)
+    score = entropy.where(probabilities.argmax(1) == c, entropy - math.log(probabilities.shape[1]) - 1)
+    return pool[score.argsort(descending=True, stable=True)[:ipc]]
+
+
 register_selection("random", _random)
 register_selection("herding", _herding, TEACHER)
 register_selection("kmeans", _kmeans, LATENT)
 register_selection("confident", _confident, TEACHER_PROBABILITIES)
+register_selection("informative", _informative, TEACHER_PROBABILITIES)
 
 
 def select_class(method: str, images: ImageSet, c: int, ipc: int, seed: int, embed=None,
