@@ -125,10 +125,11 @@ def build_set(method: str, ctx: RunContext, work: Path) -> Path:
 
 def made_by(manifest: dict) -> dict:
     """What made a set, for its result rows: the generator (None for real images), the real
-    images per class a generated set keeps (sample.real) and the label teachers, so that rows
-    of another generator or teachers, or hybrid sets, can be told apart."""
+    images per class a generated set keeps (sample.real), its packing (sample.formation) and the
+    label teachers, so that rows of another generator or teachers, hybrid or packed sets, can be
+    told apart."""
     return {"generator": manifest["source"].get("generator"), "real_per_class": manifest["source"].get("real_per_class", 0),
-            "teacher_paths": manifest.get("teachers", [])}
+            "formation": manifest.get("formation", 1), "teacher_paths": manifest.get("teachers", [])}
 
 
 def bench_key(row: dict) -> tuple:

@@ -125,7 +125,9 @@ def render(rows: list[dict]) -> str:
              "share of the images the label teachers assign to the class they were made or picked for. "
              "IOR = the row minus the random real subset of the same cell (points); HLR (hard labels) = the "
              "student's full-data accuracy minus the row (points). A generated row marked (K real/class) keeps "
-             "K real images per class that herding or another selection picked (sample.real) beside its generated ones.", "",
+             "K real images per class that herding or another selection picked (sample.real) beside its generated ones; "
+             "a row marked (packed FxF) stores FxF images of 1/F the side in each image (sample.formation), real and "
+             "generated alike: F^2 x IPC smaller images per class in the same budget.", "",
              *made_with(rows),
              "| method | IPC | student | protocol | loss | epochs | seeds | accuracy | IOR | HLR | gen s | OT dist | coverage | agree |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -135,7 +137,8 @@ def render(rows: list[dict]) -> str:
 
     for r in sorted(rows, key=lambda r: (r["ipc"] or 0, r["student"], r["labels"], -r["acc_mean"])):
         loss = "+".join(f"{t}{w:g}" for t, w in (r.get("soft_loss") or {}).items() if w) or "ce"
-        method = r["method"] + (f" ({r['real_per_class']} real/class)" if r.get("real_per_class") else "")
+        method = r["method"] + (f" ({r['real_per_class']} real/class)" if r.get("real_per_class") else "") + \
+            (f" (packed {r['formation']}x{r['formation']})" if r.get("formation", 1) > 1 else "")
         lines.append(f"| {method} | {r['ipc'] or 'all'} | {r['student']} | {r['labels']} | {loss} | {r['epochs']} | "
                      f"{','.join(map(str, r['seeds']))}{sets_note(r)} | "
                      f"{100 * r['acc_mean']:.2f} +- {100 * r['acc_std']:.2f} | {cell(r.get('ior'), '+.2f', 100)} | "

@@ -50,13 +50,14 @@ class SetEntry:
         return bool(self.ds.manifest["source"].get("guidance"))
 
 
-def method_label(source: dict) -> str:
+def method_label(source: dict, formation: int = 1) -> str:
     """plain | igd | ot | igd+ot | real-<selection> from a manifest's `source`; a generated set
-    that keeps real images (sample.real) says how many per class."""
+    that keeps real images (sample.real) says how many per class, a packed one (sample.formation) its layout."""
+    packed = f" (packed {formation}x{formation})" if formation > 1 else ""
     if source.get("kind") != "generated":
-        return source.get("kind", "unknown")
+        return source.get("kind", "unknown") + packed
     label = guidance.method_label(list(source.get("guidance") or []))
-    return f"{label} + {source['real_per_class']} real/class" if source.get("real_per_class") else label
+    return (f"{label} + {source['real_per_class']} real/class" if source.get("real_per_class") else label) + packed
 
 
 def _json_or_none(path: Path):
@@ -78,7 +79,7 @@ def collect(run_dir: Path) -> list[SetEntry]:
         except UserError:
             continue  # an unfinished set: nothing to show yet
         name = str(root.relative_to(run_dir)) if root != run_dir else "."
-        entries[root.resolve()] = SetEntry(name, method_label(ds.manifest["source"]), ds)
+        entries[root.resolve()] = SetEntry(name, method_label(ds.manifest["source"], ds.manifest.get("formation", 1)), ds)
     for path in sorted(run_dir.rglob("*.json")):
         obj = _json_or_none(path)
         if is_evaluation(obj):
