@@ -54,9 +54,10 @@ ROWS = {
     # multi-formation (IDC): 2 x 2 half-size images in each stored one, real and generated alike
     **{f"{name}_mf2": ("select", "base/fashion-mnist", PACKED) for name in ("random", "herding")},
     **{f"{name}_lia_mf2": ("select", "lia", PACKED) for name in ("random", "herding")},
-    # toward herding's 40 real images per class, one per generated image (IPC 10's setting on validation at
-    # convergence: docs/feature-ot.md; the unpacked recipe's pool of 10 is one per image too)
-    "fot_lia_mf2": ("sample", "feature-ot+lia", [*PACKED, "sample.guidance.feature_ot.pool_size=40"]),
+    # where the recipe aims at herding's picks one per image (IPC 10, 50), packed it aims at formation^2 x as
+    # many (row_config; IPC 10's setting on validation at convergence: docs/feature-ot.md); packing takes
+    # generated images only, so IPC 50's recipe keeps no real ones here
+    "fot_lia_mf2": ("sample", "feature-ot+lia", [*PACKED, "sample.real=0"]),
 }
 # the LIA/OTM ablation (issue 4) read off the same rows: variant name -> bench method
 ABLATION = {"full": "otdistill", "no_lia": "no_lia", "no_otm_kl": "no_otm", "no_otm_ce_mse": "no_otm_ce_mse"}
@@ -106,6 +107,10 @@ def row_config(method: str, ipc: int, args, work: Path, train: ImageSet, sample_
     if args.steps:
         overrides.append(f"sample.steps={args.steps}")
     cfg = load_config(ROOT / "configs" / f"{recipe}.yaml", overrides)
+    pool, f = cfg.sample.guidance.feature_ot, cfg.sample.formation
+    if f > 1 and pool.pool_select == "herding" and pool.pool_size == ipc:  # still one real target per image
+        cfg = load_config(ROOT / "configs" / f"{recipe}.yaml",
+                          [*overrides, f"sample.guidance.feature_ot.pool_size={ipc * f * f}"])
     return dataclasses.replace(cfg, output=str(work / "rows" / f"{method}-ipc{ipc}-{made_key(cfg, method, train)[:8]}"))
 
 

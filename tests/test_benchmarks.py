@@ -47,6 +47,19 @@ def test_bench_results_keep_rows_of_other_runs(tmp_path):
     assert bench.merged(result, new) == [old[0], new[0]]
 
 
+def test_the_packed_feature_ot_row_keeps_one_real_target_per_image(tmp_path):
+    """Packed 2x2, the herding pool the recipe aims one per image at IPC 10 and 50 grows 4x; IPC 1's
+    random pool of the class stays as the recipe has it."""
+    bench = _script("distill_bench")
+    args = SimpleNamespace(protocols=["soft"], steps=None, overrides=[])
+    train = TensorImages(torch.zeros(4, 1, 8, 8, dtype=torch.uint8), torch.arange(4))
+    for ipc in (1, 10, 50):
+        unpacked, packed = (bench.row_config(m, ipc, args, tmp_path, train).sample for m in ("fot_lia", "fot_lia_mf2"))
+        pool = unpacked.guidance.feature_ot
+        assert packed.formation == 2 and packed.guidance.feature_ot.pool_select == pool.pool_select
+        assert packed.guidance.feature_ot.pool_size == (4 * ipc if pool.pool_select == "herding" else pool.pool_size)
+    assert unpacked.guidance.feature_ot.pool_select == "herding"  # IPC 50: the rule did apply
+
 
 def test_bench_row_folders_are_named_for_what_made_their_images(tmp_path, monkeypatch):
     bench = _script("distill_bench")
