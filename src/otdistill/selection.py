@@ -19,7 +19,6 @@ benchmark rows read the table, so a new method is one `register_selection` call.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -161,11 +160,13 @@ def _confident(order, images, embed, ipc, seed, candidates):
 
 
 def _informative(order, images, embed, ipc, seed, candidates):
+    from .relabel import label_entropy
+
     pool, probabilities = _embedded(order, images, embed, candidates)
     c = int(images.labels[pool[0]])
-    entropy = -(probabilities * probabilities.clamp_min(1e-12).log()).sum(1)
-    # an image the teacher assigns elsewhere ranks below every one it assigns to c (entropy <= log K)
-    score = entropy.where(probabilities.argmax(1) == c, entropy - math.log(probabilities.shape[1]) - 1)
+    entropy = label_entropy(probabilities.clamp_min(1e-12).log())  # softmax(log p) = p; in [0, 1]
+    # an image the teacher assigns elsewhere ranks below every one it assigns to c
+    score = entropy.where(probabilities.argmax(1) == c, entropy - 2)
     return pool[score.argsort(descending=True, stable=True)[:ipc]]
 
 
