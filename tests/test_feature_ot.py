@@ -166,6 +166,48 @@ def test_a_kmeans_pool_reaches_every_mode_of_the_class_where_herding_keeps_to_it
     assert modes(spread[0]) == [0, 1, 2] and 2 not in modes(typical[0])
 
 
+def test_confident_and_informative_pools_rank_by_the_classifiers_own_softmax():
+    """pool_select=confident / informative on flat images of 20 grey levels, all of class 0, whose
+    classifier's class-0 logit rises with the grey (class 1 wins below grey 0.4): confident keeps
+    the three it is surest of (the brightest), informative the three it assigns to class 0 with
+    the most uncertain labels (the darkest above 0.4), as the softmax computed here says."""
+    import math
+
+    from otdistill.data import LabelledData, TensorImages
+
+    class Lean(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.unused = torch.nn.Parameter(torch.zeros(1))
+
+        def embed(self, x):
+            return x.mean(dim=(1, 2, 3)).unsqueeze(1) * 100
+
+        def forward(self, x):
+            s = (x.mean(dim=(1, 2, 3)) - 0.4) * 20
+            return torch.stack([s, -s], 1)
+
+    greys = [10 + 12 * i for i in range(20)]
+    images = torch.tensor(greys, dtype=torch.uint8).view(20, 1, 1, 1).expand(20, 1, 4, 4).contiguous()
+    split = TensorImages(images, torch.zeros(20, dtype=torch.long))
+    data = LabelledData("lean", split, split, ["a", "b"], ["a", "b"], 1, 4)
+
+    def softmax0(grey):  # p(class 0) of a flat image, by hand
+        s = (grey / 255 - 0.4) * 20
+        return 1 / (1 + math.exp(-2 * s))
+
+    def entropy(p):
+        return -(p * math.log(p) + (1 - p) * math.log(1 - p))
+
+    sure = sorted(greys, key=softmax0, reverse=True)[:3]
+    assigned = [g for g in greys if softmax0(g) > 0.5]
+    unsure = sorted(assigned, key=lambda g: entropy(softmax0(g)), reverse=True)[:3]
+    assert sorted(sure) == greys[-3:] and sorted(unsure) == assigned[:3]  # what the docstring says
+    for select, expected in (("confident", sure), ("informative", unsure)):
+        pool = real_feature_pools(Lean(), Path(__file__), data, 3, 0, [0], None, select=select)[0]
+        assert torch.allclose(pool.flatten().sort().values, torch.tensor(sorted(expected)) / 255 * 100), select
+
+
 def test_classifiers_default_to_the_first_teacher_and_take_a_surrogate(trained, digits, parts, tmp_path):
     from otdistill.config import SurrogateConfig
     from otdistill.surrogate import train_surrogate

@@ -148,6 +148,8 @@ class FeatureOTConfig:
     # random | herding (our herding baseline's pool_size picks in the classifier's features: the
     # class's most typical images, spread so that their mean stays on the class mean) | kmeans (the
     # images nearest pool_size k-means centres in those features: the class's modes, a diverse target)
+    # | confident / informative (by the classifier's softmax: the images it is surest of, or those it
+    # assigns to the class whose labels carry the most information, the highest entropy first)
     pool_select: str = "random"
     pool_seed: int = 0  # seed of the pool's choice
     # the classifiers whose features it matches: teacher folders (model.json; imported torchvision

@@ -53,15 +53,19 @@ def _latents(path, device):
     return lambda x: encode_all(model, TensorImages(x, torch.zeros(len(x))), device)
 
 
+def probabilities(classifier: torch.nn.Module, device) -> Callable[[torch.Tensor], torch.Tensor]:
+    """`embed(uint8 images) -> (n, K)` the classifier's softmax: the space of the selections that
+    rank by the teacher's confidence (confident, informative)."""
+    def embed(x):  # _embedded hands over a class's candidates in batches
+        with torch.inference_mode():
+            return classifier(to_unit(x, device)).float().softmax(1).cpu()
+    return embed
+
+
 def _teacher_probabilities(path, device):
     from .teachers import load_teacher
 
-    teacher, _ = load_teacher(path, device)
-
-    def embed(x):  # _embedded hands over a class's candidates in batches
-        with torch.inference_mode():
-            return teacher(to_unit(x, device)).float().softmax(1).cpu()
-    return embed
+    return probabilities(load_teacher(path, device)[0], device)
 
 
 def _first_teacher(cfg):

@@ -20,7 +20,7 @@ from ..errors import UserError
 from ..io import generator, sha256_file
 from ..metrics import features
 from ..ot import entropic_ot
-from ..selection import HERDING_CANDIDATES, select_class
+from ..selection import HERDING_CANDIDATES, SELECTIONS, TEACHER_PROBABILITIES, probabilities, select_class
 from .common import WarmStarts, guidance_step
 from .pool import cached_pool
 from .registry import GuidanceTerm, TermInputs, register_term
@@ -53,7 +53,8 @@ def load_classifier(path: str | Path, device) -> tuple[torch.nn.Module, Path]:
                     "one with `otdistill import-teacher`")
 
 
-POOL_SELECTIONS = ("random", "herding", "kmeans")  # sample.guidance.feature_ot.pool_select
+# sample.guidance.feature_ot.pool_select: the selections of these names, made with the classifier itself
+POOL_SELECTIONS = ("random", "herding", "kmeans", "confident", "informative")
 
 
 def real_feature_pools(net: torch.nn.Module, weights: Path, data: LabelledData, size: int, seed: int,
@@ -64,13 +65,16 @@ def real_feature_pools(net: torch.nn.Module, weights: Path, data: LabelledData, 
     greedy class-mean matching, in these features, among as many candidates as that baseline
     sees: the class's most typical images, spread so that their mean stays on the class mean) |
     kmeans (the image nearest each of `size` k-means centres of those candidates' features: the
-    class's modes, covered evenly, a diverse target where herding's is a typical one)."""
+    class's modes, covered evenly, a diverse target where herding's is a typical one) |
+    confident / informative (ranked by this classifier's softmax: the images it is surest of, or,
+    of those it assigns to the class, the ones whose labels carry the most information)."""
     digest, device = sha256_file(weights), next(net.parameters()).device
     embed = lambda x: features(net, x, device)  # noqa: E731
+    space = probabilities(net, device) if SELECTIONS[select].space is TEACHER_PROBABILITIES else embed
 
     def chosen(c: int) -> torch.Tensor:
-        if select in ("herding", "kmeans"):  # the selections of those names, in these features
-            return select_class(select, data.train, c, size, seed, embed, max(HERDING_CANDIDATES, size))
+        if select != "random":  # the selection of that name, in this classifier's space
+            return select_class(select, data.train, c, size, seed, space, max(HERDING_CANDIDATES, size))
         return class_subset(data.train, c, size, generator(seed, "feature-pool", c)).sort().values
 
     pools = {}
