@@ -138,19 +138,27 @@ def test_a_herding_pool_holds_the_herding_baselines_picks(trained, digits, parts
     assert len(list(tmp_path.glob("real-features-*.safetensors"))) == 4
 
 
+class MeanGrey(torch.nn.Module):
+    """A classifier of flat grey images: its feature is the mean grey (x100), and its class-0 logit
+    rises with it (class 1 wins below grey 0.4)."""
+
+    def __init__(self):
+        super().__init__()
+        self.unused = torch.nn.Parameter(torch.zeros(1))
+
+    def embed(self, x):
+        return x.mean(dim=(1, 2, 3)).unsqueeze(1) * 100
+
+    def forward(self, x):
+        s = (x.mean(dim=(1, 2, 3)) - 0.4) * 20
+        return torch.stack([s, -s], 1)
+
+
 def test_a_kmeans_pool_reaches_every_mode_of_the_class_where_herding_keeps_to_its_mean(tmp_path):
     """pool_select=kmeans on a class with three modes of 40, 4 and 4 images (flat images of three
     grey levels; the features are the mean grey): k-means picks one image of each mode, while
     herding's picks keep their mean on the class mean (grey 55) and never reach the far mode."""
     from otdistill.data import LabelledData, TensorImages
-
-    class MeanGrey(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.unused = torch.nn.Parameter(torch.zeros(1))
-
-        def embed(self, x):
-            return x.mean(dim=(1, 2, 3)).unsqueeze(1) * 100
 
     g = torch.Generator().manual_seed(0)
     grey = torch.cat([torch.full((40,), 30.0), torch.full((4,), 130.0), torch.full((4,), 230.0)])
@@ -175,18 +183,6 @@ def test_confident_and_informative_pools_rank_by_the_classifiers_own_softmax():
 
     from otdistill.data import LabelledData, TensorImages
 
-    class Lean(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.unused = torch.nn.Parameter(torch.zeros(1))
-
-        def embed(self, x):
-            return x.mean(dim=(1, 2, 3)).unsqueeze(1) * 100
-
-        def forward(self, x):
-            s = (x.mean(dim=(1, 2, 3)) - 0.4) * 20
-            return torch.stack([s, -s], 1)
-
     greys = [10 + 12 * i for i in range(20)]
     images = torch.tensor(greys, dtype=torch.uint8).view(20, 1, 1, 1).expand(20, 1, 4, 4).contiguous()
     split = TensorImages(images, torch.zeros(20, dtype=torch.long))
@@ -204,7 +200,7 @@ def test_confident_and_informative_pools_rank_by_the_classifiers_own_softmax():
     unsure = sorted(assigned, key=lambda g: entropy(softmax0(g)), reverse=True)[:3]
     assert sorted(sure) == greys[-3:] and sorted(unsure) == assigned[:3]  # what the docstring says
     for select, expected in (("confident", sure), ("informative", unsure)):
-        pool = real_feature_pools(Lean(), Path(__file__), data, 3, 0, [0], None, select=select)[0]
+        pool = real_feature_pools(MeanGrey(), Path(__file__), data, 3, 0, [0], None, select=select)[0]
         assert torch.allclose(pool.flatten().sort().values, torch.tensor(sorted(expected)) / 255 * 100), select
 
 
