@@ -48,9 +48,9 @@ def pip_cache_bytes() -> int:
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) if out.returncode == 0 and folder.is_dir() else 0
 
 
-def fresh_clone(where: Path) -> tuple[Path, str, float, dict]:
+def fresh_clone(where: Path) -> tuple[Path, str, dict]:
     """HEAD cloned into WHERE with its own virtual environment installed as the README says: the
-    clone, its python and the install's seconds (git commits first: uncommitted work is not cloned)."""
+    clone, its python and what the install was (git commits first: uncommitted work is not cloned)."""
     shutil.rmtree(where, ignore_errors=True)
     where.mkdir(parents=True)
     clone, venv = where / "otdistill", where / "venv"
@@ -61,7 +61,8 @@ def fresh_clone(where: Path) -> tuple[Path, str, float, dict]:
     python = str(venv / "bin" / "python")
     subprocess.run([python, *INSTALL], check=True, cwd=clone)
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=clone).stdout.strip()
-    return clone, python, time.time() - start, {"commit": commit, "pip_cache_bytes_before": cache}
+    return clone, python, {"commit": commit, "pip_cache_bytes_before": cache,
+                           "install_seconds": round(time.time() - start, 1)}
 
 
 def main() -> None:
@@ -73,16 +74,15 @@ def main() -> None:
     out = ROOT / args.out_dir
     setup = {}
     if args.fresh_clone:
-        root, python, install_seconds, setup = fresh_clone(out / "clone")
-        setup["install_seconds"] = round(install_seconds, 1)
-        demo_dir = root / load_config(root / CONFIG).output  # exactly the README's command
+        root, python, setup = fresh_clone(out / "clone")
+        cfg = load_config(root / CONFIG)
+        demo_dir = root / cfg.output  # exactly the README's command
         demo_seconds = timed([python, "-m", "otdistill.cli", "--quiet", "run", str(CONFIG)], root)
     else:
-        root, demo_dir = ROOT, out / "demo"
+        root, demo_dir, cfg = ROOT, out / "demo", load_config(ROOT / CONFIG)
         demo_seconds = timed([sys.executable, "-m", "otdistill.cli", "--quiet", "run", str(CONFIG),
                               "--set", f"output={demo_dir}"], ROOT)
 
-    cfg = load_config(root / CONFIG)
     demo = read_evaluation(demo_dir / "distilled" / "eval.json")
     manifest = read_distilled(demo_dir / "distilled", verify_hashes=False).manifest
     baselines = {method: read_evaluation(demo_dir / "baselines" / method / "eval.json")["protocols"]
