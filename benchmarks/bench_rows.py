@@ -19,7 +19,7 @@ from otdistill.data import ImageSet  # noqa: E402
 from otdistill.context import RunContext  # noqa: E402
 from otdistill.guidance import off_overrides  # noqa: E402
 from otdistill.io import read_json  # noqa: E402
-from otdistill.selection import SELECTIONS  # noqa: E402
+from otdistill.selection import BASELINES  # noqa: E402
 
 KL_ONLY = ["student.soft_loss.kl=1.0", "student.soft_loss.ce=0.0", "student.soft_loss.mse=0.0",
            "student.soft_loss.sd=0.0"]
@@ -32,11 +32,12 @@ GUIDED_BY_OTHERS = ["sample.guidance.feature_ot.classifiers=[" + ",".join(
     f"checkpoints/fashion-mnist/teachers/{t}" for t in ("convnet2-w64", "convnet4-w64-batchnorm-max",
                                                          "resnetap10-w32-batchnorm-e5")) + "]"]
 PACKED = ["sample.formation=2"]
+REAL = ("random", "herding", "rded")  # the real baselines also labelled by LIA's teachers and packed
 # method -> (how the set is made, recipe in configs/, overrides)
 ROWS = {
-    **{name: ("select", "base/fashion-mnist", []) for name in SELECTIONS},  # every real-image selection
+    **{name: ("select", "base/fashion-mnist", []) for name in BASELINES},  # every real-image baseline
     # the same real subsets labelled by LIA's teachers, as fot_lia is, so that labels never decide a comparison
-    **{f"{name}_lia": ("select", "lia", []) for name in ("random", "herding")},
+    **{f"{name}_lia": ("select", "lia", []) for name in REAL},
     "plain": ("sample", "plain", []),
     "d4m": ("sample", "plain", ["sample.init=prototypes"]),
     "igd": ("sample", "igd", []),
@@ -52,8 +53,8 @@ ROWS = {
     "fot_lia": ("sample", "feature-ot+lia", []),
     "fot_cross": ("sample", "feature-ot", GUIDED_BY_OTHERS),
     # multi-formation (IDC): 2 x 2 half-size images in each stored one, real and generated alike
-    **{f"{name}_mf2": ("select", "base/fashion-mnist", PACKED) for name in ("random", "herding")},
-    **{f"{name}_lia_mf2": ("select", "lia", PACKED) for name in ("random", "herding")},
+    **{f"{name}_mf2": ("select", "base/fashion-mnist", PACKED) for name in REAL},
+    **{f"{name}_lia_mf2": ("select", "lia", PACKED) for name in REAL},
     # where the recipe aims at herding's picks one per image (IPC 10, 50), packed it aims at formation^2 x as
     # many (row_config; IPC 10's setting on validation at convergence: docs/feature-ot.md); packing takes
     # generated images only, so IPC 50's recipe keeps no real ones here

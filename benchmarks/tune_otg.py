@@ -58,7 +58,7 @@ from otdistill.context import RunContext
 from otdistill.data import LabelledData, hold_out, load_dataset
 from otdistill.guidance import off_overrides
 from otdistill.relabel import select_teachers
-from otdistill.selection import SELECTIONS
+from otdistill.selection import BASELINES
 
 # a first grid around the recipes' values (configs/ot.yaml, igd.yaml): the OT weight and
 # regularisation, the window, the pool, and IGD's two weights with OT on and off
@@ -81,8 +81,8 @@ def overrides_of(setting: str) -> list[str]:
         return off_overrides()
     pairs = setting.split("+")
     if setting.startswith("real:"):  # the selection, then whole sample.* keys (sample.formation=2)
-        if real_of(setting) not in SELECTIONS:
-            raise SystemExit(f"setting '{setting}': no selection '{real_of(setting)}'; use one of {', '.join(SELECTIONS)}")
+        if real_of(setting) not in BASELINES:
+            raise SystemExit(f"setting '{setting}': no baseline '{real_of(setting)}'; use one of {', '.join(BASELINES)}")
         pairs = pairs[1:]
         if not all(re.fullmatch(r"sample\.[a-z_.]+=\S+", p) for p in pairs):
             raise SystemExit(f"setting '{setting}': a real selection takes whole sample.* keys only, "

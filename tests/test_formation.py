@@ -11,7 +11,7 @@ from otdistill.config import load_config
 from otdistill.context import RunContext
 from otdistill.errors import UserError
 from otdistill.evaluate import train_student
-from otdistill.formation import pack, unpack
+from otdistill.formation import as_part, pack, unpack
 from otdistill.report import inspect_text
 
 from conftest import TINY
@@ -45,6 +45,11 @@ def test_unpack_returns_each_part_enlarged_to_the_stored_size():
         unpack(torch.zeros(1, 1, 5, 5, dtype=torch.uint8), 2)
     with pytest.raises(ValueError, match="whole packs"):
         pack(torch.zeros(3, 1, 4, 4, dtype=torch.uint8), 2)
+
+
+def test_an_image_as_a_part_reads_as_it_would_back_from_a_pack():
+    x = torch.randint(0, 256, (8, 3, 4, 6), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(as_part(x, 2), unpack(pack(x, 2), 2)) and torch.equal(as_part(x, 1), x)
 
 
 def test_a_formation_that_does_not_tile_the_images_is_refused_at_load():

@@ -1,5 +1,5 @@
 """Real-image selection baselines: random, herding (teacher features), k-means (latents), confident
-and informative (teacher probabilities)."""
+and informative (teacher probabilities); RDED's teacher-scored crops."""
 
 import json
 import math
@@ -8,6 +8,7 @@ import torch
 from conftest import TINY
 
 from otdistill.cli import main
+from otdistill.data import TensorImages
 from otdistill.selection import herding, kmeans_centres, nearest_distinct
 
 
@@ -83,14 +84,14 @@ def test_informative_keeps_the_images_the_teacher_is_least_sure_of_within_their_
 def test_select_command_builds_each_baseline(trained, tmp_path):
     paths = ["--set", f"generator.path={trained.generator.path}", "--set", f"teachers.0.path={trained.teachers[0].path}"]
     picked = {}
-    for method in ("random", "herding", "kmeans", "confident", "informative"):
+    for method in ("random", "herding", "kmeans", "confident", "informative", "rded"):
         out = tmp_path / method
         assert main(["--quiet", "select", str(TINY), "--method", method, "--out", str(out), "--set", "sample.ipc=3",
                      *paths]) == 0
         manifest = json.loads((out / "manifest.json").read_text())
         assert manifest["source"]["kind"] == f"real-{method}" and all(c["count"] == 3 for c in manifest["classes"])
         picked[method] = sorted(manifest["files"].values())
-    assert len({tuple(files) for files in picked.values()}) == 5
+    assert len({tuple(files) for files in picked.values()}) == 6
 
 
 def test_a_registered_selection_is_a_baseline_everywhere(trained, tmp_path, monkeypatch):
@@ -100,6 +101,7 @@ def test_a_registered_selection_is_a_baseline_everywhere(trained, tmp_path, monk
     from otdistill.config import load_config
 
     monkeypatch.setitem(selection.SELECTIONS, "lowest", None)  # removed again after the test
+    monkeypatch.setitem(selection.BASELINES, "lowest", None)
     selection.register_selection("lowest", lambda order, images, embed, ipc, seed, candidates: order.sort().values[:ipc])
     assert build_parser().parse_args(["select", str(TINY), "--method", "lowest", "--out", "x"]).method == "lowest"
     assert load_config(TINY, ["baseline=lowest"]).baseline == ["lowest"]
@@ -107,6 +109,19 @@ def test_a_registered_selection_is_a_baseline_everywhere(trained, tmp_path, monk
                  "--set", f"teachers.0.path={trained.teachers[0].path}"]) == 0
     manifest = json.loads((tmp_path / "low" / "manifest.json").read_text())
     assert manifest["source"]["kind"] == "real-lowest"
+
+
+def test_a_baseline_that_makes_images_is_no_pick_elsewhere():
+    """RDED's crops are a baseline, not a selection: sample.keep and sample.real_select refuse them."""
+    import pytest
+
+    from otdistill.config import load_config
+    from otdistill.errors import UserError
+
+    assert load_config(TINY, ["baseline=[random,rded]"]).baseline == ["random", "rded"]
+    for key in ("sample.keep", "sample.real_select"):
+        with pytest.raises(UserError, match=f"{key}: must be one of random, herding"):
+            load_config(TINY, [f"{key}=rded"])
 
 
 def test_oversampling_keeps_the_candidates_that_the_selection_picks(trained, digits, tmp_path):
@@ -214,3 +229,69 @@ def test_real_images_kept_must_leave_some_to_draw_and_not_share_the_start():
         load_config(TINY, ["sample.real=2"])
     with pytest.raises(UserError, match=r"sample.init=herding would start the generated images from the same"):
         load_config(TINY, ["sample.ipc=4", "sample.real=1", "sample.init=herding"])
+
+
+class Bright(torch.nn.Module):
+    """A two-class classifier whose class-0 logit rises with the mean grey, `by` the spread of the
+    pixels instead when asked (class 1 is the opposite)."""
+
+    def __init__(self, by: str = "mean"):
+        super().__init__()
+        self.by = by
+
+    def forward(self, x):
+        s = x.flatten(1).std(1) if self.by == "std" else x.mean(dim=(1, 2, 3)) - 0.5
+        return torch.stack([s, -s], 1) * 20
+
+
+def rded(images, count, classifier, formation=1):
+    from otdistill.selection import baseline_images, probabilities
+
+    labelled = TensorImages(images, torch.zeros(len(images), dtype=torch.long))
+    return baseline_images("rded", labelled, 0, count, seed=0, embed=probabilities(classifier, "cpu"),
+                           formation=formation)
+
+
+def test_rded_draws_its_crops_as_random_resized_crop_does_with_aspect_ratio_1():
+    """torchvision's RandomResizedCrop at ratio (1, 1), as RDED crops: the side is the rounded root
+    of a uniform share (0.08 to 1) of the area, the box anywhere inside the image."""
+    from otdistill.selection import crop_boxes
+
+    boxes = crop_boxes(4000, 1, 32, 32, torch.Generator().manual_seed(0)).view(-1, 3)
+    top, left, side = boxes.unbind(1)
+    share = side.double() ** 2 / 1024
+    assert side.min() >= 9 and side.max() <= 32  # round(sqrt(0.08 * 1024)) = 9
+    assert abs(share.mean() - 0.54) < 0.02  # the mean of U(0.08, 1), up to rounding
+    assert (top >= 0).all() and (left >= 0).all() and (top + side <= 32).all() and (left + side <= 32).all()
+    small = side <= 12  # a small box lands anywhere: every top from 0 to 20, and flush with the bottom edge
+    assert set(range(21)) <= set(top[small].tolist()) and (top + side == 32)[small].any()
+
+
+def test_rded_keeps_each_images_crop_most_like_the_class_and_the_images_whose_best_crops_are(monkeypatch):
+    """With the crops fixed by hand: of an image half black, half white, the crop the classifier
+    finds most like class 0 (the all-white one); then a flat grey image, whose crops are all the
+    same; the darker flat image is left out at count 2."""
+    from otdistill import selection
+
+    half = torch.zeros(1, 1, 8, 8, dtype=torch.uint8)
+    half[..., 4:] = 255
+    images = torch.cat([torch.full((1, 1, 8, 8), 100, dtype=torch.uint8), half,
+                        torch.full((1, 1, 8, 8), 60, dtype=torch.uint8)])
+    boxes = torch.tensor([[0, 0, 4], [2, 2, 4], [0, 4, 4], [0, 0, 8], [4, 1, 4]])  # (top, left, side)
+    monkeypatch.setattr(selection, "crop_boxes", lambda n, crops, h, w, g: boxes.expand(n, crops, 3))
+    made = rded(images, 2, Bright())
+    assert torch.equal(made[0], torch.full((1, 8, 8), 255, dtype=torch.uint8))  # box (0, 4, 4), enlarged
+    assert torch.equal(made[1], images[0])
+
+
+def test_rded_scores_crops_as_the_students_see_them_when_packed(monkeypatch):
+    """A one-pixel checkerboard has the most spread whole, none shrunk into a 2 x 2 pack; a gentle
+    ramp keeps some: the classifier that prefers spread picks the checkerboard unpacked, the ramp packed."""
+    from otdistill import selection
+
+    checker = ((torch.arange(8)[:, None] + torch.arange(8)) % 2 * 255).to(torch.uint8).view(1, 1, 8, 8)
+    ramp = (torch.arange(8) * 20 + 40).to(torch.uint8).view(1, 1, 1, 8).expand(1, 1, 8, 8)
+    images = torch.cat([checker, ramp])
+    monkeypatch.setattr(selection, "crop_boxes", lambda n, crops, h, w, g: torch.tensor([0, 0, 8]).expand(n, crops, 3))
+    assert torch.equal(rded(images, 1, Bright("std"))[0], checker[0])
+    assert torch.equal(rded(images, 1, Bright("std"), formation=2)[0], ramp[0])

@@ -51,12 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("sample", help="draw sample.ipc images per class into OUTPUT/distilled")
     _config_args(p)
 
-    from .selection import SELECTIONS
+    from .selection import BASELINES
 
-    p = command("select", help="a real-image baseline set (random, herding, k-means) in the distilled-set format")
+    p = command("select", help="a real-image baseline set (random, herding, k-means, ..., RDED) in the distilled-set format")
     _config_args(p)
-    p.add_argument("--method", default="random", choices=list(SELECTIONS),
-                   help="random subset; herding in the first teacher's features; nearest k-means centres of latents")
+    p.add_argument("--method", default="random", choices=list(BASELINES),
+                   help="random subset; herding in the first teacher's features; nearest k-means centres of latents; "
+                        "confident / informative by the teacher's softmax; rded: RDED's teacher-scored crops")
     p.add_argument("--out", required=True, help="folder to write the set to")
 
     p = command("relabel", help="store the teachers' soft logits for every distilled image")

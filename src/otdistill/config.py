@@ -363,8 +363,8 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     # the real-image sets `run` also evaluates with the same students, to answer "better than
     # picking real images?" (each made once into OUTPUT/baselines/METHOD/): a list of random |
-    # herding | kmeans | confident | informative; [] (or none) = no baseline; a single name is a
-    # one-item list
+    # herding | kmeans | confident | informative | rded (RDED's teacher-scored crops of real
+    # images, selection.py); [] (or none) = no baseline; a single name is a one-item list
     baseline: str | list[str] = field(default_factory=lambda: ["random"])
 
     def __post_init__(self):

@@ -174,7 +174,7 @@ def _schedule(value, cfg) -> Problem:
 RULES: dict[str, OneOf | Range | Rule] = {
     "device": Rule(_device, lambda cfg: "gpu"),
     "baseline": Rule(_distinct, lambda cfg: ["random", "random"]),
-    "baseline.N": OneOf(_owned("selection", "SELECTIONS")),
+    "baseline.N": OneOf(_owned("selection", "BASELINES")),
     "data.name": OneOf(_owned("data", "ADAPTERS")),
     "data.channels": OneOf(("auto", 1, 3)),
     "data.image_size": AT_LEAST_1,

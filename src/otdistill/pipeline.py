@@ -42,7 +42,7 @@ from .readiness import check_generator, checked, require_ready
 from .records import Evaluation, read_cached_cell, write_evaluation
 from .relabel import choose_teachers, load_ensemble, soft_logits
 from .sample import sample_classes
-from .selection import SELECTIONS, candidate_keeper, class_starts, embedding, model_read, select_class
+from .selection import SELECTIONS, baseline_images, candidate_keeper, class_starts, embedding, model_read, select_class
 from .teachers import full_data_reference, load_teacher, train_teacher
 from .train import channel_stats
 from .train_generator import encode_all, needs_more_steps, train_generator, training_dir
@@ -215,9 +215,9 @@ def select_fingerprint(cfg: Config, method: str) -> str:
 
 
 def select_stage(ctx: RunContext, method: str, out: str | Path) -> Path:
-    """A real-image baseline in the distilled-set format: sample.ipc training images per class,
-    chosen at random, by herding in the first teacher's feature space, or nearest k-means
-    centres of the generator's latents (see selection.py)."""
+    """A real-image baseline in the distilled-set format: sample.ipc images per class, training
+    images chosen at random, by herding in the first teacher's feature space, nearest k-means
+    centres of the generator's latents, ..., or RDED's crops of them (see selection.py)."""
     cfg = ctx.cfg
     root = Path(out)
     artifacts.claim_stage(root, {"what": f"select {method}", "fingerprint": select_fingerprint(cfg, method)})
@@ -238,8 +238,8 @@ def select_stage(ctx: RunContext, method: str, out: str | Path) -> Path:
                             f"fewer than {wanted}")
         folder = artifacts.class_folder(c, data.class_ids[c], k)
         if not artifacts.class_done(root, folder, cfg.sample.ipc):
-            pick = select_class(method, data.train, c, count, cfg.sample.seed, embed)
-            artifacts.write_class_images(root, folder, pack(data.train.get(pick), f))
+            made = baseline_images(method, data.train, c, count, cfg.sample.seed, embed, f)
+            artifacts.write_class_images(root, folder, pack(made, f))
     artifacts.write_manifest(
         root, ipc=cfg.sample.ipc, class_names=data.class_names, class_ids=data.class_ids, channels=data.channels,
         image_size=data.image_size, source={"kind": f"real-{method}", "sample_seconds": round(time.time() - start, 1)},

@@ -13,8 +13,16 @@
   the class name (our extension, for soft-label students); images it assigns elsewhere come last.
 K-means on at most `candidates` images per class (seeded), to stay CPU-sized.
 
-Methods are registered by name (SELECTIONS): the CLI's choices, the `baseline` key and the
-benchmark rows read the table, so a new method is one `register_selection` call.
+Baselines that make new images rather than pick them stand beside the selections:
+- rded: RDED's crops (Sun et al., CVPR 2024; LINs-lab/RDED `synthesize`): 5 random square crops
+  (RandomResizedCrop, scale 0.08-1) of each of 300 seeded images of the class, each image's crop
+  the teacher finds most like the class, and the images whose best crops it finds most like it.
+  With sample.formation = 2 these crops are packed 2 x 2, as RDED packs them at ImageNet scale.
+
+Methods are registered by name: a selection (SELECTIONS, `register_selection`) is also a baseline
+(BASELINES); `register_baseline` adds one that only makes sets. The CLI's choices, the `baseline`
+key and the benchmark rows read BASELINES; sample.keep, sample.real_select, sample.init and the
+guidance pools take SELECTIONS.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ from typing import Callable
 import torch
 
 from .data import ImageSet, TensorImages, class_subset, to_unit
+from .formation import as_part
 from .io import generator
 
 
@@ -85,23 +94,38 @@ class Selection:
     space: Embedding | None = None  # None: needs no model
 
 
+@dataclass(frozen=True)
+class Baseline:
+    name: str
+    # (images, class, count, seed, embed, formation) -> (count, C, H, W) uint8 images of the class
+    make: Callable[..., torch.Tensor]
+    space: Embedding | None = None
+
+
 SELECTIONS: dict[str, Selection] = {}
+BASELINES: dict[str, Baseline] = {}
 HERDING_CANDIDATES = 2000  # images of a class that herding and k-means see (seeded), to stay CPU-sized
 
 
 def register_selection(name: str, pick: Callable[..., torch.Tensor], space: Embedding | None = None) -> None:
     SELECTIONS[name] = Selection(name, pick, space)
+    register_baseline(name, lambda images, c, count, seed, embed, formation:
+                      images.get(select_class(name, images, c, count, seed, embed)), space)
+
+
+def register_baseline(name: str, make: Callable[..., torch.Tensor], space: Embedding | None = None) -> None:
+    BASELINES[name] = Baseline(name, make, space)
 
 
 def model_read(method: str, cfg) -> str | None:
-    """The folder of the model a selection method reads under cfg (None: it reads none)."""
-    space = SELECTIONS[method].space
+    """The folder of the model a baseline or selection method reads under cfg (None: it reads none)."""
+    space = BASELINES[method].space
     return space.model_path(cfg) if space else None
 
 
 def embedding(method: str, cfg, device) -> Callable | None:
     """The method's `embed(uint8 images) -> points`, built from the model it reads (None if none)."""
-    space = SELECTIONS[method].space
+    space = BASELINES[method].space
     return space.build(space.model_path(cfg), device) if space else None
 
 
@@ -174,11 +198,58 @@ def _informative(order, images, embed, ipc, seed, candidates):
     return pool[score.argsort(descending=True, stable=True)[:ipc]]
 
 
+RDED_CANDIDATES, RDED_CROPS, RDED_SCALE = 300, 5, (0.08, 1.0)  # RDED's mipc and num_crop; RandomResizedCrop's scale
+
+
+def crop_boxes(n: int, crops: int, h: int, w: int, g: torch.Generator,
+               scale: tuple[float, float] = RDED_SCALE) -> torch.Tensor:
+    """(n, crops, 3) square boxes (top, left, side), drawn as RandomResizedCrop draws with aspect
+    ratio 1 (RDED's crops): the side the rounded root of a uniform share in `scale` of the area,
+    the box anywhere inside the image."""
+    side = (torch.empty(n, crops).uniform_(*scale, generator=g) * h * w).sqrt().round().clamp(1, min(h, w))
+    top = (torch.rand(n, crops, generator=g) * (h - side + 1)).floor()
+    left = (torch.rand(n, crops, generator=g) * (w - side + 1)).floor()
+    return torch.stack([top, left, side], -1).long()
+
+
+def resized_crops(images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """uint8 (n, C, H, W) and (n, k, 3) boxes -> (n, k, C, H, W): each box enlarged to the image's size."""
+    from torch.nn.functional import interpolate
+
+    size = images.shape[-2:]
+    out = [interpolate(images[i:i + 1, :, t:t + s, l:l + s].float(), size=size, mode="bilinear",
+                       align_corners=False, antialias=True)[0]
+           for i, row in enumerate(boxes.tolist()) for t, l, s in row]
+    return torch.stack(out).round().clamp(0, 255).to(torch.uint8).view(*boxes.shape[:2], *images.shape[1:])
+
+
+def _rded(images, c, count, seed, embed, formation):
+    """RDED: each seeded candidate's crops scored by the teacher's probability of class c, seen as
+    the students will see them (parts of a pack when formation > 1; RDED pads its patches instead);
+    the best crop of each candidate, and the `count` candidates whose best crops score highest,
+    best first. Ranking by that probability is RDED's ranking by cross-entropy."""
+    pool = class_subset(images, c, max(RDED_CANDIDATES, count), generator(seed, "select", "rded", c)).sort().values
+    real = images.get(pool)
+    crops = resized_crops(real, crop_boxes(len(pool), RDED_CROPS, *real.shape[-2:], generator(seed, "rded-crops", c)))
+    flat = crops.flatten(0, 1)
+    score = torch.cat([embed(as_part(flat[s:s + 500], formation))[:, c] for s in range(0, len(flat), 500)])
+    best, which = score.view(len(pool), RDED_CROPS).max(1)
+    ranked = best.argsort(descending=True, stable=True)[:count]
+    return crops[ranked, which[ranked]]
+
+
 register_selection("random", _random)
 register_selection("herding", _herding, TEACHER)
 register_selection("kmeans", _kmeans, LATENT)
 register_selection("confident", _confident, TEACHER_PROBABILITIES)
 register_selection("informative", _informative, TEACHER_PROBABILITIES)
+register_baseline("rded", _rded, TEACHER_PROBABILITIES)
+
+
+def baseline_images(method: str, images: ImageSet, c: int, count: int, seed: int, embed=None,
+                    formation: int = 1) -> torch.Tensor:
+    """(count, C, H, W) uint8: the baseline's images of class c (picked or made), to be packed by `formation`."""
+    return BASELINES[method].make(images, c, count, seed, embed, formation)
 
 
 def select_class(method: str, images: ImageSet, c: int, ipc: int, seed: int, embed=None,
