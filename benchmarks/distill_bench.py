@@ -1,8 +1,8 @@
 """otdistill against every baseline, side by side, one student recipe, in one resumable run.
 
-Rows (method): real-image baselines (random, herding, kmeans, confident, informative, rded), generative baselines (plain,
-d4m, igd), ours (otg = OTG sampling with the baselines' labels; otdistill = OTG + LIA + OTM)
-and the paper's ablations (no_otg, no_lia, no_otm = KL only, no_otm_ce_mse), plus full_data (the student on the whole
+Rows (method): real-image baselines (random, herding, kmeans, confident, informative, rded),
+generative baselines (plain, d4m, igd), ours (otg = OTG sampling with the baselines' labels;
+otdistill = OTG + LIA + OTM) and the paper's ablations (no_otg, no_lia, no_otm = KL only, no_otm_ce_mse), plus full_data (the student on the whole
 training split, hard labels). Every row is evaluated with the same students, protocols,
 seeds and epochs; soft labels of the baselines come from the first teacher with KL (the
 RDED/SRe2L recipe), ours from LIA + OTM as configs/otdistill.yaml says.
