@@ -277,7 +277,7 @@ def test_guidance_sweep_scores_on_the_validation_split(trained, tmp_path):
     tune = _script("tune_otg")
     with pytest.raises(SystemExit, match="KEY=VALUE"):
         tune.main(["--settings", "ot.weight"])
-    with pytest.raises(SystemExit, match="no selection 'herd'"):
+    with pytest.raises(SystemExit, match="no baseline 'herd'"):
         tune.main(["--settings", "real:herd"])
     assert tune.overrides_of("feature_ot.weight=1+sample.cfg_scale=1.5") == [
         "sample.guidance.feature_ot.weight=1", "sample.cfg_scale=1.5"]  # whole sample.* keys pass as they are
