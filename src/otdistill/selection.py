@@ -161,10 +161,15 @@ def herding(features: torch.Tensor, k: int) -> list[int]:
     return chosen
 
 
+def _in_batches(embed, n: int, batch: Callable[[slice], torch.Tensor], size: int = 500) -> torch.Tensor:
+    """embed(batch(s)) over slices of n items, joined: bounded memory for a class's candidates."""
+    return torch.cat([embed(batch(slice(s, s + size))) for s in range(0, n, size)])
+
+
 def _embedded(order: torch.Tensor, images: ImageSet, embed, candidates: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The first `candidates` of a class (in index order) and their points."""
     pool = order[:candidates].sort().values
-    return pool, torch.cat([embed(images.get(pool[s:s + 500])) for s in range(0, len(pool), 500)])
+    return pool, _in_batches(embed, len(pool), lambda s: images.get(pool[s]))
 
 
 def _random(order, images, embed, ipc, seed, candidates):
@@ -232,7 +237,7 @@ def _rded(images, c, count, seed, embed, formation):
     real = images.get(pool)
     crops = resized_crops(real, crop_boxes(len(pool), RDED_CROPS, *real.shape[-2:], generator(seed, "rded-crops", c)))
     flat = crops.flatten(0, 1)
-    score = torch.cat([embed(as_part(flat[s:s + 500], formation))[:, c] for s in range(0, len(flat), 500)])
+    score = _in_batches(embed, len(flat), lambda s: as_part(flat[s], formation))[:, c]
     best, which = score.view(len(pool), RDED_CROPS).max(1)
     ranked = best.argsort(descending=True, stable=True)[:count]
     return crops[ranked, which[ranked]]
