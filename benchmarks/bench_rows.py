@@ -18,7 +18,7 @@ from otdistill.config import fingerprint, load_config  # noqa: E402
 from otdistill.data import ImageSet  # noqa: E402
 from otdistill.context import RunContext  # noqa: E402
 from otdistill.guidance import off_overrides  # noqa: E402
-from otdistill.io import read_json  # noqa: E402
+from otdistill.io import read_json, write_json  # noqa: E402
 from otdistill.selection import BASELINES  # noqa: E402
 
 KL_ONLY = ["student.soft_loss.kl=1.0", "student.soft_loss.ce=0.0", "student.soft_loss.mse=0.0",
@@ -152,7 +152,7 @@ def merged(result: Path, rows: list[dict], key=bench_key) -> list[dict]:
 def write_merged(result: Path, rows: list[dict], key=bench_key) -> list[dict]:
     """Merge this run's rows into the result file (see `merged`), write it, return all rows."""
     rows = merged(result, rows, key)
-    result.write_text(json.dumps(rows, indent=2) + "\n")
+    write_json(result, rows)
     return rows
 
 

@@ -40,7 +40,7 @@ from otdistill.config import fingerprint, load_config
 from otdistill.context import RunContext
 from otdistill.data import every_nth, load_dataset
 from otdistill.evaluate import train_student
-from otdistill.io import read_json, write_json
+from otdistill.io import atomic_path, read_json, write_json, write_text
 from otdistill.report import curves_plot, verdict
 
 
@@ -243,6 +243,19 @@ def set_rows(method: str, ipc: int, sets: list[dict], sample_seeds: list[int] | 
     return rows
 
 
+def publish(result: Path, rows: list[dict]) -> list[dict]:
+    """Merge this run's rows into the result file and render its table and curves; called after
+    every row, so that a run cut short keeps the rows it finished."""
+    rows = with_ior_hlr(merged(result, rows))
+    write_json(result, rows)
+    write_text(result.with_suffix(".md"), render(rows))
+    curves = [r for r in rows if r.get("curve")]
+    if curves:
+        with atomic_path(result.with_name(result.stem + "-curves.png")) as tmp:
+            tmp.write_bytes(curves_plot(curves))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ipc", type=int, nargs="+", default=[1, 10, 50])
@@ -294,6 +307,7 @@ def main() -> None:
             for row in set_rows(method, ipc, sets, args.sample_seeds, len(test_data.test)):
                 rows.append(row)
                 print(json.dumps({k: row[k] for k in ("method", "ipc", "student", "labels", "acc_mean")}), flush=True)
+            publish(Path(args.result), rows)
     if "full_data" in args.methods:
         for student, accs in full_data_cells(default, data, args.students, args.seeds, args.full_epochs, work).items():
             mean, std = summary(accs)
@@ -302,8 +316,7 @@ def main() -> None:
                          "epochs": args.full_epochs})
     if args.full_data_model:
         rows.append(trained_full_data_row(Path(args.full_data_model)))
-    rows = with_ior_hlr(merged(Path(args.result), rows))
-    Path(args.result).write_text(json.dumps(rows, indent=2) + "\n")
+    rows = publish(Path(args.result), rows)
     # the ablation file is rewritten only by a run of all its variants, so that its rows
     # always share one recipe (a rerun of `otdistill` alone after a recipe change would not)
     ablation = [{"variant": v, "ipc": r["ipc"], "student": r["student"], "acc_mean": r["acc_mean"], "acc_std": r["acc_std"],
@@ -312,10 +325,6 @@ def main() -> None:
                 for v, m in ABLATION.items() for r in rows if r["method"] == m and r["labels"] == "soft"]
     if ablation and set(ABLATION.values()) <= set(args.methods):
         Path(args.result.replace("bench-", "lia-otm-")).write_text(json.dumps(ablation, indent=2) + "\n")
-    Path(args.result).with_suffix(".md").write_text(render(rows))
-    curves = [r for r in rows if r.get("curve")]
-    if curves:
-        Path(args.result).with_name(Path(args.result).stem + "-curves.png").write_bytes(curves_plot(curves))
     print(f"{len(rows)} rows in {time.time() - start:.0f} s -> {args.result}")
 
 

@@ -47,6 +47,22 @@ def test_bench_results_keep_rows_of_other_runs(tmp_path):
     assert bench.merged(result, new) == [old[0], new[0]]
 
 
+def test_a_run_cut_short_keeps_the_rows_it_finished(tmp_path):
+    """distill_bench publishes after every row: the file then holds the earlier runs' rows and this
+    run's finished ones, with IOR against the random row of the same cell, and its table."""
+    bench = _script("distill_bench")
+    result = tmp_path / "bench.json"
+    row = {"ipc": 10, "student": "convnet3", "labels": "soft", "epochs": 300, "acc_std": 0.0, "seeds": [0],
+           "gen_seconds": 1.0}
+    result.write_text(json.dumps([{**row, "method": "random", "acc_mean": 0.8}, {**row, "method": "plain", "acc_mean": 0.7}]))
+    bench.publish(result, [{**row, "method": "plain", "acc_mean": 0.75}])
+    bench.publish(result, [{**row, "method": "plain", "acc_mean": 0.75}, {**row, "method": "otg", "acc_mean": 0.85}])
+    got = {r["method"]: (r["acc_mean"], round(r["ior"], 6)) for r in json.loads(result.read_text())}
+    assert got == {"random": (0.8, 0.0), "plain": (0.75, -0.05), "otg": (0.85, 0.05)}
+    assert "| otg | 10 | convnet3 | soft |" in result.with_suffix(".md").read_text()
+    assert not list(tmp_path.glob(".*.tmp"))  # written atomically, nothing left beside it
+
+
 def test_the_packed_feature_ot_row_keeps_one_real_target_per_image(tmp_path):
     """Packed 2x2, the herding pool the recipe aims one per image at IPC 10 and 50 grows 4x; IPC 1's
     random pool of the class stays as the recipe has it."""
