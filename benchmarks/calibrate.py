@@ -25,6 +25,7 @@ from distill_bench import protocol_name, score_set, set_rows
 from otdistill.allocator import keep_freed_memory
 from otdistill.config import load_config
 from otdistill.data import load_dataset
+from otdistill.io import write_text
 
 def calibration_row(row: dict, image_size: int) -> dict:
     # DC trained its coresets as its synthetic sets (dc); under dsa the same rows are the nearest
@@ -90,7 +91,7 @@ def main() -> None:
     result = Path(args.result)
     rows = write_merged(result, rows, key=lambda r: (r["method"], r["ipc"], r["protocol"], r.get("student", "convnet3"),
                                                      r.get("image_size", 32)))
-    result.with_suffix(".md").write_text(render(rows))
+    write_text(result.with_suffix(".md"), render(rows))
     print(f"{len(rows)} rows in {time.time() - start:.0f} s -> {result}")
 
 
