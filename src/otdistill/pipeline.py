@@ -399,6 +399,8 @@ def evaluate_sets(sets: list[tuple[str | Path, RunContext | None, str | Path | N
     set's Evaluation is yielded with its index as its last cell ends. The device and verbosity
     are the first set's."""
     plans = [_plan_evaluation(*item) for item in sets]
+    if not plans:
+        return
     left = [len(ev.group.jobs) for ev in plans]
     for i, ev in enumerate(plans):
         if not left[i]:
