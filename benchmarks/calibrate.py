@@ -20,7 +20,7 @@ from pathlib import Path
 
 from bench_rows import ROOT, write_merged
 from published import DC_TABLE, find
-from distill_bench import protocol_name, score_set, set_rows
+from distill_bench import prepare_set, protocol_name, score_sets, set_rows
 
 from otdistill.allocator import keep_freed_memory
 from otdistill.config import load_config
@@ -84,7 +84,8 @@ def main() -> None:
     for ipc in args.ipc:
         for method in args.methods:
             seeds = list(range(args.sets)) if args.sets > 1 else None
-            sets = [score_set(method, ipc, seed, bench, work, data, data) for seed in seeds or [None]]
+            sets = [prepare_set(method, ipc, seed, bench, work, data, data) for seed in seeds or [None]]
+            list(score_sets(sets))  # all sets' students in one pool
             for row in set_rows(method, ipc, sets, seeds, len(data.test)):
                 rows.append(calibration_row(row, data.image_size))
                 print(json.dumps({k: rows[-1][k] for k in ("method", "ipc", "protocol", "acc_mean", "gap")}), flush=True)

@@ -25,6 +25,8 @@ import dataclasses
 import json
 import statistics
 import time
+from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -185,17 +187,17 @@ def cell_verdicts(rows: list[dict]) -> list[str]:
     return head + lines if lines else []
 
 
-def score_set(method: str, ipc: int, sample_seed: int | None, args, work: Path, data, test_data) -> dict:
+def prepare_set(method: str, ipc: int, sample_seed: int | None, args, work: Path, data, test_data) -> dict:
     """One set of a row (its sampler's or selection's draw `sample_seed`; None: the recipe's seed)
-    made, labelled, measured and scored by every student: its manifest, metrics and, per student,
-    (config, epochs, protocols)."""
+    made, labelled and measured, with what each student's evaluation needs (score_sets runs them):
+    its manifest, metrics and, per student, (config, epochs, None until scored)."""
     cfg = row_config(method, ipc, args, work, data.train, sample_seed)
     ctx = RunContext(cfg, quiet=True, data=data)
     root = build_set(method, ctx, work)
     if any(protocols.labels(p) == "soft" for p in args.protocols):  # hard-label protocols read no teacher
         pipeline.relabel_stage(root, ctx)
     metrics = pipeline.metrics_stage(root, ctx).get("teacher_features", {}) if args.metrics else {}
-    students = {}
+    students, evaluations = {}, {}
     for student in args.students:
         epochs = epochs_for(args.epochs, student, ipc)
         scfg = dataclasses.replace(cfg, student=dataclasses.replace(cfg.student, arch=student, seeds=args.seeds,
@@ -203,10 +205,25 @@ def score_set(method: str, ipc: int, sample_seed: int | None, args, work: Path, 
         # a cell remembers the images it was scored on; a test subset gets its own file so
         # that its cells do not displace the full test split's
         scored = f"eval-{student}" + (f"-test{args.test_subset}" if args.test_subset else "")
-        result = pipeline.evaluate_stage(root, RunContext(scfg, quiet=True, data=test_data),
-                                         Path(cfg.output) / f"{scored}.json")
-        students[student] = (scfg, epochs, result["protocols"])
-    return {"manifest": read_json(root / "manifest.json"), "metrics": metrics, "students": students}
+        evaluations[student] = (root, RunContext(scfg, quiet=True, data=test_data), Path(cfg.output) / f"{scored}.json")
+        students[student] = (scfg, epochs, None)
+    return {"manifest": read_json(root / "manifest.json"), "metrics": metrics, "students": students,
+            "evaluations": evaluations}
+
+
+def score_sets(sets: list[dict]) -> Iterator[int]:
+    """Score every prepared set's students with one pool of cell workers (pipeline.evaluate_sets),
+    so that a row's three seeds and the next set's cells keep both workers busy; yields a set's
+    index once all its students are scored, their protocols' results in its `students`."""
+    items = [(k, student, evaluation) for k, s in enumerate(sets) for student, evaluation in s["evaluations"].items()]
+    left = Counter(k for k, _, _ in items)
+    for i, result in pipeline.evaluate_sets([evaluation for _, _, evaluation in items]):
+        k, student, _ = items[i]
+        scfg, epochs, _ = sets[k]["students"][student]
+        sets[k]["students"][student] = (scfg, epochs, result["protocols"])
+        left[k] -= 1
+        if not left[k]:
+            yield k
 
 
 def mean_or_none(values) -> float | None:
@@ -215,7 +232,7 @@ def mean_or_none(values) -> float | None:
 
 
 def set_rows(method: str, ipc: int, sets: list[dict], sample_seeds: list[int] | None, test_images: int) -> list[dict]:
-    """A row per student and protocol from a method's scored sets (score_set): accuracy over
+    """A row per student and protocol from a method's scored sets (score_sets): accuracy over
     sets (outer) x student seeds (inner), metrics, agreement and sampling seconds averaged over the sets,
     and with several sets each one's mean (`set_means`)."""
     manifest = sets[0]["manifest"]  # what made the sets: one recipe, so alike but for the seed
@@ -302,9 +319,16 @@ def main() -> None:
     rows = []
     start = time.time()
     for ipc in args.ipc:
-        for method in [m for m in args.methods if m in ROWS]:
-            sets = [score_set(method, ipc, seed, args, work, data, test_data) for seed in args.sample_seeds or [None]]
-            for row in set_rows(method, ipc, sets, args.sample_seeds, len(test_data.test)):
+        # every set made first, then all their students in one pool; a row is published as its last cell ends
+        made = [(method, prepare_set(method, ipc, seed, args, work, data, test_data))
+                for method in args.methods if method in ROWS for seed in args.sample_seeds or [None]]
+        left = Counter(method for method, _ in made)
+        for done in score_sets([s for _, s in made]):
+            method = made[done][0]
+            left[method] -= 1
+            if left[method]:
+                continue
+            for row in set_rows(method, ipc, [s for m, s in made if m == method], args.sample_seeds, len(test_data.test)):
                 rows.append(row)
                 print(json.dumps({k: row[k] for k in ("method", "ipc", "student", "labels", "acc_mean")}), flush=True)
             publish(Path(args.result), rows)

@@ -160,30 +160,38 @@ def test_a_curve_on_fewer_test_images_leaves_the_final_epoch_on_all(monkeypatch)
 @pytest.mark.skipif(torch.get_num_threads() < 2, reason="sharing threads between workers needs two")
 def test_cells_trained_two_at_once_are_one_thread_cells_trained_in_turn(tmp_path):
     """student.workers: cells in spawned processes, a thread each, give exactly the cells that one
-    thread gives trained one after the other (only the threads differ from a whole-machine run)."""
+    thread gives trained one after the other (only the threads differ from a whole-machine run),
+    also when the workers take the cells of two sets from one queue."""
     from otdistill.artifacts import DistilledSet
-    from otdistill.evaluate import CellJob, cell_workers, train_cells
+    from otdistill.evaluate import CellGroup, CellJob, cell_workers, train_cells
 
     g = torch.Generator().manual_seed(0)
-    ds = DistilledSet.in_memory(torch.randint(0, 256, (6, 1, 8, 8), dtype=torch.uint8, generator=g),
-                                torch.tensor([0, 1, 0, 1, 0, 1]), num_classes=2)
-    test = TensorImages(torch.randint(0, 256, (40, 1, 8, 8), dtype=torch.uint8, generator=g), torch.arange(40) % 2)
+    sets = [DistilledSet.in_memory(torch.randint(0, 256, (6, 1, 8, 8), dtype=torch.uint8, generator=g),
+                                   torch.tensor([0, 1, 0, 1, 0, 1]), num_classes=2) for _ in range(2)]
+    test = TensorImages(torch.randint(0, 256, (400, 1, 8, 8), dtype=torch.uint8, generator=g), torch.arange(400) % 2)
     cfg = StudentConfig(arch="convnet2", epochs=3, batch_size=4, eval_every=1, workers=2)
-    jobs = [CellJob(p, seed, tmp_path / f"{p}-{seed}.pt") for p in ("hard", "dc-e2") for seed in (0, 1)]
+    jobs = [[CellJob(p, seed, tmp_path / f"{k}-{p}-{seed}.pt") for p in ("hard", "dc-e2") for seed in seeds]
+            for k, seeds in enumerate([(0, 1), (0,)])]  # the second set's cells queue behind the first's
     assert (cell_workers(cfg, "cpu", 4), cell_workers(cfg, "cpu", 1), cell_workers(cfg, "meta", 4)) == (2, 1, 1)
     assert cell_workers(dataclasses.replace(cfg, workers=None), "cpu", 4) == 2  # the default on a CPU
-    together = dict(train_cells(ds, test, cfg, jobs, None, "cpu", quiet=True))
+
+    def cells(student):
+        return {(i, job): cell for i, job, cell in train_cells([CellGroup(ds, test, student, j) for ds, j in zip(sets, jobs)],
+                                                               "cpu", quiet=True)}
+
+    together = cells(cfg)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        in_turn = dict(train_cells(ds, test, dataclasses.replace(cfg, workers=1), jobs, None, "cpu", quiet=True))
+        in_turn = cells(dataclasses.replace(cfg, workers=1))
     finally:
         torch.set_num_threads(threads)
-    assert set(together) == set(jobs) and all(c["threads"] == 1 for c in together.values())
+    assert set(together) == {(i, j) for i in (0, 1) for j in jobs[i]} and all(c["threads"] == 1 for c in together.values())
     same = ("protocol", "seed", "final", "scores", "epochs")
-    assert all({k: together[j][k] for k in same} == {k: in_turn[j][k] for k in same} for j in jobs)
-    assert len({str(c["scores"]) for c in together.values()}) > 1  # different students, not one copied
+    assert all({k: together[j][k] for k in same} == {k: in_turn[j][k] for k in same} for j in together)
+    # different students, not one copied; so each worker trained the cell of the set its job came with
+    assert len({str(c["scores"]) for c in together.values()}) == len(together)
     # a worker's mistake reaches the caller as the same one message
     with pytest.raises(UserError, match="the soft protocol needs teachers"):
-        list(train_cells(ds, test, cfg, [CellJob("soft", seed, tmp_path / f"s{seed}.pt") for seed in (0, 1)], None,
+        list(train_cells([CellGroup(sets[0], test, cfg, [CellJob("soft", seed, tmp_path / f"s{seed}.pt") for seed in (0, 1)])],
                          "cpu", quiet=True))

@@ -209,6 +209,23 @@ def test_a_cached_student_cell_is_reused_only_on_the_split_it_was_scored_on(fini
     assert again["cells"][0]["scored_on"] == half.test.content_id() != first["cells"][0]["scored_on"]
 
 
+def test_sets_scored_in_one_pool_get_the_cells_each_gets_alone(finished_run, tmp_path, monkeypatch):
+    """pipeline.evaluate_sets: two sets' cells train in one pool of two workers (3 seeds each); each
+    set's evaluation is the one evaluating it alone gives, and its cells are cached for a rerun."""
+    reference, _ = finished_run
+    cfg = load_config(TINY, ["student.epochs=1", "student.protocols=[hard]", "student.seeds=[0,1,2]", "student.workers=2"])
+    ctx = RunContext(cfg, quiet=True)
+    sets = [reference / "distilled", reference / "baselines" / "random"]
+    together = dict(pipeline.evaluate_sets([(s, ctx, tmp_path / "pool" / f"{i}.json") for i, s in enumerate(sets)]))
+    alone = [evaluate_stage(s, ctx, tmp_path / "alone" / f"{i}.json") for i, s in enumerate(sets)]
+    finals = [[c["final"] for c in e["cells"]] for e in (together[0], together[1], *alone)]
+    assert [together[0]["distilled"], together[1]["distilled"]] == [str(s) for s in sets]
+    assert finals[:2] == finals[2:] and finals[0] != finals[1]
+    monkeypatch.setattr(pipeline, "train_cells", lambda groups, *a: iter(()) if not any(g.jobs for g in groups)
+                        else pytest.fail("a cached cell was trained again"))
+    assert dict(pipeline.evaluate_sets([(s, ctx, tmp_path / "pool" / f"{i}.json") for i, s in enumerate(sets)])) == together
+
+
 def test_new_soft_label_settings_retrain_only_the_soft_label_students(finished_run, tmp_path, monkeypatch):
     reference, _ = finished_run
     recipe = ["student.epochs=1", "student.protocols=[hard,soft]", "student.seeds=[0]"]

@@ -1,7 +1,7 @@
 """One student cell in a process of its own, for evaluate.train_cells when student.workers > 1.
 
 Started as `python -m otdistill.cell_worker INPUTS PROTOCOL SEED CHECKPOINT OUT THREADS`, it reads
-the inputs every cell shares (the set, the test split, the student section, the teachers) from the
+the inputs every cell of its set shares (the set, the test split, the student section, the teachers) from the
 pickle INPUTS, trains with THREADS threads and writes the cell to OUT as JSON; a UserError is
 written there too (as {"error": message}) so that the caller repeats that one message. A fresh
 interpreter rather than multiprocessing's spawn, which would run the caller's own script again.

@@ -165,44 +165,66 @@ def train_job(job: CellJob, ds: DistilledSet, test: ImageSet, cfg: StudentConfig
                          data_stats, mirror_safe)
 
 
-def train_cells(ds: DistilledSet, test: ImageSet, cfg: StudentConfig, jobs: list[CellJob], teachers: list[str] | None,
-                device, quiet: bool = False, data_stats=None, mirror_safe: bool = True) -> Iterator[tuple[CellJob, Cell]]:
-    """Train every job's student (train_student) and yield (job, cell) as each ends: one after the
-    other, or `cell_workers` at once, each in a process of its own (cell_worker.py) with an equal
-    share of the threads; a cell's numbers then differ from a whole-machine run's by float
-    rounding only. The teachers label the soft cells."""
-    workers = cell_workers(cfg, device, len(jobs))
-    shared = dict(ds=ds, test=test, cfg=cfg, teachers=teachers, device=device, data_stats=data_stats,
-                  mirror_safe=mirror_safe)
+@dataclasses.dataclass(frozen=True)
+class CellGroup:
+    """The cells of one set to train and what they share: the set, the test split, the student
+    recipe, the teachers that label soft cells, and the normalisation of the field's protocols."""
+
+    ds: DistilledSet
+    test: ImageSet
+    cfg: StudentConfig
+    jobs: list[CellJob]
+    teachers: list[str] | None = None
+    data_stats: tuple[list[float], list[float]] | None = None
+    mirror_safe: bool = True
+
+    def shared(self) -> dict:
+        return dict(ds=self.ds, test=self.test, cfg=self.cfg, teachers=self.teachers, data_stats=self.data_stats,
+                    mirror_safe=self.mirror_safe)
+
+
+def train_cells(groups: list[CellGroup], device, quiet: bool = False) -> Iterator[tuple[int, CellJob, Cell]]:
+    """Train every group's jobs (train_student) and yield (group index, job, cell) as each ends:
+    one after the other, or `cell_workers` at once, each in a process of its own (cell_worker.py)
+    with an equal share of the threads; a cell's numbers then differ from a whole-machine run's by
+    float rounding only. The workers take the jobs of all groups in order, so several sets' cells
+    keep every worker busy (three seeds of one set on two workers would leave one idle half the
+    time). The teachers label the soft cells."""
+    jobs = [(i, job) for i, group in enumerate(groups) for job in group.jobs]
+    workers = min(cell_workers(g.cfg, device, len(jobs)) for g in groups) if jobs else 1
     if workers == 1:
-        soft = teachers and any(protocols.labels(job.protocol) == "soft" for job in jobs)
-        ensemble = load_ensemble(teachers, device) if soft else None  # once for every cell
-        for job in jobs:
-            yield job, train_job(job, **shared, quiet=quiet, ensemble=ensemble)
+        for i, group in enumerate(groups):
+            soft = group.teachers and any(protocols.labels(job.protocol) == "soft" for job in group.jobs)
+            ensemble = load_ensemble(group.teachers, device) if soft else None  # once for the group's cells
+            for job in group.jobs:
+                yield i, job, train_job(job, **group.shared(), device=device, quiet=quiet, ensemble=ensemble)
         return
     threads = max(1, torch.get_num_threads() // workers)
     # the package's own folder first: scripts that put src/ on sys.path reach it uninstalled
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
                                                          os.environ.get("PYTHONPATH", "")])}
-    bar = progress(total=len(jobs), desc=f"{cfg.arch} students, {workers} at once", unit="cell", disable=quiet)
-    running: dict[subprocess.Popen, tuple[CellJob, Path]] = {}
+    bar = progress(total=len(jobs), desc=f"{groups[0].cfg.arch} students, {workers} at once", unit="cell",
+                   disable=quiet)
+    running: dict[subprocess.Popen, tuple[int, CellJob, Path]] = {}
     with tempfile.TemporaryDirectory(prefix="otdistill-cells-") as tmp:
-        inputs = Path(tmp) / "inputs.pkl"
-        inputs.write_bytes(pickle.dumps({**shared, "quiet": True}))
+        inputs = [Path(tmp) / f"inputs-{i}.pkl" for i in range(len(groups))]
+        for path, group in zip(inputs, groups):
+            if group.jobs:
+                path.write_bytes(pickle.dumps({**group.shared(), "device": device, "quiet": True}))
         pending = list(jobs)
         try:
             while pending or running:
                 while pending and len(running) < workers:
-                    job = pending.pop(0)
+                    i, job = pending.pop(0)
                     out = Path(tmp) / f"{len(jobs) - len(pending)}.json"
                     with open(out.with_suffix(".log"), "w") as log_file:
-                        proc = subprocess.Popen([sys.executable, "-m", "otdistill.cell_worker", str(inputs), job.protocol,
-                                                 str(job.seed), str(job.checkpoint), str(out), str(threads)],
-                                                env=env, stdout=log_file, stderr=subprocess.STDOUT)
-                    running[proc] = (job, out)
+                        proc = subprocess.Popen([sys.executable, "-m", "otdistill.cell_worker", str(inputs[i]),
+                                                 job.protocol, str(job.seed), str(job.checkpoint), str(out),
+                                                 str(threads)], env=env, stdout=log_file, stderr=subprocess.STDOUT)
+                    running[proc] = (i, job, out)
                 for proc in [p for p in running if p.poll() is not None]:
-                    job, out = running.pop(proc)
-                    yield job, _worker_cell(proc, out)
+                    i, job, out = running.pop(proc)
+                    yield i, job, _worker_cell(proc, out)
                     bar.update()
                 time.sleep(0.2)
         finally:  # an error or an interrupt stops the other workers; their checkpoints keep the epochs done

@@ -22,6 +22,7 @@ import dataclasses
 import logging
 import re
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -31,7 +32,7 @@ from .config import Config, StudentConfig, dump_config, fingerprint, to_dict
 from .context import RunContext
 from .data import TensorImages
 from .errors import UserError
-from .evaluate import CellJob, summarise, train_cells
+from .evaluate import CellGroup, CellJob, summarise, train_cells
 from .formation import pack
 from .guidance import build_terms, models_read
 from .io import read_json, remove_stale_temporaries, write_json, write_text
@@ -320,19 +321,29 @@ def cell_name(student: StudentConfig, protocol: str, seed: int) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{student.arch}-{protocol}-seed{seed}")
 
 
-def evaluate_stage(distilled: str | Path, ctx: RunContext | None = None, out: str | Path | None = None) -> Evaluation:
-    """Train cfg.student on the set for each protocol and seed; each cell is saved as it ends
-    and reused on rerun, so an interrupted evaluation resumes."""
+@dataclasses.dataclass
+class _Evaluating:
+    """One set's evaluation under way: its cached cells, and the group of cells still to train."""
+
+    distilled: Path
+    ctx: RunContext
+    out: Path
+    keys: dict[str, str]
+    scored_on: str
+    cells: dict
+    group: CellGroup
+
+
+def _plan_evaluation(distilled: str | Path, ctx: RunContext | None, out: str | Path | None) -> _Evaluating:
     ctx = ctx or RunContext.of_set(distilled)
-    cfg, device, quiet = ctx.cfg, ctx.device, ctx.quiet
-    rank = ctx.rank  # under torchrun each student trains data-parallel; the main rank writes
+    cfg = ctx.cfg
     ds = artifacts.read_distilled(distilled)
     data = ctx.data
     if data.class_names != ds.class_names:
         raise UserError(f"{distilled} has classes {ds.class_names[:3]}... but data '{cfg.data.name}' has "
                         f"{data.class_names[:3]}...; evaluate with the config of the dataset the set came from")
     out = Path(out) if out else Path(distilled) / "eval.json"
-    cells_dir = out.with_suffix("") if out.suffix else out / "cells"
+    cells_dir = _cells_dir(out)
     remove_stale_temporaries(cells_dir)
     scored_on = data.test.content_id()  # a cached score counts only on the images it was computed on
     keys = {protocol: cell_key(cfg.student, ds.manifest, protocol) for protocol in cfg.student.protocols}  # every seed's
@@ -348,26 +359,63 @@ def evaluate_stage(distilled: str | Path, ctx: RunContext | None = None, out: st
             jobs.append(CellJob(protocol, seed, cells_dir / f".{name}-{key}-{scored_on}.resume.pt"))
             if stats is None and protocols.check(protocol) in protocols.FIELD:
                 stats = channel_stats(data.train)  # the field's protocols normalise by the training split
-    for job, cell in train_cells(ds, data.test, cfg.student, jobs, ds.manifest.get("teachers"), device, quiet, stats,
-                                 data.mirror_safe):
-        cell.update(key=keys[job.protocol], scored_on=scored_on)
-        if rank.main:
-            write_json(cells_dir / f"{cell_name(cfg.student, job.protocol, job.seed)}.json", cell)
-        log.info("evaluate: %s %s seed %d final-epoch accuracy %.4f (%.0f s)", cfg.student.arch, job.protocol,
-                 job.seed, cell["final"], cell["seconds"])
-        cells[job.protocol, job.seed] = cell
-    cells = [cells[protocol, seed] for protocol in cfg.student.protocols for seed in cfg.student.seeds]
-    result = Evaluation(distilled=str(distilled), student=cfg.student.arch, epochs=cfg.student.epochs, ipc=ds.ipc,
+    group = CellGroup(ds, data.test, cfg.student, jobs, ds.manifest.get("teachers"), stats, data.mirror_safe)
+    return _Evaluating(Path(distilled), ctx, out, keys, scored_on, cells, group)
+
+
+def _cells_dir(out: Path) -> Path:
+    return out.with_suffix("") if out.suffix else out / "cells"
+
+
+def _store_cell(ev: _Evaluating, job: CellJob, cell: dict) -> None:
+    student = ev.ctx.cfg.student
+    cell.update(key=ev.keys[job.protocol], scored_on=ev.scored_on)
+    if ev.ctx.rank.main:  # under torchrun each student trains data-parallel; the main rank writes
+        write_json(_cells_dir(ev.out) / f"{cell_name(student, job.protocol, job.seed)}.json", cell)
+    log.info("evaluate: %s %s seed %d final-epoch accuracy %.4f (%.0f s)", student.arch, job.protocol, job.seed,
+             cell["final"], cell["seconds"])
+    ev.cells[job.protocol, job.seed] = cell
+
+
+def _finish_evaluation(ev: _Evaluating) -> Evaluation:
+    cfg, ds = ev.ctx.cfg, ev.group.ds
+    cells = [ev.cells[protocol, seed] for protocol in cfg.student.protocols for seed in cfg.student.seeds]
+    result = Evaluation(distilled=str(ev.distilled), student=cfg.student.arch, epochs=cfg.student.epochs, ipc=ds.ipc,
                         num_images=len(ds.images), protocols=summarise(cells), cells=cells,
                         student_config=dataclasses.asdict(cfg.student),
                         full_data=full_data_reference(cfg.teachers, cfg.student.arch))
-    if rank.main:
-        write_evaluation(out, result)
+    if ev.ctx.rank.main:
+        write_evaluation(ev.out, result)
         warning = junk_warning(ds.manifest)
         if warning:  # beside the accuracies it makes meaningless
-            log.warning("%s: %s", distilled, warning)
+            log.warning("%s: %s", ev.distilled, warning)
     distributed.barrier()
     return result
+
+
+def evaluate_sets(sets: list[tuple[str | Path, RunContext | None, str | Path | None]]) -> Iterator[tuple[int, Evaluation]]:
+    """evaluate_stage for several (distilled, ctx, out) at once: the cells none of them has cached
+    train in one pool (evaluate.train_cells), so that the workers stay busy across sets, and each
+    set's Evaluation is yielded with its index as its last cell ends. The device and verbosity
+    are the first set's."""
+    plans = [_plan_evaluation(*item) for item in sets]
+    if not plans:
+        return
+    left = [len(ev.group.jobs) for ev in plans]
+    for i, ev in enumerate(plans):
+        if not left[i]:
+            yield i, _finish_evaluation(ev)
+    for i, job, cell in train_cells([ev.group for ev in plans], plans[0].ctx.device, plans[0].ctx.quiet):
+        _store_cell(plans[i], job, cell)
+        left[i] -= 1
+        if not left[i]:
+            yield i, _finish_evaluation(plans[i])
+
+
+def evaluate_stage(distilled: str | Path, ctx: RunContext | None = None, out: str | Path | None = None) -> Evaluation:
+    """Train cfg.student on the set for each protocol and seed; each cell is saved as it ends
+    and reused on rerun, so an interrupted evaluation resumes."""
+    return dict(evaluate_sets([(distilled, ctx, out)]))[0]
 
 
 def baseline_stage(ctx: RunContext) -> list[Evaluation]:
