@@ -53,12 +53,13 @@ from bench_rows import ROOT, write_merged
 
 from otdistill import pipeline
 from otdistill.allocator import keep_freed_memory
-from otdistill.config import load_config, non_defaults
+from otdistill.config import fingerprint, load_config, non_defaults
 from otdistill.context import RunContext
 from otdistill.data import LabelledData, hold_out, load_dataset
 from otdistill.guidance import off_overrides
 from otdistill.relabel import select_teachers
 from otdistill.selection import BASELINES
+from otdistill.surrogate import train_surrogate
 
 # a first grid around the recipes' values (configs/ot.yaml, igd.yaml): the OT weight and
 # regularisation, the window, the pool, and IGD's two weights with OT on and off
@@ -104,15 +105,23 @@ def slug(setting: str) -> str:
 
 
 def held_out_teachers(cfg, validation: LabelledData, work: Path) -> list[str]:
-    """An override replacing the recipe's teachers by copies trained (here, once) on the training
-    images the validation split keeps, so that no teacher has seen the images students are scored on.
-    Only the teachers that label at the recipe's IPC (LIA's schedule) are trained and kept: the first
-    of them also guides and measures, the others would cost their training for nothing."""
+    """Overrides replacing the recipe's teachers (and IGD's surrogate, where the recipe guides with
+    influence) by copies trained (here, once) on the training images the validation split keeps,
+    so that no model but the generator has seen the images students are scored on. Only the
+    teachers that label at the recipe's IPC (LIA's schedule) are trained and kept: the first of
+    them also guides and measures, the others would cost their training for nothing."""
     used = len(select_teachers([t.path for t in cfg.teachers], cfg.sample.ipc, cfg.relabel.schedule))
     teachers = [dataclasses.replace(t, path=str(work / "teachers" / f"{i}-{Path(t.path).name}"))
                 for i, t in enumerate(cfg.teachers[:used])]
-    pipeline.ensure_teachers(RunContext(dataclasses.replace(cfg, teachers=teachers), data=validation))  # absent ones
-    return [f"teachers={json.dumps([dataclasses.asdict(t) for t in teachers])}"]
+    ctx = RunContext(dataclasses.replace(cfg, teachers=teachers), data=validation)
+    pipeline.ensure_teachers(ctx)  # absent ones
+    overrides = [f"teachers={json.dumps([dataclasses.asdict(t) for t in teachers])}"]
+    if cfg.sample.guidance.influence.weight > 0:
+        surrogate = work / "surrogate" / fingerprint(cfg.sample.guidance.surrogate)[:8]  # one per trajectory recipe
+        if not surrogate.exists():
+            train_surrogate(cfg.sample.guidance.surrogate, surrogate, validation, ctx.device, quiet=False)
+        overrides.append(f"sample.guidance.influence.surrogate={surrogate}")
+    return overrides
 
 
 def main(argv: list[str] | None = None) -> None:

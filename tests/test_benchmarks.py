@@ -366,6 +366,17 @@ def test_guidance_sweep_scores_on_the_validation_split(trained, tmp_path):
     stamp = (teacher / "model.safetensors").stat().st_mtime_ns
     tune.main(held)  # a rerun finds the teacher
     assert (teacher / "model.safetensors").stat().st_mtime_ns == stamp
+    # a recipe guiding with IGD's influence gets a surrogate trajectory trained on the kept images too
+    igd = load_config(TINY, [f"teachers.0.path={trained.teachers[0].path}", "sample.guidance.influence.weight=0.3",
+                             "sample.guidance.surrogate.train_subset=0", "sample.guidance.surrogate.epochs=1",
+                             "sample.guidance.surrogate.checkpoints=[0,1]"])
+    assert not any("surrogate" in o for o in tune.held_out_teachers(dataclasses.replace(
+        igd, sample=load_config(TINY).sample), validation, held_work))
+    override = tune.held_out_teachers(igd, validation, held_work)[-1]
+    key, path = override.split("=", 1)
+    info = json.loads((Path(path) / "surrogate.json").read_text())
+    assert key == "sample.guidance.influence.surrogate" and Path(path).is_relative_to(held_work)
+    assert info["train_subset"] == len(validation.train) and info["mean"] == pytest.approx([pixel_mean(validation.train)], abs=1e-5)
 
 
 def test_imagenet_rehearsal_runs_the_recipe_at_toy_shapes(tmp_path):
