@@ -328,6 +328,7 @@ class _Evaluating:
     distilled: Path
     ctx: RunContext
     out: Path
+    cells_dir: Path
     keys: dict[str, str]
     scored_on: str
     cells: dict
@@ -343,7 +344,7 @@ def _plan_evaluation(distilled: str | Path, ctx: RunContext | None, out: str | P
         raise UserError(f"{distilled} has classes {ds.class_names[:3]}... but data '{cfg.data.name}' has "
                         f"{data.class_names[:3]}...; evaluate with the config of the dataset the set came from")
     out = Path(out) if out else Path(distilled) / "eval.json"
-    cells_dir = _cells_dir(out)
+    cells_dir = out.with_suffix("") if out.suffix else out / "cells"
     remove_stale_temporaries(cells_dir)
     scored_on = data.test.content_id()  # a cached score counts only on the images it was computed on
     keys = {protocol: cell_key(cfg.student, ds.manifest, protocol) for protocol in cfg.student.protocols}  # every seed's
@@ -360,18 +361,14 @@ def _plan_evaluation(distilled: str | Path, ctx: RunContext | None, out: str | P
             if stats is None and protocols.check(protocol) in protocols.FIELD:
                 stats = channel_stats(data.train)  # the field's protocols normalise by the training split
     group = CellGroup(ds, data.test, cfg.student, jobs, ds.manifest.get("teachers"), stats, data.mirror_safe)
-    return _Evaluating(Path(distilled), ctx, out, keys, scored_on, cells, group)
-
-
-def _cells_dir(out: Path) -> Path:
-    return out.with_suffix("") if out.suffix else out / "cells"
+    return _Evaluating(Path(distilled), ctx, out, cells_dir, keys, scored_on, cells, group)
 
 
 def _store_cell(ev: _Evaluating, job: CellJob, cell: dict) -> None:
     student = ev.ctx.cfg.student
     cell.update(key=ev.keys[job.protocol], scored_on=ev.scored_on)
     if ev.ctx.rank.main:  # under torchrun each student trains data-parallel; the main rank writes
-        write_json(_cells_dir(ev.out) / f"{cell_name(student, job.protocol, job.seed)}.json", cell)
+        write_json(ev.cells_dir / f"{cell_name(student, job.protocol, job.seed)}.json", cell)
     log.info("evaluate: %s %s seed %d final-epoch accuracy %.4f (%.0f s)", student.arch, job.protocol, job.seed,
              cell["final"], cell["seconds"])
     ev.cells[job.protocol, job.seed] = cell
