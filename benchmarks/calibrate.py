@@ -85,7 +85,7 @@ def main() -> None:
         for method in args.methods:
             seeds = list(range(args.sets)) if args.sets > 1 else None
             sets = [prepare_set(method, ipc, seed, bench, work, data, data) for seed in seeds or [None]]
-            list(score_sets(sets))  # all sets' students in one pool
+            list(score_sets(sets, work))  # all sets' students in one pool
             for row in set_rows(method, ipc, sets, seeds, len(data.test)):
                 rows.append(calibration_row(row, data.image_size))
                 print(json.dumps({k: rows[-1][k] for k in ("method", "ipc", "protocol", "acc_mean", "gap")}), flush=True)

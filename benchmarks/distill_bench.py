@@ -211,13 +211,20 @@ def prepare_set(method: str, ipc: int, sample_seed: int | None, args, work: Path
             "evaluations": evaluations}
 
 
-def score_sets(sets: list[dict]) -> Iterator[int]:
+def cell_folders(work: Path) -> list[Path]:
+    """Every row's student cells under --work: a cell another row already trained on the same
+    images with the same recipe and labels (e.g. otg's and otdistill's, which differ only in their
+    soft-label loss, under hard labels) is taken from there instead of trained again."""
+    return sorted(p for p in work.glob("rows/*/eval-*") if p.is_dir())
+
+
+def score_sets(sets: list[dict], work: Path) -> Iterator[int]:
     """Score every prepared set's students with one pool of cell workers (pipeline.evaluate_sets),
     so that a row's three seeds and the next set's cells keep both workers busy; yields a set's
     index once all its students are scored, their protocols' results in its `students`."""
     items = [(k, student, evaluation) for k, s in enumerate(sets) for student, evaluation in s["evaluations"].items()]
     left = Counter(k for k, _, _ in items)
-    for i, result in pipeline.evaluate_sets([evaluation for _, _, evaluation in items]):
+    for i, result in pipeline.evaluate_sets([evaluation for _, _, evaluation in items], cell_folders(work)):
         k, student, _ = items[i]
         scfg, epochs, _ = sets[k]["students"][student]
         sets[k]["students"][student] = (scfg, epochs, result["protocols"])
@@ -323,7 +330,7 @@ def main() -> None:
         made = [(method, prepare_set(method, ipc, seed, args, work, data, test_data))
                 for method in args.methods if method in ROWS for seed in args.sample_seeds or [None]]
         left = Counter(method for method, _ in made)
-        for done in score_sets([s for _, s in made]):
+        for done in score_sets([s for _, s in made], work):
             method = made[done][0]
             left[method] -= 1
             if left[method]:

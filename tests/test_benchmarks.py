@@ -63,16 +63,16 @@ def test_a_run_cut_short_keeps_the_rows_it_finished(tmp_path):
     assert not list(tmp_path.glob(".*.tmp"))  # written atomically, nothing left beside it
 
 
-def test_bench_sets_are_scored_in_one_pool_and_done_when_all_their_students_are(monkeypatch):
+def test_bench_sets_are_scored_in_one_pool_and_done_when_all_their_students_are(monkeypatch, tmp_path):
     bench = _script("distill_bench")
     sets = [{"evaluations": {"convnet3": ("a",), "resnet18": ("b",)},
              "students": {"convnet3": ("cfg", 300, None), "resnet18": ("cfg", 300, None)}},
             {"evaluations": {"convnet3": ("c",)}, "students": {"convnet3": ("cfg", 300, None)}}]
     asked = []
     # the pool ends the second set's student first, then the first set's two
-    monkeypatch.setattr(bench.pipeline, "evaluate_sets", lambda items: asked.extend(items) or
+    monkeypatch.setattr(bench.pipeline, "evaluate_sets", lambda items, elsewhere: asked.extend(items) or
                         ((i, {"protocols": {"soft": items[i][0]}}) for i in (2, 1, 0)))
-    assert list(bench.score_sets(sets)) == [1, 0] and asked == [("a",), ("b",), ("c",)]
+    assert list(bench.score_sets(sets, tmp_path)) == [1, 0] and asked == [("a",), ("b",), ("c",)]
     assert sets[0]["students"] == {"convnet3": ("cfg", 300, {"soft": "a"}), "resnet18": ("cfg", 300, {"soft": "b"})}
     assert sets[1]["students"] == {"convnet3": ("cfg", 300, {"soft": "c"})}
 

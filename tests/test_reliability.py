@@ -226,6 +226,30 @@ def test_sets_scored_in_one_pool_get_the_cells_each_gets_alone(finished_run, tmp
     assert dict(pipeline.evaluate_sets([(s, ctx, tmp_path / "pool" / f"{i}.json") for i, s in enumerate(sets)])) == together
 
 
+def test_a_cell_two_sets_share_trains_once_and_a_finished_one_is_taken_from_elsewhere(finished_run, tmp_path,
+                                                                                    monkeypatch):
+    """Two folders holding the same images (e.g. rows that differ only in their teachers) train
+    each hard-label cell once between them; a third copy takes the finished cells from the
+    folders `elsewhere` names, trains nothing and keeps its own copy; other images still train."""
+    reference, _ = finished_run
+    cfg = load_config(TINY, ["student.epochs=1", "student.protocols=[hard]", "student.seeds=[0,1]"])
+    ctx = RunContext(cfg, quiet=True)
+    copies = [tmp_path / f"copy{i}" for i in range(3)]
+    for copy in copies:
+        shutil.copytree(reference / "distilled", copy)
+    trainings = []
+    monkeypatch.setattr(evaluate, "train_student", lambda *a, **k: trainings.append(a[4]) or train_student(*a, **k))
+    pair = dict(pipeline.evaluate_sets([(c, ctx, tmp_path / "eval" / f"{i}.json") for i, c in enumerate(copies[:2])]))
+    assert sorted(trainings) == [0, 1]
+    assert [c["final"] for c in pair[0]["cells"]] == [c["final"] for c in pair[1]["cells"]]
+    assert len(list((tmp_path / "eval" / "1").glob("*-hard-seed1.json"))) == 1
+    third = dict(pipeline.evaluate_sets([(copies[2], ctx, tmp_path / "third.json"),
+                                         (reference / "baselines" / "random", ctx, tmp_path / "random.json")],
+                                        elsewhere=[tmp_path / "eval" / "0"]))
+    assert sorted(trainings) == [0, 0, 1, 1]  # only the random set's two cells
+    assert third[0]["cells"] == pair[0]["cells"] and len(list((tmp_path / "third").glob("*-hard-seed0.json"))) == 1
+
+
 def test_new_soft_label_settings_retrain_only_the_soft_label_students(finished_run, tmp_path, monkeypatch):
     reference, _ = finished_run
     recipe = ["student.epochs=1", "student.protocols=[hard,soft]", "student.seeds=[0]"]

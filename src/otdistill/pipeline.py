@@ -22,7 +22,7 @@ import dataclasses
 import logging
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -335,7 +335,8 @@ class _Evaluating:
     group: CellGroup
 
 
-def _plan_evaluation(distilled: str | Path, ctx: RunContext | None, out: str | Path | None) -> _Evaluating:
+def _plan_evaluation(distilled: str | Path, ctx: RunContext | None, out: str | Path | None,
+                     elsewhere: Sequence[Path] = ()) -> _Evaluating:
     ctx = ctx or RunContext.of_set(distilled)
     cfg = ctx.cfg
     ds = artifacts.read_distilled(distilled)
@@ -353,15 +354,32 @@ def _plan_evaluation(distilled: str | Path, ctx: RunContext | None, out: str | P
     for protocol, key in keys.items():
         for seed in cfg.student.seeds:
             name = cell_name(cfg.student, protocol, seed)
-            cached = distributed.agree(read_cached_cell(cells_dir / f"{name}.json"))
-            if (cached.get("key"), cached.get("scored_on")) == (key, scored_on):
+            cached = _cached_cell(name, key, scored_on, [cells_dir, *elsewhere])
+            if cached is not None:
                 cells[protocol, seed] = cached
+                if ctx.rank.main and not (cells_dir / f"{name}.json").exists():  # adopted: the set keeps its own copy
+                    write_json(cells_dir / f"{name}.json", cached)
                 continue
             jobs.append(CellJob(protocol, seed, cells_dir / f".{name}-{key}-{scored_on}.resume.pt"))
             if stats is None and protocols.check(protocol) in protocols.FIELD:
                 stats = channel_stats(data.train)  # the field's protocols normalise by the training split
     group = CellGroup(ds, data.test, cfg.student, jobs, ds.manifest.get("teachers"), stats, data.mirror_safe)
     return _Evaluating(Path(distilled), ctx, out, cells_dir, keys, scored_on, cells, group)
+
+
+def _cached_cell(name: str, key: str, scored_on: str, folders: Sequence[Path]) -> dict | None:
+    """The first finished cell of this name, recipe and set (`key`) scored on these test images
+    in any of `folders`."""
+    for folder in folders:
+        cached = distributed.agree(read_cached_cell(folder / f"{name}.json"))
+        if (cached.get("key"), cached.get("scored_on")) == (key, scored_on):
+            return cached
+    return None
+
+
+def _identity(ev: _Evaluating, job: CellJob) -> tuple[str, str, str]:
+    """What a cell's score depends on, whichever set folder holds it."""
+    return cell_name(ev.ctx.cfg.student, job.protocol, job.seed), ev.keys[job.protocol], ev.scored_on
 
 
 def _store_cell(ev: _Evaluating, job: CellJob, cell: dict) -> None:
@@ -390,23 +408,39 @@ def _finish_evaluation(ev: _Evaluating) -> Evaluation:
     return result
 
 
-def evaluate_sets(sets: list[tuple[str | Path, RunContext | None, str | Path | None]]) -> Iterator[tuple[int, Evaluation]]:
+def evaluate_sets(sets: list[tuple[str | Path, RunContext | None, str | Path | None]],
+                  elsewhere: Sequence[Path] = ()) -> Iterator[tuple[int, Evaluation]]:
     """evaluate_stage for several (distilled, ctx, out) at once: the cells none of them has cached
     train in one pool (evaluate.train_cells), so that the workers stay busy across sets, and each
     set's Evaluation is yielded with its index as its last cell ends. The device and verbosity
-    are the first set's."""
-    plans = [_plan_evaluation(*item) for item in sets]
+    are the first set's. A cell is trained once for all sets that would train the same one (same
+    student recipe, seed, test images and images, and under soft labels the same labels: e.g. two
+    rows that differ only in their teachers, under hard labels), and a finished one is also taken
+    from the cell folders `elsewhere` (other sets' evaluations, `OUT` without its suffix)."""
+    plans = [_plan_evaluation(*item, elsewhere=elsewhere) for item in sets]
     if not plans:
         return
     left = [len(ev.group.jobs) for ev in plans]
+    first: dict[tuple[str, str, str], tuple[int, CellJob]] = {}
+    twins: dict[tuple[int, CellJob], list[tuple[int, CellJob]]] = {}
+    for i, ev in enumerate(plans):
+        jobs = []
+        for job in ev.group.jobs:
+            if _identity(ev, job) in first:
+                twins.setdefault(first[_identity(ev, job)], []).append((i, job))
+            else:
+                first[_identity(ev, job)] = i, job
+                jobs.append(job)
+        ev.group = dataclasses.replace(ev.group, jobs=jobs)
     for i, ev in enumerate(plans):
         if not left[i]:
             yield i, _finish_evaluation(ev)
     for i, job, cell in train_cells([ev.group for ev in plans], plans[0].ctx.device, plans[0].ctx.quiet):
-        _store_cell(plans[i], job, cell)
-        left[i] -= 1
-        if not left[i]:
-            yield i, _finish_evaluation(plans[i])
+        for j, same in [(i, job), *twins.get((i, job), [])]:
+            _store_cell(plans[j], same, dict(cell))
+            left[j] -= 1
+            if not left[j]:
+                yield j, _finish_evaluation(plans[j])
 
 
 def evaluate_stage(distilled: str | Path, ctx: RunContext | None = None, out: str | Path | None = None) -> Evaluation:
