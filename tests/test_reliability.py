@@ -147,6 +147,33 @@ def test_sigkill_at_random_points_then_rerun_gives_the_uninterrupted_result(fini
     assert _leftovers(out) == []
 
 
+def test_a_cell_worker_ends_when_its_caller_is_killed():
+    """A student cell's worker process outlives a SIGKILLed caller by at most a poll: left running,
+    it would write the cell's checkpoint under the rerun that resumes it."""
+    child = ("import sys, time; from otdistill.cell_worker import exit_with_parent; "
+             "exit_with_parent(int(sys.argv[1]), 0.05); time.sleep(120)")
+    caller = ("import os, subprocess, sys, time; "
+              f"p = subprocess.Popen([sys.executable, '-c', {child!r}, str(os.getpid())]); print(p.pid, flush=True); "
+              "time.sleep(120)")
+    proc = subprocess.Popen([sys.executable, "-c", caller], stdout=subprocess.PIPE, text=True)
+    pid = int(proc.stdout.readline())
+    assert _alive(pid)
+    proc.send_signal(signal.SIGKILL)  # at once: the worker may still be importing
+    proc.wait()
+    deadline = time.time() + 10
+    while _alive(pid) and time.time() < deadline:
+        time.sleep(0.05)
+    assert not _alive(pid)
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie nobody has reaped yet counts as ended)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 def test_damaged_artifacts_are_redone_on_rerun(finished_run, tmp_path):
     reference, args = finished_run
     out = tmp_path / "run"

@@ -1,16 +1,21 @@
 """One student cell in a process of its own, for evaluate.train_cells when student.workers > 1.
 
-Started as `python -m otdistill.cell_worker INPUTS PROTOCOL SEED CHECKPOINT OUT THREADS`, it reads
+Started as `python -m otdistill.cell_worker INPUTS PROTOCOL SEED CHECKPOINT OUT THREADS CALLER`, it reads
 the inputs every cell of its set shares (the set, the test split, the student section, the teachers) from the
 pickle INPUTS, trains with THREADS threads and writes the cell to OUT as JSON; a UserError is
 written there too (as {"error": message}) so that the caller repeats that one message. A fresh
 interpreter rather than multiprocessing's spawn, which would run the caller's own script again.
+It ends itself when its caller dies (SIGKILL, SIGTERM from a scheduler): left running, it would
+train on and write the cell's checkpoint under the rerun that resumes it.
 """
 
 from __future__ import annotations
 
+import os
 import pickle
 import sys
+import threading
+import time
 from pathlib import Path
 
 import torch
@@ -21,8 +26,21 @@ from .evaluate import CellJob, train_job
 from .io import write_json
 
 
+def exit_with_parent(caller: int, poll_seconds: float = 1.0) -> None:
+    """End this process (os._exit: a checkpoint write under way is left as a temporary that the
+    next run removes) once the process `caller` that started it is no longer its parent. The
+    caller names itself: it may die while this interpreter is still importing."""
+    def watch() -> None:
+        while os.getppid() == caller:
+            time.sleep(poll_seconds)
+        os._exit(3)
+
+    threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
+
+
 def main(argv: list[str]) -> None:
-    inputs, protocol, seed, checkpoint, out, threads = argv
+    inputs, protocol, seed, checkpoint, out, threads, caller = argv
+    exit_with_parent(int(caller))
     keep_freed_memory()
     torch.set_num_threads(int(threads))
     with open(inputs, "rb") as f:
