@@ -218,10 +218,10 @@ def train_cells(groups: list[CellGroup], device, quiet: bool = False) -> Iterato
                     i, job = pending.pop(0)
                     out = Path(tmp) / f"{len(jobs) - len(pending)}.json"
                     with open(out.with_suffix(".log"), "w") as log_file:
-                        proc = subprocess.Popen([sys.executable, "-m", "otdistill.cell_worker", str(inputs[i]),
-                                                 job.protocol, str(job.seed), str(job.checkpoint), str(out),
-                                                 str(threads), str(os.getpid())], env=env, stdout=log_file,
-                                                stderr=subprocess.STDOUT)
+                        argv = [str(inputs[i]), job.protocol, str(job.seed), str(job.checkpoint), str(out),
+                                str(threads), str(os.getpid())]
+                        proc = subprocess.Popen([sys.executable, "-m", "otdistill.cell_worker", *argv], env=env,
+                                                stdout=log_file, stderr=subprocess.STDOUT)
                     running[proc] = (i, job, out)
                 for proc in [p for p in running if p.poll() is not None]:
                     i, job, out = running.pop(proc)

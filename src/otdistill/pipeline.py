@@ -426,11 +426,11 @@ def evaluate_sets(sets: list[tuple[str | Path, RunContext | None, str | Path | N
     for i, ev in enumerate(plans):
         jobs = []
         for job in ev.group.jobs:
-            if _identity(ev, job) in first:
-                twins.setdefault(first[_identity(ev, job)], []).append((i, job))
-            else:
-                first[_identity(ev, job)] = i, job
+            same = first.setdefault(_identity(ev, job), (i, job))
+            if same == (i, job):
                 jobs.append(job)
+            else:
+                twins.setdefault(same, []).append((i, job))
         ev.group = dataclasses.replace(ev.group, jobs=jobs)
     for i, ev in enumerate(plans):
         if not left[i]:
