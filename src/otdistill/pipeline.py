@@ -354,10 +354,10 @@ def _plan_evaluation(distilled: str | Path, ctx: RunContext | None, out: str | P
     for protocol, key in keys.items():
         for seed in cfg.student.seeds:
             name = cell_name(cfg.student, protocol, seed)
-            cached = _cached_cell(name, key, scored_on, [cells_dir, *elsewhere])
+            found, cached = _cached_cell(name, key, scored_on, [cells_dir, *(f for f in elsewhere if f != cells_dir)])
             if cached is not None:
                 cells[protocol, seed] = cached
-                if ctx.rank.main and not (cells_dir / f"{name}.json").exists():  # adopted: the set keeps its own copy
+                if ctx.rank.main and found != cells_dir:  # adopted: the set keeps its own copy
                     write_json(cells_dir / f"{name}.json", cached)
                 continue
             jobs.append(CellJob(protocol, seed, cells_dir / f".{name}-{key}-{scored_on}.resume.pt"))
@@ -367,14 +367,14 @@ def _plan_evaluation(distilled: str | Path, ctx: RunContext | None, out: str | P
     return _Evaluating(Path(distilled), ctx, out, cells_dir, keys, scored_on, cells, group)
 
 
-def _cached_cell(name: str, key: str, scored_on: str, folders: Sequence[Path]) -> dict | None:
-    """The first finished cell of this name, recipe and set (`key`) scored on these test images
-    in any of `folders`."""
+def _cached_cell(name: str, key: str, scored_on: str, folders: Sequence[Path]) -> tuple[Path | None, dict | None]:
+    """(folder, cell): the first finished cell of this name, recipe and set (`key`) scored on these
+    test images in any of `folders`; (None, None) when none has it."""
     for folder in folders:
         cached = distributed.agree(read_cached_cell(folder / f"{name}.json"))
         if (cached.get("key"), cached.get("scored_on")) == (key, scored_on):
-            return cached
-    return None
+            return folder, cached
+    return None, None
 
 
 def _identity(ev: _Evaluating, job: CellJob) -> tuple[str, str, str]:
