@@ -176,8 +176,8 @@ def test_cells_trained_two_at_once_are_one_thread_cells_trained_in_turn(tmp_path
     assert cell_workers(dataclasses.replace(cfg, workers=None), "cpu", 4) == 2  # the default on a CPU
 
     def cells(student):
-        return {(i, job): cell for i, job, cell in train_cells([CellGroup(ds, test, student, j) for ds, j in zip(sets, jobs)],
-                                                               "cpu", quiet=True)}
+        groups = [CellGroup(ds, test, student, j) for ds, j in zip(sets, jobs)]
+        return {(i, job): cell for i, job, cell in train_cells(groups, "cpu", quiet=True, share_freed=False)}
 
     together = cells(cfg)
     threads = torch.get_num_threads()
@@ -195,3 +195,20 @@ def test_cells_trained_two_at_once_are_one_thread_cells_trained_in_turn(tmp_path
     with pytest.raises(UserError, match="the soft protocol needs teachers"):
         list(train_cells([CellGroup(sets[0], test, cfg, [CellJob("soft", seed, tmp_path / f"s{seed}.pt") for seed in (0, 1)])],
                          "cpu", quiet=True))
+
+
+@pytest.mark.skipif(torch.get_num_threads() < 2, reason="sharing threads between workers needs two")
+def test_the_last_cell_takes_the_threads_of_the_workers_that_ended(tmp_path):
+    """Once no cell is left to start, a worker still training gets the threads of those that ended:
+    a short and a long cell on two workers, the long one ends with every thread."""
+    from otdistill.artifacts import DistilledSet
+    from otdistill.evaluate import CellGroup, CellJob, train_cells
+
+    g = torch.Generator().manual_seed(0)
+    ds = DistilledSet.in_memory(torch.randint(0, 256, (6, 1, 8, 8), dtype=torch.uint8, generator=g),
+                                torch.tensor([0, 1, 0, 1, 0, 1]), num_classes=2)
+    test = TensorImages(torch.randint(0, 256, (40, 1, 8, 8), dtype=torch.uint8, generator=g), torch.arange(40) % 2)
+    short, long = (StudentConfig(arch="convnet2", epochs=e, batch_size=6, workers=2) for e in (1, 400))
+    groups = [CellGroup(ds, test, cfg, [CellJob("hard", 0, tmp_path / f"{cfg.epochs}.pt")]) for cfg in (short, long)]
+    threads = {cell["epochs"]: cell["threads"] for _, _, cell in train_cells(groups, "cpu", quiet=True)}
+    assert threads == {1: torch.get_num_threads() // 2, 400: torch.get_num_threads()}

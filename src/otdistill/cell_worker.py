@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import signal
 import sys
 import threading
 import time
@@ -38,11 +39,30 @@ def exit_with_parent(caller: int, poll_seconds: float = 1.0) -> None:
     threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
 
 
+def take_freed_threads(share_file: Path, poll_seconds: float = 1.0) -> None:
+    """Train on with the thread count the caller writes to `share_file` once other workers have
+    ended and none is left to start: the last cells of a run would otherwise leave cores idle.
+    torch's thread count belongs to the thread that sets it, so the main thread sets it, in a
+    signal handler that this watcher triggers (installed first, so no signal comes before it)."""
+    wanted = [torch.get_num_threads()]
+    signal.signal(signal.SIGUSR1, lambda *_: torch.set_num_threads(wanted[0]))
+
+    def watch() -> None:
+        while True:
+            time.sleep(poll_seconds)
+            if share_file.exists() and (share := int(share_file.read_text())) != wanted[0]:
+                wanted[0] = share
+                os.kill(os.getpid(), signal.SIGUSR1)
+
+    threading.Thread(target=watch, daemon=True, name="take-freed-threads").start()
+
+
 def main(argv: list[str]) -> None:
     inputs, protocol, seed, checkpoint, out, threads, caller = argv
     exit_with_parent(int(caller))
     keep_freed_memory()
     torch.set_num_threads(int(threads))
+    take_freed_threads(Path(out).with_suffix(".threads"))
     with open(inputs, "rb") as f:
         shared = pickle.load(f)
     try:

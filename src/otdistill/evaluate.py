@@ -28,7 +28,7 @@ from .config import StudentConfig
 from .data import ImageSet, TensorImages, every_nth
 from .dsa import OPERATIONS, DSAugment
 from .errors import UserError
-from .io import generator
+from .io import generator, write_text
 from .progress import progress
 from .losses import Targets, hard_loss, soft_loss
 from .models.classifiers import build_classifier
@@ -183,13 +183,16 @@ class CellGroup:
                     mirror_safe=self.mirror_safe)
 
 
-def train_cells(groups: list[CellGroup], device, quiet: bool = False) -> Iterator[tuple[int, CellJob, Cell]]:
+def train_cells(groups: list[CellGroup], device, quiet: bool = False,
+                share_freed: bool = True) -> Iterator[tuple[int, CellJob, Cell]]:
     """Train every group's jobs (train_student) and yield (group index, job, cell) as each ends:
     one after the other, or `cell_workers` at once, each in a process of its own (cell_worker.py)
     with an equal share of the threads; a cell's numbers then differ from a whole-machine run's by
     float rounding only. The workers take the jobs of all groups in order, so several sets' cells
-    keep every worker busy (three seeds of one set on two workers would leave one idle half the
-    time). The teachers label the soft cells."""
+    keep every worker busy; once none is left to start, those still training take the threads of
+    those that ended (else the last of three cells on two workers trains on one core of two), unless
+    `share_freed` is False: a cell's thread count then never changes, nor its rounding with it. The
+    teachers label the soft cells."""
     jobs = [(i, job) for i, group in enumerate(groups) for job in group.jobs]
     workers = min(cell_workers(g.cfg, device, len(jobs)) for g in groups) if jobs else 1
     if workers == 1:
@@ -199,7 +202,8 @@ def train_cells(groups: list[CellGroup], device, quiet: bool = False) -> Iterato
             for job in group.jobs:
                 yield i, job, train_job(job, **group.shared(), device=device, quiet=quiet, ensemble=ensemble)
         return
-    threads = max(1, torch.get_num_threads() // workers)
+    total = torch.get_num_threads()
+    threads = share = max(1, total // workers)
     # the package's own folder first: scripts that put src/ on sys.path reach it uninstalled
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
                                                          os.environ.get("PYTHONPATH", "")])}
@@ -227,6 +231,10 @@ def train_cells(groups: list[CellGroup], device, quiet: bool = False) -> Iterato
                     i, job, out = running.pop(proc)
                     yield i, job, _worker_cell(proc, out)
                     bar.update()
+                if share_freed and not pending and running and total // len(running) > share:  # the last cells take the freed threads
+                    share = total // len(running)
+                    for _, _, out in running.values():
+                        write_text(out.with_suffix(".threads"), str(share))
                 time.sleep(0.2)
         finally:  # an error or an interrupt stops the other workers; their checkpoints keep the epochs done
             for proc in running:

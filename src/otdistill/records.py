@@ -57,7 +57,7 @@ class Cell(TypedDict):
     seconds: float
     epochs: NotRequired[int]  # the protocol's length (absent in cells written before protocols had their own)
     micro_batch: NotRequired[int]  # images per forward / backward part (0: the whole batch); the same gradient
-    threads: NotRequired[int]  # the CPU threads it trained with (student.workers shares them out); its seconds depend on it
+    threads: NotRequired[int]  # the CPU threads it ended with (student.workers shares them out; the last cells take freed ones); its seconds depend on it
     key: NotRequired[str]  # fingerprint of the recipe, the set's files and its teachers (added when cached)
     scored_on: NotRequired[str]  # content id of the test split (likewise)
 
