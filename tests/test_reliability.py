@@ -166,6 +166,41 @@ def test_a_cell_worker_ends_when_its_caller_is_killed():
     assert not _alive(pid)
 
 
+def test_a_sigterm_stops_the_cell_workers_and_removes_their_inputs(tmp_path):
+    """SIGTERM to a run training cells in workers (a scheduler's, a session's end) stops the workers
+    and leaves no temporary folder of pickled inputs behind, as Ctrl-C does."""
+    script = ("import sys, torch; from pathlib import Path\n"
+              "from otdistill.artifacts import DistilledSet\n"
+              "from otdistill.config import StudentConfig\n"
+              "from otdistill.data import TensorImages\n"
+              "from otdistill.evaluate import CellGroup, CellJob, train_cells\n"
+              "ds = DistilledSet.in_memory(torch.zeros(4, 1, 8, 8, dtype=torch.uint8), torch.tensor([0, 1, 0, 1]), num_classes=2)\n"
+              "test = TensorImages(torch.zeros(10, 1, 8, 8, dtype=torch.uint8), torch.arange(10) % 2)\n"
+              "cfg = StudentConfig(arch='convnet2', epochs=100000, batch_size=4, workers=2)\n"
+              "jobs = [CellJob('hard', s, Path(sys.argv[1]) / f'{s}.pt') for s in (0, 1)]\n"
+              "list(train_cells([CellGroup(ds, test, cfg, jobs)], 'cpu', quiet=True))\n")
+    temp, cells = tmp_path / "tmp", tmp_path / "cells"
+    temp.mkdir()
+    cells.mkdir()
+    proc = subprocess.Popen([sys.executable, "-c", script, str(cells)], env={**os.environ, "TMPDIR": str(temp)})
+    deadline = time.time() + 120
+    while len(list(cells.glob("*.pt"))) < 2 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.1)  # both workers past their first epoch
+    assert proc.poll() is None and len(list(cells.glob("*.pt"))) == 2
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    assert list(temp.iterdir()) == []
+    assert not [p for p in Path("/proc").glob("[0-9]*/cmdline") if str(temp) in _read(p)]  # no worker left
+
+
+def _read(path: Path) -> str:
+    """A /proc file's text, empty once its process has gone."""
+    try:
+        return path.read_text(errors="replace")
+    except (FileNotFoundError, ProcessLookupError):
+        return ""
+
+
 def _alive(pid: int) -> bool:
     """Running (a zombie nobody has reaped yet counts as ended)."""
     try:

@@ -8,14 +8,17 @@ the epoch on the test set).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import pickle
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -210,7 +213,7 @@ def train_cells(groups: list[CellGroup], device, quiet: bool = False,
     bar = progress(total=len(jobs), desc=f"{groups[0].cfg.arch} students, {workers} at once", unit="cell",
                    disable=quiet)
     running: dict[subprocess.Popen, tuple[int, CellJob, Path]] = {}
-    with tempfile.TemporaryDirectory(prefix="otdistill-cells-") as tmp:
+    with _sigterm_as_exit(), tempfile.TemporaryDirectory(prefix="otdistill-cells-") as tmp:
         inputs = [Path(tmp) / f"inputs-{i}.pkl" for i in range(len(groups))]
         for path, group in zip(inputs, groups):
             if group.jobs:
@@ -241,6 +244,25 @@ def train_cells(groups: list[CellGroup], device, quiet: bool = False,
                 proc.terminate()
                 proc.wait()
             bar.close()
+
+
+@contextlib.contextmanager
+def _sigterm_as_exit() -> Iterator[None]:
+    """A SIGTERM (a scheduler's, a session's end) raises SystemExit while the workers train, so that
+    they are stopped and their inputs' temporary folder removed, as on Ctrl-C, instead of the
+    folder (tens of MB a run) staying behind; only where the caller set no handler of its own."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield
+        return
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _worker_cell(proc: subprocess.Popen, out: Path) -> Cell:
