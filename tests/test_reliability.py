@@ -203,10 +203,8 @@ def _read(path: Path) -> str:
 
 def _alive(pid: int) -> bool:
     """Running (a zombie nobody has reaped yet counts as ended)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
+    stat = _read(Path(f"/proc/{pid}/stat"))
+    return bool(stat) and stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def test_damaged_artifacts_are_redone_on_rerun(finished_run, tmp_path):
