@@ -194,7 +194,9 @@ def prepare_set(method: str, ipc: int, sample_seed: int | None, args, work: Path
     cfg = row_config(method, ipc, args, work, data.train, sample_seed)
     ctx = RunContext(cfg, quiet=True, data=data)
     root = build_set(method, ctx, work)
-    if any(protocols.labels(p) == "soft" for p in args.protocols):  # hard-label protocols read no teacher
+    # hard-label students read no teacher, but the teacher-agreement metric comes from the labelling
+    # (and labels change no hard-label cell's key: pipeline.cell_key)
+    if args.metrics or any(protocols.labels(p) == "soft" for p in args.protocols):
         pipeline.relabel_stage(root, ctx)
     metrics = pipeline.metrics_stage(root, ctx).get("teacher_features", {}) if args.metrics else {}
     students, evaluations = {}, {}

@@ -189,6 +189,22 @@ def test_rows_sampling_alike_share_one_set_and_relabel_it_cleanly(trained, digit
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
+def test_a_hard_label_only_run_still_measures_teacher_agreement_without_retraining_a_cell(trained, digits, tmp_path,
+                                                                                      monkeypatch):
+    bench = _script("distill_bench")
+    monkeypatch.setattr(bench, "row_config", lambda method, ipc, args, work, train, seed: dataclasses.replace(
+        trained, output=str(work / "rows" / method)))
+    args = SimpleNamespace(protocols=["dsa"], metrics=False, students=["convnet2"], epochs=["1"], seeds=[0],
+                           test_subset=None)
+    bare = bench.prepare_set("random", 2, None, args, tmp_path, digits, digits)
+    assert "teacher_agreement" not in bare["manifest"] and not bare["metrics"]
+    args.metrics = True
+    measured = bench.prepare_set("random", 2, None, args, tmp_path, digits, digits)
+    assert 0 <= measured["manifest"]["teacher_agreement"]["overall"] <= 1 and "coverage" in measured["metrics"]
+    student = measured["students"]["convnet2"][0].student  # the labels just stored move no dsa cell
+    assert pipeline.cell_key(student, measured["manifest"], "dsa") == pipeline.cell_key(student, bare["manifest"], "dsa")
+
+
 def test_full_data_cells_are_reused_only_for_the_same_recipe(digits, tmp_path, monkeypatch):
     bench = _script("distill_bench")
     trainings = []
