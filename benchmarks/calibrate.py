@@ -8,9 +8,9 @@ run resumes; rows merge into the result file per (method, IPC, protocol). With -
 random (or herding-candidate) subsets, as DC's published std spans its 5 sets.
 
 Usage: python benchmarks/calibrate.py [--ipc 1 10] [--protocols dc dsa] [--seeds 0 1 2]
-The converged table's random and herding cells serve as calibration cells when the recipe is the
-table's: --work runs/bench-converged --epochs 300 --set student.eval_every=25
-student.curve_test_images=1000 student.compile=true (a cell's key records all four).
+The converged table's random and herding cells serve as calibration cells when the student
+settings dc / dsa read are the table's: --work runs/bench-converged --set student.eval_every=25
+student.curve_test_images=1000 student.compile=true.
 Writes benchmarks/results/calibration-fashion-mnist.json and .md.
 """
 
@@ -72,10 +72,6 @@ def main() -> None:
                              "DC's published std spans 5 sets x 20 students, ours spans N sets x the seeds")
     parser.add_argument("--student", default="convnet3",
                         help="the student (convnet3-pad3 with --set data.image_size=28: DC's net on DC's 28 px images)")
-    parser.add_argument("--epochs", nargs="+", default=["1"],
-                        help="student.epochs, which dc and dsa ignore (they fix their own length) but a cell's "
-                             "key records: pass the table's (300) with --work runs/bench-converged and its --set "
-                             "to take the converged table's cells of the same sets instead of training them again")
     parser.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE",
                         help="config overrides for every row (e.g. data.image_size=28)")
     parser.add_argument("--work", default=str(ROOT / "runs" / "calibration"))
@@ -83,7 +79,7 @@ def main() -> None:
     args = parser.parse_args()
     keep_freed_memory()
     # distill_bench's row machinery: one ConvNet-3 student, no sampling steps or metrics to set
-    bench = argparse.Namespace(protocols=args.protocols, seeds=args.seeds, students=[args.student], epochs=args.epochs,
+    bench = argparse.Namespace(protocols=args.protocols, seeds=args.seeds, students=[args.student], epochs=["1"],
                                steps=None, metrics=False, test_subset=0, overrides=args.overrides)
     work = Path(args.work)
     data = load_dataset(load_config(ROOT / "configs" / "base" / "fashion-mnist.yaml", args.overrides).data)

@@ -38,6 +38,18 @@ def test_the_field_protocols_are_their_source_recipes():
     assert protocols.labels("dsa") == "hard" and protocols.labels("soft") == "soft"
 
 
+def test_the_field_protocols_read_none_of_the_student_keys_their_cells_key_leaves_out():
+    cfg = StudentConfig()
+    others = {"epochs": 7, "batch_size": 3, "optimizer": "sgd", "lr": 0.5, "weight_decay": 0.1, "crop_scale_min": 0.2,
+              "flip": False, "cutmix": 0.5, "ema_decay": 0.9}
+    assert set(others) == set(protocols.FIELD_FIXES)  # a key added there needs its check here
+    for name in ("dc", "dsa", "dsa-e20"):
+        assert student_recipe(name, dataclasses.replace(cfg, **others), [0.3], [0.35], True) == \
+            student_recipe(name, cfg, [0.3], [0.35], True)
+    assert student_recipe("dc", dataclasses.replace(cfg, image_size=24), [0.3], [0.35], True) != \
+        student_recipe("dc", cfg, [0.3], [0.35], True)
+
+
 def test_names_and_descriptions_say_what_was_run():
     student = dataclasses.asdict(StudentConfig(epochs=80))
     assert "quick: short students" in protocols.describe("soft", student)

@@ -330,6 +330,13 @@ def test_new_soft_label_settings_retrain_only_the_soft_label_students(finished_r
     assert pipeline.cell_key(student, relabelled, "soft") != pipeline.cell_key(student, manifest, "soft")
     moved = {**manifest, "files": {f"images/009-x/{i}.png": d for i, d in enumerate(manifest["files"].values())}}
     assert pipeline.cell_key(student, moved, "hard") != pipeline.cell_key(student, manifest, "hard")
+    # dc / dsa fix their own recipe: the student section's length, optimiser or batch retrain none of their cells
+    other_recipe = dataclasses.replace(student, epochs=7, lr=0.5, batch_size=3, optimizer="sgd", flip=False)
+    assert pipeline.cell_key(other_recipe, manifest, "dsa") == pipeline.cell_key(student, manifest, "dsa")
+    assert pipeline.cell_key(other_recipe, manifest, "hard") != pipeline.cell_key(student, manifest, "hard")
+    for applies in ({"arch": "convnet3"}, {"eval_every": 5}, {"image_size": 32}):  # what dsa does read
+        assert pipeline.cell_key(dataclasses.replace(student, **applies), manifest, "dsa") != \
+            pipeline.cell_key(student, manifest, "dsa")
 
 
 def test_a_class_smaller_than_the_ipc_stops_before_writing(trained, tmp_path, capsys):

@@ -308,13 +308,15 @@ def cell_key(student: StudentConfig, manifest: dict, protocol: str) -> str:
     """What one student cell depends on: the recipe (not which other seeds or protocols are
     listed beside it) and the set's images; the soft-label loss, the teachers and their stored
     logits only under soft labels, so that new teachers or OTM weights retrain no hard-label
-    student (hard labels are the images' class folders)."""
+    student (hard labels are the images' class folders); under dc / dsa none of the recipe their
+    source fixes (protocols.FIELD_FIXES), so that a new soft recipe retrains no 1000-epoch cell."""
     recipe = dataclasses.replace(student, seeds=[], protocols=[], workers=None)  # nor how many train at once
     if protocol == "soft":
         return fingerprint(recipe, manifest["files"], manifest.get("teachers"))
     unused = StudentConfig()
+    ignored = ["soft_loss", "soft_labels", *(protocols.FIELD_FIXES if protocols.check(protocol) in protocols.FIELD else ())]
     images = {path: digest for path, digest in manifest["files"].items() if path.startswith("images/")}
-    return fingerprint(dataclasses.replace(recipe, soft_loss=unused.soft_loss, soft_labels=unused.soft_labels), images)
+    return fingerprint(dataclasses.replace(recipe, **{name: getattr(unused, name) for name in ignored}), images)
 
 
 def cell_name(student: StudentConfig, protocol: str, seed: int) -> str:

@@ -48,6 +48,9 @@ FIELD = {
     "dc": FieldProtocol(300, "none", "DC, Zhao et al. ICLR 2021 (DatasetCondensation evaluate_synset, no augmentation)"),
     "dsa": FieldProtocol(1000, "dsa", "DSA, Zhao & Bilen ICML 2021 (DatasetCondensation evaluate_synset + DiffAugment)"),
 }
+# the student section's keys dc and dsa never read (their source fixes them): a cell's key leaves
+# them out, so that changing the soft recipe retrains no field-protocol cell (pipeline.cell_key)
+FIELD_FIXES = ("epochs", "batch_size", "optimizer", "lr", "weight_decay", "crop_scale_min", "flip", "cutmix", "ema_decay")
 OWN = ("soft", "hard")  # trained with the student section's recipe
 NAMES = (*OWN, *FIELD)
 
