@@ -78,7 +78,8 @@ def main() -> None:
     parser.add_argument("--result", default=str(ROOT / "benchmarks/results/calibration-fashion-mnist.json"))
     args = parser.parse_args()
     keep_freed_memory()
-    # distill_bench's row machinery: one ConvNet-3 student, no sampling steps or metrics to set
+    # distill_bench's row machinery: one ConvNet-3 student, no sampling steps or metrics to set; the epochs
+    # are never read (dc / dsa fix their own length, and a cell's key leaves student.epochs out)
     bench = argparse.Namespace(protocols=args.protocols, seeds=args.seeds, students=[args.student], epochs=["1"],
                                steps=None, metrics=False, test_subset=0, overrides=args.overrides)
     work = Path(args.work)
