@@ -138,8 +138,15 @@ def made_by(manifest: dict) -> dict:
             "formation": manifest.get("formation", 1), "teacher_paths": manifest.get("teachers", [])}
 
 
+def sets_of(row: dict) -> tuple:
+    """The sampling seeds of the sets a row spans; () for a row over the recipe's one set."""
+    return tuple(row.get("sample_seeds") or ())
+
+
 def bench_key(row: dict) -> tuple:
-    return row["method"], row["ipc"], row["student"], row["labels"]
+    """A row is its method, IPC, student, protocol and the sets it spans: a run over other draws of
+    the set adds its row beside a one-set row instead of replacing it."""
+    return row["method"], row["ipc"], row["student"], row["labels"], sets_of(row)
 
 
 def merged(result: Path, rows: list[dict], key=bench_key) -> list[dict]:

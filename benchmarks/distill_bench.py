@@ -33,7 +33,7 @@ import torch
 
 # bench_rows (beside this script) also puts src/ on sys.path
 import published
-from bench_rows import ABLATION, ROOT, ROWS, build_set, epochs_for, loss_weights, made_by, merged, row_config
+from bench_rows import ABLATION, ROOT, ROWS, build_set, epochs_for, loss_weights, made_by, merged, row_config, sets_of
 
 from otdistill import pipeline, protocols
 from otdistill.allocator import keep_freed_memory
@@ -86,13 +86,17 @@ def summary(values: list[float]) -> tuple[float, float]:
 
 def with_ior_hlr(rows: list[dict]) -> list[dict]:
     """Each row with `ior` (its accuracy minus the random real subset's in the same IPC,
-    student and labels; DD-Ranking's IOR) and, for hard labels, `hlr` (the full-data
+    student and labels, over the same sets where that row exists, else over the most; DD-Ranking's IOR) and, for hard labels, `hlr` (the full-data
     accuracy of its student minus its own; DD-Ranking's HLR); None where the reference is absent."""
-    random = {(r["ipc"], r["student"], r["labels"]): r["acc_mean"] for r in rows if r["method"] == "random"}
+    random: dict[tuple, float] = {}  # per cell, and per cell and sets: a row's reference spans its sets, else the most
+    for r in sorted((r for r in rows if r["method"] == "random"), key=lambda r: len(sets_of(r))):
+        cell = r["ipc"], r["student"], r["labels"]
+        random[cell] = random[(*cell, sets_of(r))] = r["acc_mean"]
     full = {r["student"]: r["acc_mean"] for r in rows if r["method"] == "full_data"}
     out = []
     for r in rows:
-        ref = random.get((r["ipc"], r["student"], r["labels"]))
+        cell = r["ipc"], r["student"], r["labels"]
+        ref = random.get((*cell, sets_of(r)), random.get(cell))
         hard = protocols.labels(r["labels"]) == "hard" and r["method"] != "full_data" and r["student"] in full
         out.append({**r, "ior": r["acc_mean"] - ref if ref is not None and r["method"] != "full_data" else None,
                     "hlr": full[r["student"]] - r["acc_mean"] if hard else None})
@@ -111,7 +115,7 @@ def made_with(rows: list[dict]) -> list[str]:
 
 
 def sets_note(row: dict) -> str:
-    return f" x {len(row['sample_seeds'])} sets" if row.get("sample_seeds") else ""
+    return f" x {len(sets_of(row))} sets" if sets_of(row) else ""
 
 
 def render(rows: list[dict]) -> str:
@@ -166,12 +170,16 @@ def render(rows: list[dict]) -> str:
 def cell_verdicts(rows: list[dict]) -> list[str]:
     """Per IPC, student and protocol: the best generated row against the best real-image row
     (report.verdict: ahead / behind beyond the larger seed std, else level); each names the sets
-    it spans, since one set is one draw."""
-    cells: dict[tuple, dict[str, list[dict]]] = {}
+    it spans, since one set is one draw. A method measured over several draws counts by its row over the most."""
+    widest: dict[tuple, dict] = {}
     for r in rows:
-        if r["method"] in ROWS:
-            kind = "real" if ROWS[r["method"]][0] == "select" else "generated"
-            cells.setdefault((r["ipc"], r["student"], r["labels"], r["epochs"]), {}).setdefault(kind, []).append(r)
+        at = r["ipc"], r["student"], r["labels"], r["epochs"], r["method"]
+        if r["method"] in ROWS and (at not in widest or len(sets_of(r)) > len(sets_of(widest[at]))):
+            widest[at] = r
+    cells: dict[tuple, dict[str, list[dict]]] = {}
+    for (*cell, method), r in widest.items():
+        kind = "real" if ROWS[method][0] == "select" else "generated"
+        cells.setdefault(tuple(cell), {}).setdefault(kind, []).append(r)
     lines = []
     for (ipc, student, labels, epochs), kinds in sorted(cells.items()):
         if len(kinds) == 2:

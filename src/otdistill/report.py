@@ -299,18 +299,24 @@ def curves_plot(rows: list[dict]) -> bytes:
     panels: dict[tuple, list[dict]] = {}
     for r in rows:
         panels.setdefault((r["ipc"], r["student"], r["labels"]), []).append(r)
+    # one look per method in every panel: ten colours, then the same colours dashed
+    methods = sorted({r["method"] for r in rows})
+    look = {m: (plt.cm.tab10(i % 10), "-" if i < 10 else "--") for i, m in enumerate(methods)}
     cols = min(len(panels), 3)
     lines = -(-len(panels) // cols)
-    fig, axes = plt.subplots(lines, cols, figsize=(4.2 * cols, 3.2 * lines), squeeze=False)
+    fig, axes = plt.subplots(lines, cols, figsize=(5.6 * cols, 3.2 * lines), squeeze=False)
     for ax, ((ipc, student, labels), group) in zip(axes.flat, sorted(panels.items())):
         for r in sorted(group, key=lambda r: r["method"]):
             pts = sorted((int(e), a) for e, a in r["curve"].items())
-            ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], marker=".", markersize=3, label=r["method"])
+            sets = f" ({len(r['sample_seeds'])} sets)" if r.get("sample_seeds") else ""
+            color, style = look[r["method"]]
+            ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], marker=".", markersize=3, color=color,
+                    linestyle=style, label=r["method"] + sets)
         ax.set_title(f"IPC {ipc}, {student}, {labels}", fontsize=9)
         ax.set_xlabel("student epoch")
         ax.set_ylabel("test accuracy (%)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        _legend(ax)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     fig.tight_layout()
