@@ -133,7 +133,8 @@ def render(rows: list[dict]) -> str:
              "student's full-data accuracy minus the row (points). A generated row marked (K real/class) keeps "
              "K real images per class that herding or another selection picked (sample.real) beside its generated ones; "
              "a row marked (packed FxF) stores FxF images of 1/F the side in each image (sample.formation), real and "
-             "generated alike: F^2 x IPC smaller images per class in the same budget.", "",
+             "generated alike: F^2 x IPC smaller images per class in the same budget (K real parts/class: K of them "
+             "real).", "",
              *made_with(rows),
              "| method | IPC | student | protocol | loss | epochs | seeds | accuracy | IOR | HLR | gen s | OT dist | coverage | agree |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -143,7 +144,8 @@ def render(rows: list[dict]) -> str:
 
     for r in sorted(rows, key=lambda r: (r["ipc"] or 0, r["student"], r["labels"], -r["acc_mean"])):
         loss = "+".join(f"{t}{w:g}" for t, w in (r.get("soft_loss") or {}).items() if w) or "ce"
-        method = r["method"] + (f" ({r['real_per_class']} real/class)" if r.get("real_per_class") else "") + \
+        parts = " parts" if r.get("formation", 1) > 1 else ""
+        method = r["method"] + (f" ({r['real_per_class']} real{parts}/class)" if r.get("real_per_class") else "") + \
             (f" (packed {r['formation']}x{r['formation']})" if r.get("formation", 1) > 1 else "")
         lines.append(f"| {method} | {r['ipc'] or 'all'} | {r['student']} | {r['labels']} | {loss} | {r['epochs']} | "
                      f"{','.join(map(str, r['seeds']))}{sets_note(r)} | "

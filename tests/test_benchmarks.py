@@ -282,6 +282,8 @@ def test_bench_table_names_the_generator_and_teachers_its_rows_were_made_with():
     assert "sampled from" not in bench.render([{**r, "generator": None} for r in rows])
     assert "| plain (10 real/class) | 10 |" in bench.render([{**rows[0], "real_per_class": 10}])
     assert "| random (packed 2x2) | 10 |" in bench.render([{**rows[1], "formation": 2}])
+    assert "| plain (20 real parts/class) (packed 2x2) | 10 |" in \
+        bench.render([{**rows[0], "real_per_class": 20, "formation": 2}])
     assert "| random | 10 |" in bench.render([{**rows[1], "formation": 1}])
 
 

@@ -55,8 +55,6 @@ def test_an_image_as_a_part_reads_as_it_would_back_from_a_pack():
 def test_a_formation_that_does_not_tile_the_images_is_refused_at_load():
     with pytest.raises(UserError, match="sample.formation.*must divide data.image_size=16"):
         load_config(TINY, ["sample.formation=3"])
-    with pytest.raises(UserError, match="set sample.real to 0"):
-        load_config(TINY, ["sample.formation=2", "sample.ipc=2", "sample.real=1", "sample.init=noise"])
 
 
 def test_a_packed_selection_stores_ipc_images_and_trains_students_on_their_parts(tmp_path, trained, monkeypatch):

@@ -56,6 +56,8 @@ def test_method_labels():
     assert method_label({"kind": "real-random"}) == "real-random"
     assert method_label({"kind": "real-herding"}, formation=2) == "real-herding (packed 2x2)"
     assert method_label({"kind": "generated", "guidance": ["feature_ot"]}, formation=2) == "feature_ot (packed 2x2)"
+    assert method_label({"kind": "generated", "guidance": ["feature_ot"], "real_per_class": 20}, formation=2) == \
+        "feature_ot + 20 real parts/class (packed 2x2)"
 
 
 def test_report_of_a_folder_without_sets_names_the_fix(tmp_path):

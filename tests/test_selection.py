@@ -219,14 +219,39 @@ def test_sampling_keeps_a_selections_real_images_and_draws_the_rest_around_them(
         pipeline.sample_fingerprint(load_config(TINY, [*paths, "sample.ipc=4", "sample.real=2", *off]))
 
 
+def test_a_packed_set_keeps_its_real_parts_first_and_draws_the_rest(trained, digits, tmp_path):
+    """sample.real=2 with formation 2 at IPC 1: each class's one stored image packs herding's two
+    real picks, then the two images an unpacked IPC 2 set draws (guidance off), each as a part."""
+    from otdistill.formation import as_part, unpack
+    from otdistill.guidance import off_overrides
+    from otdistill.selection import TEACHER, select_class
+
+    off = off_overrides()
+    cfg, mixed = sampled(trained, digits, tmp_path / "mixed", "sample.ipc=1", "sample.formation=2", "sample.real=2",
+                         *off)
+    _, alone = sampled(trained, digits, tmp_path / "alone", "sample.ipc=2", *off)
+    assert len(mixed.images) == digits.num_classes and mixed.manifest["source"]["real_per_class"] == 2
+    embed = TEACHER.build(trained.teachers[0].path, "cpu")
+    for c in range(digits.num_classes):
+        real = digits.train.get(select_class("herding", digits.train, c, 2, cfg.sample.seed, embed))
+        parts = unpack(mixed.images[mixed.hard == c], 2)
+        assert torch.equal(parts[:2], as_part(real, 2))
+        assert torch.equal(parts[2:], as_part(alone.images[alone.hard == c], 2))
+
+
 def test_real_images_kept_must_leave_some_to_draw_and_not_share_the_start():
     import pytest
 
     from otdistill.config import load_config
     from otdistill.errors import UserError
 
-    with pytest.raises(UserError, match=r"sample.real: must satisfy 0 <= value < sample.ipc=2"):
+    with pytest.raises(UserError, match=r"sample.real: must satisfy 0 <= value < sample.ipc=2 \("):
         load_config(TINY, ["sample.real=2"])
+    # packed, it counts parts: IPC 2 x 2 x 2 = 8 per class, so 7 leave one to draw and 8 none
+    assert load_config(TINY, ["sample.formation=2", "sample.real=7"]).sample.real == 7
+    with pytest.raises(UserError, match=r"sample.real: must satisfy 0 <= value < sample.ipc=2 x sample.formation"
+                                        r"\^2 = 8 \(all real is the herding baseline itself\), got 8"):
+        load_config(TINY, ["sample.formation=2", "sample.real=8"])
     with pytest.raises(UserError, match=r"sample.init=herding would start the generated images from the same"):
         load_config(TINY, ["sample.ipc=4", "sample.real=1", "sample.init=herding"])
 

@@ -248,7 +248,8 @@ class SampleConfig:
     # our extension, not the paper's: the first `real` images of each class are the real training
     # images the selection `real_select` picks (as its baseline would), kept as they are; the
     # sampler draws the other ipc - real, and the guidance terms see the real ones (encoded) as
-    # images already made for the class, so the generated ones complement them
+    # images already made for the class, so the generated ones complement them. With formation F
+    # it counts parts: real of the F^2 x ipc images of a class are real, packed first
     real: int = 0
     # random | herding (the first teacher's features) | kmeans (latents) | confident (its highest
     # class probability) | informative (its least sure of those it assigns to the class)

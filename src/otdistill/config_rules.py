@@ -132,9 +132,10 @@ def _spacing(value, cfg) -> Problem:
 
 
 def _real(value, cfg) -> Problem:
-    if not 0 <= value < cfg.sample.ipc:
-        return (f"must satisfy 0 <= value < sample.ipc={cfg.sample.ipc} (all real is the {cfg.sample.real_select} "
-                f"baseline itself), got {value}")
+    made = cfg.sample.ipc * cfg.sample.formation ** 2  # packed, real counts parts
+    if not 0 <= value < made:
+        bound = f"sample.ipc={cfg.sample.ipc}" + (f" x sample.formation^2 = {made}" if made > cfg.sample.ipc else "")
+        return f"must satisfy 0 <= value < {bound} (all real is the {cfg.sample.real_select} baseline itself), got {value}"
     if value and cfg.sample.init in _owned("selection", "SELECTIONS")():
         return (f"{value} real images and sample.init={cfg.sample.init} would start the generated images from the "
                 "same real picks; set sample.init to noise or prototypes, or sample.real to 0")
@@ -146,8 +147,6 @@ def _formation(value, cfg) -> Problem:
         return f"must be at least 1 (1 = one image per stored image), got {value}"
     if cfg.data.image_size and cfg.data.image_size % value:  # a native size is checked once the data is read
         return f"must divide data.image_size={cfg.data.image_size} so that the parts tile it, got {value}"
-    if value > 1 and cfg.sample.real:
-        return "packs generated images only: set sample.real to 0, or sample.formation to 1 to keep real images"
     return None
 
 
@@ -221,7 +220,7 @@ RULES: dict[str, OneOf | Range | Rule] = {
     "sample.classes_per_pass": AT_LEAST_1,
     "sample.oversample": AT_LEAST_1,
     "sample.keep": OneOf(_owned("selection", "SELECTIONS")),
-    "sample.real": Rule(_real, lambda cfg: cfg.sample.ipc),
+    "sample.real": Rule(_real, lambda cfg: cfg.sample.ipc * cfg.sample.formation ** 2),
     "sample.real_select": OneOf(_owned("selection", "SELECTIONS")),
     "sample.formation": Rule(_formation, lambda cfg: 0),
     "sample.init": OneOf(lambda: ("noise", "prototypes", *_owned("selection", "SELECTIONS")())),

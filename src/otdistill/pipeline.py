@@ -151,7 +151,7 @@ def sample_stage(ctx: RunContext) -> Path:
                         classes=classes, teachers=[t.path for t in cfg.teachers])
     window = tuple(cfg.sample.guidance.window)
     f = packing(cfg, data)
-    drawn = dataclasses.replace(cfg.sample, ipc=(cfg.sample.ipc - cfg.sample.real) * f * f * cfg.sample.oversample)
+    drawn = dataclasses.replace(cfg.sample, ipc=(cfg.sample.ipc * f * f - cfg.sample.real) * cfg.sample.oversample)
     start = time.time()
     bar = progress(total=len(classes), desc="sample classes", unit="class", disable=quiet or not rank.main)
     for group in groups:
@@ -168,8 +168,8 @@ def sample_stage(ctx: RunContext) -> Path:
                       for c in real}
             images = sample_classes(model, group, drawn, terms, window, starts, memory)
             for c in todo:
-                made = pack(keep(images[c], c) if keep else images[c], f)
-                artifacts.write_class_images(root, folders[c], torch.cat([real[c], made]) if real else made)
+                made = keep(images[c], c) if keep else images[c]
+                artifacts.write_class_images(root, folders[c], pack(torch.cat([real[c], made]) if real else made, f))
                 log.info("sample: class %d/%d '%s' done, %d images (%d class(es) per pass, %.1f s)", c + 1, k,
                          data.class_names[c], cfg.sample.ipc, len(group), time.time() - t)
         bar.update(len(group))

@@ -52,12 +52,14 @@ class SetEntry:
 
 def method_label(source: dict, formation: int = 1) -> str:
     """plain | igd | ot | igd+ot | real-<selection> from a manifest's `source`; a generated set
-    that keeps real images (sample.real) says how many per class, a packed one (sample.formation) its layout."""
+    that keeps real images (sample.real) says how many per class (parts, when packed), a packed one
+    (sample.formation) its layout."""
     packed = f" (packed {formation}x{formation})" if formation > 1 else ""
     if source.get("kind") != "generated":
         return source.get("kind", "unknown") + packed
     label = guidance.method_label(list(source.get("guidance") or []))
-    return (f"{label} + {source['real_per_class']} real/class" if source.get("real_per_class") else label) + packed
+    real = f" + {source['real_per_class']} real{' parts' if formation > 1 else ''}/class" if source.get("real_per_class") else ""
+    return label + real + packed
 
 
 def _json_or_none(path: Path):
