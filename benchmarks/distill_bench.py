@@ -85,9 +85,10 @@ def summary(values: list[float]) -> tuple[float, float]:
 
 
 def with_ior_hlr(rows: list[dict]) -> list[dict]:
-    """Each row with `ior` (its accuracy minus the random real subset's in the same IPC,
-    student and labels, over the same sets where that row exists, else over the most; DD-Ranking's IOR) and, for hard labels, `hlr` (the full-data
-    accuracy of its student minus its own; DD-Ranking's HLR); None where the reference is absent."""
+    """Each row with `ior` (its accuracy minus the random real subset's in the same IPC, student
+    and labels, over the same sets where that row exists, else over the most; DD-Ranking's IOR)
+    and, for hard labels, `hlr` (the full-data accuracy of its student minus its own; DD-Ranking's
+    HLR); None where the reference is absent."""
     random: dict[tuple, float] = {}  # per cell, and per cell and sets: a row's reference spans its sets, else the most
     for r in sorted((r for r in rows if r["method"] == "random"), key=lambda r: len(sets_of(r))):
         cell = r["ipc"], r["student"], r["labels"]

@@ -58,7 +58,8 @@ def method_label(source: dict, formation: int = 1) -> str:
     if source.get("kind") != "generated":
         return source.get("kind", "unknown") + packed
     label = guidance.method_label(list(source.get("guidance") or []))
-    real = f" + {source['real_per_class']} real{' parts' if formation > 1 else ''}/class" if source.get("real_per_class") else ""
+    parts = " parts" if formation > 1 else ""
+    real = f" + {source['real_per_class']} real{parts}/class" if source.get("real_per_class") else ""
     return label + real + packed
 
 
