@@ -145,9 +145,9 @@ def render(rows: list[dict]) -> str:
 
     for r in sorted(rows, key=lambda r: (r["ipc"] or 0, r["student"], r["labels"], -r["acc_mean"])):
         loss = "+".join(f"{t}{w:g}" for t, w in (r.get("soft_loss") or {}).items() if w) or "ce"
-        parts = " parts" if r.get("formation", 1) > 1 else ""
-        method = r["method"] + (f" ({r['real_per_class']} real{parts}/class)" if r.get("real_per_class") else "") + \
-            (f" (packed {r['formation']}x{r['formation']})" if r.get("formation", 1) > 1 else "")
+        f = r.get("formation", 1)
+        method = r["method"] + (f" ({r['real_per_class']} real{' parts' if f > 1 else ''}/class)"
+                                if r.get("real_per_class") else "") + (f" (packed {f}x{f})" if f > 1 else "")
         lines.append(f"| {method} | {r['ipc'] or 'all'} | {r['student']} | {r['labels']} | {loss} | {r['epochs']} | "
                      f"{','.join(map(str, r['seeds']))}{sets_note(r)} | "
                      f"{100 * r['acc_mean']:.2f} +- {100 * r['acc_std']:.2f} | {cell(r.get('ior'), '+.2f', 100)} | "
