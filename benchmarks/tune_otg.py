@@ -34,7 +34,8 @@ row's accuracy is then over sets x student seeds, with `set_means` per set.
 Usage: python benchmarks/tune_otg.py [--settings SETTING ...] [--seeds 0 1] [--sample-seeds 0 1] [--ipc 10]
 Writes benchmarks/results/tune-otg-fashion-mnist.json (rows of earlier runs are kept; one row
 per setting and protocol: setting, split, labels (the protocol), epochs, acc_mean, acc_std, seeds,
-ot_distance, coverage)
+ot_distance, coverage, teacher_sha256: the labelling teachers' weights, since a held-out teacher
+trained again is another model at the same path)
 and prints the settings best first. The winner goes into the recipes by hand, with the figures.
 """
 
@@ -57,6 +58,7 @@ from otdistill.config import fingerprint, load_config, non_defaults
 from otdistill.context import RunContext
 from otdistill.data import LabelledData, hold_out, load_dataset
 from otdistill.guidance import off_overrides
+from otdistill.io import sha256_file
 from otdistill.relabel import select_teachers
 from otdistill.selection import BASELINES
 from otdistill.surrogate import train_surrogate
@@ -154,7 +156,8 @@ def main(argv: list[str] | None = None) -> None:
         args.overrides += held_out_teachers(recipe, validation, work)
     result_path = Path(args.result)
     key = lambda r: (r["setting"], r["labels"], r["ipc"], r["recipe"], json.dumps(r["base_overrides"]),  # noqa: E731
-                     json.dumps(r["validation"], sort_keys=True), json.dumps(r.get("sample_seeds")))
+                     json.dumps(r["validation"], sort_keys=True), json.dumps(r.get("sample_seeds")),
+                     json.dumps(r.get("teacher_sha256"), sort_keys=True))
     rows, start = [], time.time()
     for setting, extra in settings.items():
         scored = []  # (cfg, metrics, protocols) per set
@@ -184,7 +187,10 @@ def main(argv: list[str] | None = None) -> None:
                                         "from": "training split"}, "recipe": Path(args.recipe).name,
                          "base_overrides": args.overrides,
                          # what the recipe file said when the row was made: a recipe is edited as choices are made
-                         "cfg_scale": cfg.sample.cfg_scale, "guidance": non_defaults(cfg.sample.guidance)})
+                         "cfg_scale": cfg.sample.cfg_scale, "guidance": non_defaults(cfg.sample.guidance),
+                         # held-out teachers trained again on another day are other models at the same path
+                         "teacher_sha256": {p: sha256_file(Path(p) / "model.safetensors")[:16] for p in select_teachers(
+                             [t.path for t in cfg.teachers], cfg.sample.ipc, cfg.relabel.schedule)}})
             if args.sample_seeds:  # acc runs over sets (outer) and student seeds (inner)
                 rows[-1].update(sample_seeds=args.sample_seeds,
                                 set_means=[protocols[labels]["final_mean"] for _, _, protocols in scored])

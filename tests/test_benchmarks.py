@@ -17,6 +17,7 @@ from otdistill import pipeline
 from otdistill.config import load_config
 from otdistill.context import RunContext
 from otdistill.data import SubsetImages, TensorImages, hold_out, load_dataset
+from otdistill.io import sha256_file
 
 
 def _script(name: str):
@@ -355,7 +356,8 @@ def test_guidance_sweep_scores_on_the_validation_split(trained, tmp_path):
     rows = json.loads(result.read_text())
     assert [(r["setting"], r["labels"]) for r in rows] == [("recipe", "hard"), ("ot.weight=1+ot.pool_size=5+window=[0,5]",
                                                                                  "hard"), ("real:random", "hard")]
-    keys = {"setting", "split", "acc_mean", "acc_std", "seeds", "ot_distance", "coverage", "cfg_scale", "guidance"}
+    keys = {"setting", "split", "acc_mean", "acc_std", "seeds", "ot_distance", "coverage", "cfg_scale", "guidance",
+            "teacher_sha256"}
     assert all(keys <= r.keys() and r["split"] == "validation" for r in rows)
     assert all(r["epochs"] == load_config(TINY).student.epochs for r in rows)  # the protocol's length, in every row
     work = tmp_path / "work"
@@ -392,6 +394,7 @@ def test_guidance_sweep_scores_on_the_validation_split(trained, tmp_path):
     assert mean != pytest.approx([pixel_mean(load_dataset(load_config(TINY).data).train)], abs=1e-5)
     row = json.loads(result.read_text())[-1]
     assert [t["path"] for t in json.loads(row["base_overrides"][-1].removeprefix("teachers="))] == [str(teacher)]
+    assert row["teacher_sha256"] == {str(teacher): sha256_file(teacher / "model.safetensors")[:16]}  # which copy labelled
     labelled = json.loads(next(held_work.glob("recipe-*/distilled/manifest.json")).read_text())
     assert labelled["teachers"] == [str(teacher)] and labelled["metrics"]["teacher"] == str(teacher)
     assert len(list(work.glob("recipe-*"))) == 3  # the sets labelled by the shipped teacher stay as they were
