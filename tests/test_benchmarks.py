@@ -2,6 +2,7 @@
 work when a GPU session finally runs it), and the bench harness's epoch specs and result merging."""
 
 import dataclasses
+import hashlib
 import importlib.util
 import json
 import logging
@@ -17,7 +18,6 @@ from otdistill import pipeline
 from otdistill.config import load_config
 from otdistill.context import RunContext
 from otdistill.data import SubsetImages, TensorImages, hold_out, load_dataset
-from otdistill.io import sha256_file
 
 
 def _script(name: str):
@@ -394,7 +394,8 @@ def test_guidance_sweep_scores_on_the_validation_split(trained, tmp_path):
     assert mean != pytest.approx([pixel_mean(load_dataset(load_config(TINY).data).train)], abs=1e-5)
     row = json.loads(result.read_text())[-1]
     assert [t["path"] for t in json.loads(row["base_overrides"][-1].removeprefix("teachers="))] == [str(teacher)]
-    assert row["teacher_sha256"] == {str(teacher): sha256_file(teacher / "model.safetensors")[:16]}  # which copy labelled
+    digest = hashlib.sha256((teacher / "model.safetensors").read_bytes()).hexdigest()[:16]
+    assert row["teacher_sha256"] == {str(teacher): digest}  # which copy labelled
     labelled = json.loads(next(held_work.glob("recipe-*/distilled/manifest.json")).read_text())
     assert labelled["teachers"] == [str(teacher)] and labelled["metrics"]["teacher"] == str(teacher)
     assert len(list(work.glob("recipe-*"))) == 3  # the sets labelled by the shipped teacher stay as they were
